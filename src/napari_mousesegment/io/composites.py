@@ -1,0 +1,171 @@
+"""Ultrasound composites: a series of frames as one multi-page TIFF, one montage image or a folder.
+
+A montage lays the frames out row by row on a grid, with constant-valued gutters between them.
+Splitting finds the grid from those gutters, or takes it from the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+from ..organs import US_FRAMES, US_GRID
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class CompositeError(ValueError):
+    """A composite that cannot be split into frames."""
+
+
+@dataclass(frozen=True)
+class Composite:
+    """Frames of one series, with where each came from."""
+
+    frames: np.ndarray  #: (n, H, W)
+    sources: tuple[str, ...]  #: per frame: "file" or "file[row,col]" or "file#page"
+    grid: tuple[int, int] | None = None  #: montage grid (rows, cols), when split from one
+
+
+def montage(frames: np.ndarray, grid: tuple[int, int] = US_GRID, gap: int = 2, gap_value: int = 255) -> np.ndarray:
+    """Lay (n, H, W) frames row by row on a grid, separated by ``gap``-pixel gutters."""
+    frames = np.asarray(frames)
+    rows, cols = grid
+    n, h, w = frames.shape[:3]
+    if n != rows * cols:
+        raise CompositeError(f"{n} frames do not fill a {rows}x{cols} grid")
+    out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, *frames.shape[3:]),
+                  gap_value, dtype=frames.dtype)
+    for k, frame in enumerate(frames):
+        r, c = divmod(k, cols)
+        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = frame
+    return out
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of True."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def _bands(constant: np.ndarray, length: int) -> list[tuple[int, int]] | None:
+    """Equal-sized content bands between gutter runs along one axis, or None."""
+    gutters = [(a, b) for a, b in _runs(constant)]
+    cuts = [0] + [x for run in gutters for x in run] + [length]
+    bands = [(a, b) for a, b in zip(cuts[0::2], cuts[1::2]) if b > a]
+    sizes = {b - a for a, b in bands}
+    return bands if len(bands) >= 1 and len(sizes) == 1 else None
+
+
+def detect_grid(image: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Find the frame rows and columns of a montage from its constant-valued gutters.
+
+    Returns the (start, stop) pixel bands of the grid's rows and columns. Raises
+    :class:`CompositeError` when no value forms gutters that cut the image into equal frames.
+    """
+    gray = image if image.ndim == 2 else image[..., 0]
+    row_const = np.all(gray == gray[:, :1], axis=1)
+    col_const = np.all(gray == gray[:1, :], axis=0)
+    candidates = set(np.unique(gray[row_const, 0])) & set(np.unique(gray[0, col_const]))
+    best = None
+    for value in sorted(candidates):
+        rows = _bands(row_const & (gray[:, 0] == value), gray.shape[0])
+        cols = _bands(col_const & (gray[0, :] == value), gray.shape[1])
+        if rows and cols and len(rows) * len(cols) > 1:
+            score = abs(len(rows) * len(cols) - US_FRAMES)
+            if best is None or score < best[0]:
+                best = (score, rows, cols)
+    if best is None:
+        raise CompositeError("no grid of gutters found in the montage; give the grid as RxC")
+    return best[1], best[2]
+
+
+def split_montage(image: np.ndarray, grid: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Cut a montage into (n, H, W) frames, row by row; the grid is detected when not given."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = _to_gray(image)
+    if image.ndim != 2:
+        raise CompositeError(f"a montage must be a 2D image, got shape {image.shape}")
+    if grid is None:
+        rows, cols = detect_grid(image)
+    else:
+        n_rows, n_cols = grid
+        if n_rows < 1 or n_cols < 1:
+            raise CompositeError(f"grid must be at least 1x1, got {n_rows}x{n_cols}")
+        try:
+            rows, cols = detect_grid(image)
+            if (len(rows), len(cols)) != (n_rows, n_cols):
+                raise CompositeError
+        except CompositeError:  # no gutters: cut into equal tiles
+            h, w = image.shape[0] // n_rows, image.shape[1] // n_cols
+            rows = [(r * h, r * h + h) for r in range(n_rows)]
+            cols = [(c * w, c * w + w) for c in range(n_cols)]
+    frames = np.stack([image[r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols])
+    return frames, (len(rows), len(cols))
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    """RGB(A) to gray; exact when the channels are equal, as in exported B-mode images."""
+    rgb = image[..., :3]
+    if np.all(rgb == rgb[..., :1]):
+        return rgb[..., 0]
+    return np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(image.dtype)
+
+
+def read_composite(path: str | os.PathLike, grid: tuple[int, int] | None = None) -> Composite:
+    """Read a series as (n, H, W) frames from a multi-page TIFF, a montage image or a folder.
+
+    A frame count other than 35 is accepted with a warning.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
+        if not files:
+            raise CompositeError(f"{path}: folder holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
+        images = [_read_2d(p) for p in files]
+        if len({im.shape for im in images}) != 1:
+            raise CompositeError(f"{path}: frames differ in size")
+        result = Composite(np.stack(images), tuple(str(p) for p in files))
+    elif not path.is_file():
+        raise CompositeError(f"{path}: no such file or folder")
+    else:
+        data = _read_any(path)
+        if data.ndim == 3 and data.shape[-1] not in (3, 4):
+            result = Composite(data, tuple(f"{path}#{k}" for k in range(len(data))))
+        else:
+            frames, (rows, cols) = split_montage(data, grid)
+            sources = tuple(f"{path}[{k // cols},{k % cols}]" for k in range(len(frames)))
+            result = Composite(frames, sources, (rows, cols))
+    if len(result.frames) != US_FRAMES:
+        warnings.warn(f"{path}: {len(result.frames)} frames, not the usual {US_FRAMES}", stacklevel=2)
+    return result
+
+
+def _read_any(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return tifffile.imread(path)
+        return iio.imread(path)
+    except Exception as exc:  # imageio and tifffile raise many types for corrupt files
+        raise CompositeError(f"{path}: cannot read image ({exc})") from exc
+
+
+def _read_2d(path: Path) -> np.ndarray:
+    image = _read_any(path)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = _to_gray(image)
+    if image.ndim != 2:
+        raise CompositeError(f"{path}: expected one 2D frame, got shape {image.shape}")
+    return image
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]

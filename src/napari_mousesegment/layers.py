@@ -1,0 +1,61 @@
+"""Layer data tuples for napari, built from core results without importing napari.
+
+napari turns ``(data, kwargs, layer_type)`` tuples into layers; keeping their construction here
+lets readers, sample data and scripts share one definition of names, scale, units and colours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .data.phantom_ct import CTPhantom
+from .data.phantom_us import USSeries
+from .organs import CT_COLORS, US_ORGANS
+
+LayerData = tuple[Any, dict, str]
+_US_COLORS = {"heart": "#e6194b", "liver": "#9a6324", "placenta": "#4363d8"}
+
+
+def organ_features(organs: dict[str, int]) -> dict[str, list]:
+    """A Labels features table: one row per label value with its organ name (0 = background)."""
+    values = [0, *organs.values()]
+    return {"index": values, "organ": ["background", *organs]}
+
+
+def ct_layers(scan: CTPhantom, truth_name: str = "organs (truth)") -> list[LayerData]:
+    """An HU image layer and an organ labels layer, in mm, with organ names and colours."""
+    common = {"scale": scan.spacing, "units": ("mm",) * 3, "axis_labels": ("z", "y", "x")}
+    image = (
+        scan.image,
+        {**common, "name": f"micro-CT {scan.condition} (synthetic, seed {scan.seed})",
+         "colormap": "gray", "contrast_limits": (-500, 1200),
+         "metadata": {"condition": scan.condition, "spacing_mm": scan.spacing, "seed": scan.seed}},
+        "image",
+    )
+    colors = {None: "transparent", 0: "transparent"}
+    colors.update({v: CT_COLORS[o] for o, v in scan.organs.items()})
+    labels = (
+        scan.labels,
+        {**common, "name": truth_name, "features": organ_features(scan.organs), "colormap": colors,
+         "opacity": 0.5, "metadata": {"organs": dict(scan.organs)}},
+        "labels",
+    )
+    return [image, labels]
+
+
+def ultrasound_layers(series: USSeries) -> list[LayerData]:
+    """The frame stack and one instance-labels layer per organ (ids restart on every frame)."""
+    axes = {"axis_labels": ("frame", "y", "x")}
+    layers: list[LayerData] = [
+        (series.frames, {**axes, "name": f"ultrasound series (synthetic, seed {series.seed})",
+                         "colormap": "gray", "contrast_limits": (0, 255)}, "image")
+    ]
+    for organ in US_ORGANS:
+        color = np.array([int(_US_COLORS[organ][i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0])
+        n = int(series.labels[organ].max())
+        colormap = {None: "transparent", 0: "transparent", **{k: color for k in range(1, n + 1)}}
+        layers.append((series.labels[organ], {**axes, "name": f"{organ} (truth)", "colormap": colormap,
+                                              "opacity": 0.6, "metadata": {"organ": organ}}, "labels"))
+    return layers
