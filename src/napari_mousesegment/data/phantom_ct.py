@@ -240,29 +240,29 @@ def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size:
 
 
 def _paint_intestine(cv: _Canvas, yc: float, xc: float, size: float) -> None:
-    """A coiled gut tube filling the abdomen, with pockets of gas and faeces."""
+    """Gut loops packed into the lower abdomen, with gas and faeces, in visceral fat."""
     rng, gut = cv.rng, CT_ORGANS["intestine"]
-    t = np.linspace(0, 1, 2400)
-    freqs = rng.uniform(3, 9, (3, 3))
-    phases = rng.uniform(0, 2 * np.pi, (3, 3))
-    wave = [np.sum(np.sin(2 * np.pi * np.outer(t, freqs[i]) + phases[i]), axis=1) / 3 for i in range(3)]
-    pts = np.stack([140 + 26 * wave[0], yc + 6 + 16 * wave[1], xc + 30 * wave[2]], axis=1)
-    pts[:, 0] = np.clip(pts[:, 0], 108, 168)
     soft = [FAT, MUSCLE]
-    inside = cv.tube(pts, 4.6 * size, gut, gut, within=soft)
+    # Abdominal cavity inside the muscle wall: mesentery and visceral fat around the loops.
+    sl, cavity = cv.region((140, yc + 3, xc), (42, 22 * size, 36 * size))
+    if sl is not None:
+        cavity &= cv.material[sl] == MUSCLE
+        fatty = ndi.gaussian_filter(rng.standard_normal(cavity.shape), 2.0) > -0.1
+        cv.material[sl][cavity & fatty] = FAT
+    t = np.linspace(0, 1, 4000)
+    freqs = rng.uniform(4, 12, (3, 3))
+    phases = rng.uniform(0, 2 * np.pi, (3, 3))
+    wave = [np.sum(np.sin(2 * np.pi * np.outer(t, freqs[i]) + phases[i]), axis=1) / 2.2 for i in range(3)]
+    pts = np.stack([140 + 30 * wave[0], yc + 5 + 16 * wave[1], xc + 30 * wave[2]], axis=1)
+    pts[:, 0] = np.clip(pts[:, 0], 104, 172)
+    inside = cv.tube(pts, 4.4 * size, gut, gut, within=soft)
     lumen = ndi.binary_erosion(inside, iterations=1)
-    n_pockets = rng.integers(6, 12)
-    for k in rng.choice(len(pts), n_pockets, replace=False):
-        material = GAS if rng.random() < 0.5 else CONTENT
-        sl, ball = cv.region(pts[k], (4, 4, 4))
+    for k in rng.choice(len(pts), int(rng.integers(18, 30)), replace=False):
+        material = GAS if rng.random() < 0.4 else CONTENT
+        sl, ball = cv.region(pts[k], (5, 5, 5))
         if sl is not None:
             ball &= lumen[sl]
             cv.material[sl][ball] = material
-    # Visceral fat between loops.
-    region_z = slice(int(100 * cv.scale[0]), int(175 * cv.scale[0]))
-    free = cv.material[region_z] == MUSCLE
-    speckle = ndi.gaussian_filter(rng.standard_normal(free.shape), 2.0) > 0.15
-    cv.material[region_z][free & speckle] = FAT
 
 
 def _deform(cv: _Canvas, amplitude: float) -> None:

@@ -129,8 +129,13 @@ def _crescent(rng: np.random.Generator, center, radius: float, thickness: float,
 
 
 def _quantise(poly: np.ndarray) -> np.ndarray:
-    """Snap vertices to 1/16 px so they are exact in ImageJ's float32 and in our fill."""
-    return np.round(poly * 16) / 16
+    """Snap vertices to odd multiples of 1/32 px.
+
+    Such values are exact in ImageJ's float32 and never fall on a pixel centre or edge, where
+    ImageJ versions break ties differently (a vertex exactly on a pixel-centre row can move the
+    fill by a pixel between ImageJ releases).
+    """
+    return np.floor(poly * 16) / 16 + 1 / 32
 
 
 def _fetus_layout(rng: np.random.Generator, shape, sector_mask, scale: float, placed: list) -> dict | None:
@@ -141,7 +146,7 @@ def _fetus_layout(rng: np.random.Generator, shape, sector_mask, scale: float, pl
         k = rng.integers(len(ys))
         center = np.array([xs[k], ys[k]], float)
         sac_r = rng.uniform(34, 44) * scale
-        if any(np.hypot(*(center - c)) < sac_r + r + 20 * scale for c, r in placed):
+        if any(np.hypot(*(center - c)) < sac_r + r + 32 * scale for c, r in placed):  # room for placentas
             continue
         placed.append((center, sac_r))
         angle = rng.uniform(0, 2 * np.pi)

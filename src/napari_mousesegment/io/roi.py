@@ -4,6 +4,9 @@ ImageJ puts pixel (x, y) in the square [x, x+1) x [y, y+1), so a pixel belongs t
 its centre (x+0.5, y+0.5) is inside; ties on a boundary are broken as in ImageJ's PolygonFiller.
 Following that rule exactly is what makes our masks and ImageJ's own fill of the same ROI agree
 pixel for pixel (checked against ImageJ 1.53t in the tests).
+
+Known edge case: when a vertex lies exactly on a pixel-centre row and is the polygon's top, ImageJ
+1.53t may fill one row less than the newer PolygonFiller rule used here (seen: 2 pixels).
 """
 
 from __future__ import annotations

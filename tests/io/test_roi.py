@@ -1,0 +1,98 @@
+import zipfile
+
+import numpy as np
+import pytest
+import read_roi
+import tifffile
+
+from napari_mousesegment.io.roi import (
+    RoiError, fill_polygon, polygon_roi, read_rois, roi_frame, roi_polygon, rois_to_labels, write_roiset,
+)
+
+from ..conftest import shared_file
+
+
+def test_fill_matches_imagej_own_masks_for_polygon_rois():
+    rois = read_rois(shared_file("imagej_rois", "RoiSet_35frames.zip"))
+    masks = tifffile.imread(shared_file("imagej_rois", "RoiSet_35frames_imagej_masks.tif"))
+    checked = 0
+    for value, roi in enumerate(rois, start=1):
+        try:
+            xy = roi_polygon(roi)
+        except RoiError:
+            continue  # ovals, rectangles, composites: the ultrasound issue reads those
+        expected = masks[roi_frame(roi)] == value
+        assert np.array_equal(fill_polygon(xy, masks.shape[1:]), expected), roi.name
+        checked += 1
+    assert checked == 5  # integer and sub-pixel polygons, freehand, traced
+
+
+def test_fill_square_covers_enclosed_pixels():
+    mask = fill_polygon(np.array([[2, 1], [5, 1], [5, 4], [2, 4]]), (6, 8))
+    assert mask.sum() == 9 and mask[1:4, 2:5].all()
+
+
+def test_fill_clips_to_the_image():
+    mask = fill_polygon(np.array([[-5.0, -5.0], [3.0, -5.0], [3.0, 3.0], [-5.0, 3.0]]), (10, 10))
+    assert mask.sum() == 9 and mask[:3, :3].all()
+
+
+@pytest.mark.parametrize("xy", [np.zeros((2, 2)), np.array([[0, 0], [1, np.nan], [2, 2]])])
+def test_fill_refuses_degenerate_polygons(xy):
+    with pytest.raises(RoiError):
+        fill_polygon(xy, (4, 4))
+
+
+def test_polygon_roi_position_is_one_based_and_read_roi_agrees(tmp_path):
+    xy = np.array([[10.5, 10.25], [30.0, 12.0], [25.125, 40.0]])
+    path = write_roiset(tmp_path / "set.zip", [polygon_roi(xy, "heart_f07_1", frame=6)])
+    (roi,) = read_rois(path)
+    assert roi.position == 7 and roi_frame(roi) == 6
+    assert np.allclose(roi_polygon(roi), xy)
+    independent = read_roi.read_roi_zip(str(path))["heart_f07_1"]  # a second, independent parser
+    assert independent["type"] == "polygon"
+    position = independent["position"]
+    assert (position if isinstance(position, int) else position.get("slice")) == 7
+    assert np.allclose(independent["x"], xy[:, 0]) and np.allclose(independent["y"], xy[:, 1])
+
+
+def test_write_roiset_overwrites_instead_of_appending(tmp_path):
+    square = np.array([[1, 1], [5, 1], [5, 5], [1, 5]])
+    path = tmp_path / "set.zip"
+    write_roiset(path, [polygon_roi(square, "a", 0), polygon_roi(square + 2, "b", 1)])
+    write_roiset(path, [polygon_roi(square, "c", 0)])
+    assert [r.name for r in read_rois(path)] == ["c"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_write_roiset_refuses_duplicates_and_empty(tmp_path):
+    square = np.array([[1, 1], [5, 1], [5, 5]])
+    with pytest.raises(RoiError, match="unique"):
+        write_roiset(tmp_path / "a.zip", [polygon_roi(square, "x", 0), polygon_roi(square, "x", 1)])
+    with pytest.raises(RoiError, match="empty"):
+        write_roiset(tmp_path / "b.zip", [])
+
+
+def test_read_rois_names_the_file_on_bad_input(tmp_path):
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(shared_file("imagej_rois", "RoiSet_35frames.zip").read_bytes()[:300])
+    with pytest.raises(RoiError, match="truncated.zip"):
+        read_rois(truncated)
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(RoiError, match="not ImageJ ROIs"):
+        read_rois(foreign)
+    with pytest.raises(RoiError, match="no such"):
+        read_rois(tmp_path / "missing.roi")
+
+
+def test_rois_to_labels_refuses_roi_off_the_stack():
+    roi = polygon_roi(np.array([[1, 1], [5, 1], [5, 5]]), "late", frame=9)
+    with pytest.raises(RoiError, match="outside"):
+        rois_to_labels([roi], (3, 8, 8), source="set.zip")
+
+
+def test_single_imagej_roi_files_read(tmp_path):
+    (roi,) = read_rois(shared_file("imagej_rois", "polygon_integer.roi"))
+    assert roi_polygon(roi).shape[1] == 2
