@@ -1,6 +1,7 @@
 """Round trips through the real ImageJ 1.53t, not only through our own reader."""
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +10,7 @@ import tifffile
 from napari_mousesegment.io.roi import polygon_roi, write_roiset
 from napari_mousesegment.organs import US_ORGANS
 
-from .conftest import ROOT
-
-MACRO = ROOT.parent / "shared" / "tools" / "imagej_masks.ijm"
+MACRO = Path(__file__).parent / "imagej" / "fill_rois.ijm"
 
 
 def run_imagej_masks(jar, rois_zip, shape, out_tif):
@@ -30,8 +29,6 @@ def run_imagej_masks(jar, rois_zip, shape, out_tif):
 @pytest.mark.imagej
 @pytest.mark.parametrize("organ", US_ORGANS)
 def test_imagej_fills_our_roisets_exactly_on_their_frames(tmp_path, imagej_jar, us_series, organ):
-    if not MACRO.exists():
-        pytest.skip(f"{MACRO} missing")
     instances = us_series.organ_instances(organ)
     rois = [polygon_roi(i.polygon, i.name, frame=i.frame) for i in instances]
     zip_path = write_roiset(tmp_path / f"{organ}.zip", rois)

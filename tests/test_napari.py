@@ -1,6 +1,10 @@
 """The plugin as napari sees it: manifest, discovery, sample data in a real viewer under Xvfb."""
 
-import numpy as np
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from npe2 import PluginManager, PluginManifest
 
@@ -12,6 +16,12 @@ def test_manifest_is_valid():
     assert manifest.name == PLUGIN
     keys = {s.key for s in manifest.contributions.sample_data}
     assert keys == {"ct_native", "ct_contrast", "ultrasound"}
+
+
+def test_npe2_validate_command_passes():
+    npe2 = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
+    done = subprocess.run([npe2, "validate", "napari_mousesegment"], capture_output=True, text=True)
+    assert done.returncode == 0 and "valid" in done.stdout, done.stdout + done.stderr
 
 
 def test_napari_discovers_the_plugin():
