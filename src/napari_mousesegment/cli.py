@@ -54,13 +54,90 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if args.kind == "ct":
             from .data.phantom_ct import ct_phantom
 
-            write_ct_case(args.out, f"phantom_{seed:04d}", ct_phantom(seed=seed, condition=args.condition))
+            drop = tuple(o for o in (args.unannotated or "").split(",") if o)
+            write_ct_case(args.out, f"phantom_{seed:04d}", ct_phantom(seed=seed, condition=args.condition),
+                          unannotated=drop)
         else:
             from .data.phantom_us import ultrasound_series
 
             write_us_series(args.out / f"series_{seed:04d}", ultrasound_series(seed=seed))
         print(f"  {k + 1}/{args.count} seed {seed}", flush=True)
     print(f"wrote {args.count} synthetic {args.kind} case(s) to {args.out}")
+    return 0
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"spacing must look like 0.28,0.28,0.28, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"spacing needs 1 or 3 positive numbers in mm, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .models.mosnet import MOSnetConfig
+    from .organs import CT_ORGANS
+    from .training.ct_data import read_ct_dataset
+    from .training.trainer import TrainSettings, train_mosnet
+
+    datasets = [read_ct_dataset(d) for d in args.data]
+    organs = [o for o in CT_ORGANS if any(o in d.organs for d in datasets)]
+    organs += sorted({o for d in datasets for o in d.organs} - set(organs))
+    conditions = list(dict.fromkeys(["native", "contrast", *(d.condition for d in datasets)]))
+    config = MOSnetConfig(organs=organs, conditions=conditions, variant=args.variant, width=args.width,
+                          image_size=args.image_size)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
+                             slice_stride=args.slice_stride, resume=args.resume)
+    result = train_mosnet(args.data, args.out, config, settings)
+    print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "
+          f"model in {result['out']}")
+    return 0
+
+
+def _cmd_dataset_ct(args: argparse.Namespace) -> int:
+    from .data.datasets import convert_ct_dataset
+
+    root = convert_ct_dataset(args.sources, args.out, args.condition, args.spacing)
+    print(f"dataset written to {root}")
+    return 0
+
+
+def _cmd_predict_ct(args: argparse.Namespace) -> int:
+    from .ct_jobs import predict_ct
+
+    predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device)
+    return 0
+
+
+def _cmd_evaluate_ct(args: argparse.Namespace) -> int:
+    from .ct_jobs import evaluate_ct
+
+    summary = evaluate_ct(args.model, args.data, args.out, args.device)
+    for organ, metrics in summary.items():
+        print(f"{organ:10s} DSC {metrics['dsc'][0]:.3f} ({metrics['dsc'][1]:.3f})  "
+              f"HD95 {metrics['hd95_mm'][0]:.2f} mm")
+    print(f"report in {args.out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .ct_jobs import compare_reports
+
+    reports = {}
+    for item in args.reports:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"report must be NAME=DIR, got {item!r}")
+        reports[name] = path
+    table = compare_reports(reports, args.reference or next(iter(reports)), args.metric)
+    if args.out:
+        args.out.write_text(table)
+    print(table, end="")
     return 0
 
 
@@ -95,8 +172,67 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--count", type=int, default=1, help="number of scans or series (default 1)")
     synth.add_argument("--seed", type=int, default=0, help="seed of the first case; the others follow")
     synth.add_argument("--condition", choices=["native", "contrast"], default="native", help="ct only")
+    synth.add_argument("--unannotated", default="", metavar="ORGAN,...",
+                       help="ct only: organs to leave out of the labels and dataset.json (partial annotation)")
     synth.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     synth.set_defaults(func=_cmd_synth)
+
+    dataset = sub.add_parser("dataset", help="convert annotated scans into a dataset folder")
+    dataset_sub = dataset.add_subparsers(dest="modality", required=True, metavar="MODALITY")
+    dct = dataset_sub.add_parser("ct", help="micro-CT scans with organ labels")
+    dct.add_argument("sources", nargs="+", type=Path,
+                     help="TIFF, NIfTI, Analyze, GFF files or Rosenhain scan folders (with labels)")
+    dct.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    dct.add_argument("--condition", required=True, help="native, contrast or a new condition name")
+    dct.add_argument("--spacing", type=_spacing, default=None, help="voxel size Z,Y,X in mm for files without one")
+    dct.set_defaults(func=_cmd_dataset_ct)
+
+    train = sub.add_parser("train", help="train a model")
+    train_sub = train.add_subparsers(dest="model_kind", required=True, metavar="MODEL")
+    mosnet = train_sub.add_parser("mosnet", help="MOSnet, jointly on micro-CT dataset folders")
+    mosnet.add_argument("--data", type=Path, action="append", required=True,
+                        help="dataset folder (repeat for joint training over several datasets)")
+    mosnet.add_argument("--out", type=Path, required=True, help="model folder to write")
+    mosnet.add_argument("--variant", choices=["full", "bm", "bm_cm", "bm_rb"], default="full")
+    mosnet.add_argument("--width", type=int, default=32, help="channels of the first level (default 32: ~12.7M parameters)")
+    mosnet.add_argument("--image-size", type=int, default=128, help="in-plane slice size (default 128)")
+    mosnet.add_argument("--epochs", type=int, default=100)
+    mosnet.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long, keeping the best weights")
+    mosnet.add_argument("--batch-size", type=int, default=16)
+    mosnet.add_argument("--lr", type=float, default=1e-3)
+    mosnet.add_argument("--val-fraction", type=float, default=0.1, help="scans per dataset held out for validation (default 0.1)")
+    mosnet.add_argument("--slice-stride", type=int, default=1, help="use every n-th slice (default 1: all)")
+    mosnet.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    mosnet.add_argument("--seed", type=int, default=0)
+    mosnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    mosnet.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser("predict", help="segment scans with a trained model")
+    predict_sub = predict.add_subparsers(dest="modality", required=True, metavar="MODALITY")
+    pct = predict_sub.add_parser("ct", help="micro-CT scans with MOSnet")
+    pct.add_argument("scans", type=Path, nargs="+",
+                     help="scans in HU: TIFF, NIfTI, Analyze, GFF or Rosenhain scan folders")
+    pct.add_argument("--model", required=True, help="model folder")
+    pct.add_argument("--condition", required=True, help="native or contrast (or a condition the model knows)")
+    pct.add_argument("--out", type=Path, required=True)
+    pct.add_argument("--spacing", type=_spacing, default=None, help="voxel size Z,Y,X in mm when the file lacks it")
+    pct.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pct.set_defaults(func=_cmd_predict_ct)
+
+    evaluate = sub.add_parser("evaluate", help="score a trained model against a dataset's truth")
+    evaluate_sub = evaluate.add_subparsers(dest="modality", required=True, metavar="MODALITY")
+    ect = evaluate_sub.add_parser("ct", help="MOSnet on a micro-CT dataset folder")
+    ect.add_argument("--model", required=True, help="model folder")
+    ect.add_argument("--data", type=Path, required=True, help="dataset folder")
+    ect.add_argument("--out", type=Path, required=True, help="report folder")
+    ect.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ect.set_defaults(func=_cmd_evaluate_ct)
+    cmp = evaluate_sub.add_parser("compare", help="table of several evaluation reports with paired Wilcoxon tests")
+    cmp.add_argument("reports", nargs="+", metavar="NAME=REPORT_DIR", help="reports made by `evaluate ct`")
+    cmp.add_argument("--reference", default=None, help="model the others are tested against (default: the first)")
+    cmp.add_argument("--metric", choices=["dsc", "jsc", "hd95_mm"], default="dsc")
+    cmp.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    cmp.set_defaults(func=_cmd_compare)
     return parser
 
 

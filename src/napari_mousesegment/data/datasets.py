@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import tifffile
 
 from ..io.composites import montage
@@ -33,16 +34,23 @@ from .phantom_ct import CTPhantom
 from .phantom_us import USSeries
 
 
-def write_ct_case(dataset: str | os.PathLike, case: str, scan: CTPhantom, name: str | None = None) -> Path:
+def write_ct_case(dataset: str | os.PathLike, case: str, scan: CTPhantom, name: str | None = None,
+                  unannotated: tuple[str, ...] = ()) -> Path:
     """Add one phantom to a micro-CT dataset folder, creating dataset.json on first use.
 
     Only the organs the condition's dataset annotates are kept in the labels and dataset.json,
-    as with the real partially annotated datasets.
+    as with the real partially annotated datasets; ``unannotated`` removes more (the MOSnet
+    paper's Table 3 experiment drops kidneys and bladder from one dataset).
     """
     root = Path(dataset)
+    unknown = set(unannotated) - set(scan.organs)
+    if unknown:
+        raise ValueError(f"unknown organs to leave unannotated: {sorted(unknown)}")
+    organs = {o: scan.organs[o] for o in CT_DATASET_ORGANS[scan.condition] if o not in unannotated}
+    if not organs:
+        raise ValueError("a dataset must annotate at least one organ")
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
-    organs = {o: scan.organs[o] for o in CT_DATASET_ORGANS[scan.condition]}
     meta = {
         "name": name or root.name,
         "condition": scan.condition,
@@ -82,4 +90,46 @@ def write_us_series(folder: str | os.PathLike, series: USSeries, name: str | Non
             if found:
                 rois = [polygon_roi(i.polygon, i.name, frame=frame) for i in found]
                 write_roiset(organ_dir / f"frame_{frame + 1:02d}.zip", rois)
+    return root
+
+
+def convert_ct_dataset(sources: list[str | os.PathLike], out: str | os.PathLike, condition: str,
+                       spacing: tuple[float, float, float] | None = None, log=print) -> Path:
+    """Convert scans with labels (any format :func:`~napari_mousesegment.io.volumes.read_scan`
+    reads) into a dataset folder, renumbering organs to :data:`CT_ORGANS`.
+
+    The dataset annotates the organs every scan annotates; an organ missing from some scans'
+    class lists is left out, with a message, rather than being taught as background.
+    """
+    from ..io.volumes import read_scan
+    from ..organs import CT_ORGANS
+
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty; choose another --out")
+    scans = []
+    for src in sources:
+        scan = read_scan(src, spacing)
+        if scan.image is None or scan.labels is None or not scan.organs:
+            raise ValueError(f"{src}: needs both an image and organ labels to join a dataset")
+        scans.append((Path(src), scan))
+    common = set.intersection(*(set(s.organs) for _, s in scans))
+    dropped = set().union(*(set(s.organs) for _, s in scans)) - common
+    if dropped:
+        log(f"left unannotated (missing from some scans' classes): {sorted(dropped)}")
+    if not common:
+        raise ValueError("the scans share no annotated organ")
+    organs = {o: CT_ORGANS[o] for o in CT_ORGANS if o in common}
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for src, scan in scans:
+        labels = np.zeros(scan.labels.shape, np.uint8)
+        for organ, value in organs.items():
+            labels[scan.labels == scan.organs[organ]] = value
+        case = src.name.split(".")[0]
+        write_tiff(root / "images" / f"{case}.tif", np.round(scan.image).astype(np.int16), scan.spacing)
+        write_tiff(root / "labels" / f"{case}.tif", labels, scan.spacing)
+        log(f"  {src} -> {case}")
+    meta = {"name": root.name, "condition": condition, "organs": organs, "spacing_mm": list(scans[0][1].spacing)}
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root

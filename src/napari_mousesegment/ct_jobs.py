@@ -1,0 +1,165 @@
+"""The micro-CT jobs behind the CLI: train, predict and evaluate, with their output contracts.
+
+    predict:  DIR/<scan stem>/labels.tif, labels.json ({"organs": {name: value}}), volumes.csv
+    evaluate: REPORT_DIR/per_scan.csv, summary.csv, summary.md, dsc.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _volumes_csv(path: Path, labels: np.ndarray, organs: dict[str, int], spacing) -> None:
+    voxel = float(np.prod(spacing))
+    counts = np.bincount(labels.ravel(), minlength=max(organs.values()) + 1)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["organ", "voxels", "mm3"])
+        for organ, value in organs.items():
+            writer.writerow([organ, int(counts[value]), f"{counts[value] * voxel:.2f}"])
+
+
+def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, condition: str,
+               out: str | os.PathLike, spacing: tuple[float, float, float] | None = None,
+               device: str = "auto", log=print) -> list[Path]:
+    """Segment each scan and write its labels, organ names and volumes under ``out``."""
+    from .io.volumes import read_scan, write_tiff
+    from .inference.ct import predict_volume
+    from .models.store import load_mosnet
+    from .training.trainer import pick_device
+
+    model, config, _ = load_mosnet(model_dir, pick_device(device))
+    if condition not in config.conditions:
+        raise ValueError(f"condition {condition!r} is unknown to model {model_dir}; it knows {config.conditions}")
+    written = []
+    for scan in scans:
+        scan = Path(scan)
+        volume = read_scan(scan, spacing)
+        if volume.image is None:
+            raise ValueError(f"{scan}: holds labels only, no image to segment")
+        use = volume.spacing
+        result = predict_volume(model, volume.image, use, condition)
+        target = Path(out) / scan.name.split(".")[0]
+        target.mkdir(parents=True, exist_ok=True)
+        write_tiff(target / "labels.tif", result.labels, use)
+        (target / "labels.json").write_text(json.dumps({"organs": result.organs}, indent=2) + "\n")
+        _volumes_csv(target / "volumes.csv", result.labels, result.organs, use)
+        log(f"{scan} -> {target}")
+        written.append(target)
+    return written
+
+
+def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
+                device: str = "auto", log=print) -> dict:
+    """Score a model on every scan of a dataset folder; tables shaped like the paper's Tables 1-2."""
+    from .inference.ct import predict_volume
+    from .metrics import organ_scores
+    from .models.store import load_mosnet
+    from .training.ct_data import load_case, read_ct_dataset
+    from .training.trainer import pick_device
+
+    model, config, _ = load_mosnet(model_dir, pick_device(device))
+    dataset = read_ct_dataset(data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    organs = {o: i + 1 for i, o in enumerate(config.organs)}
+    rows = []
+    for case in dataset.cases:
+        image, labels, spacing = load_case(dataset, case)
+        pred = predict_volume(model, image, spacing, dataset.condition)
+        for row in organ_scores(pred.labels, labels, organs, dataset.organs, spacing):
+            rows.append({"scan": case, **row})
+        log(f"  {case}: " + ", ".join(f"{r['organ']} {r['dsc']:.3f}" for r in rows if r["scan"] == case))
+    with open(out / "per_scan.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    write_summary(out, summary, f"{Path(model_dir).name} on {dataset.name} ({dataset.condition})")
+    return summary
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Mean, SD and n per organ and metric, skipping NaN (HD95 with an empty side)."""
+    summary: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for organ in dict.fromkeys(r["organ"] for r in rows):
+        summary[organ] = {}
+        for metric in ("dsc", "jsc", "hd95_mm"):
+            values = [r[metric] for r in rows if r["organ"] == organ and not math.isnan(r[metric])]
+            summary[organ][metric] = (float(np.mean(values)) if values else math.nan,
+                                      float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
+    return summary
+
+
+def write_summary(out: Path, summary: dict, title: str) -> None:
+    """summary.csv, a Markdown table ("mean (SD)", organs as columns) and a DSC bar chart."""
+    organs = list(summary)
+    with open(out / "summary.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["organ", "metric", "mean", "sd", "n"])
+        for organ in organs:
+            for metric, (mean, sd, n) in summary[organ].items():
+                writer.writerow([organ, metric, f"{mean:.4f}", f"{sd:.4f}", n])
+    lines = [f"# {title}", "", "| metric | " + " | ".join(organs) + " |", "| --- |" + " --- |" * len(organs)]
+    for metric, label in (("dsc", "DSC ↑"), ("jsc", "JSC ↑"), ("hd95_mm", "HD95 (mm) ↓")):
+        lines.append(f"| {label} | " + " | ".join(f"{summary[o][metric][0]:.3f} ({summary[o][metric][1]:.3f})"
+                                                  for o in organs) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(organs), 3.5))
+    ax.bar(organs, [summary[o]["dsc"][0] for o in organs], yerr=[summary[o]["dsc"][1] for o in organs], capsize=3)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("DSC, mean (SD)")
+    ax.set_title(title, fontsize=9)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(out / "dsc.png", dpi=100)
+    plt.close(fig)
+
+
+def read_per_scan(report: str | os.PathLike) -> list[dict]:
+    """Rows of an evaluation report's per_scan.csv, with numbers as floats."""
+    path = Path(report) / "per_scan.csv"
+    if not path.is_file():
+        raise ValueError(f"{report}: not an evaluation report (no per_scan.csv)")
+    with open(path, newline="") as fh:
+        return [{k: (v if k in ("scan", "organ") else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def compare_reports(reports: dict[str, str | os.PathLike], reference: str, metric: str = "dsc") -> str:
+    """A Markdown table (Table 4 of the paper): mean metric per organ for each model, and the
+    paired Wilcoxon signed-rank p-value of each model against ``reference`` over the same scans."""
+    from scipy.stats import wilcoxon
+
+    if reference not in reports:
+        raise ValueError(f"reference {reference!r} is not among the reports {sorted(reports)}")
+    tables = {name: {(r["scan"], r["organ"]): r[metric] for r in read_per_scan(path)} for name, path in reports.items()}
+    organs = list(dict.fromkeys(organ for _, organ in tables[reference]))
+    lines = [f"| model | " + " | ".join(organs) + " | mean |", "| --- |" + " --- |" * (len(organs) + 1)]
+    for name, table in tables.items():
+        cells, pooled_a, pooled_b = [], [], []
+        for organ in organs:
+            keys = [k for k in tables[reference] if k[1] == organ and k in table]
+            a = [table[k] for k in keys]
+            b = [tables[reference][k] for k in keys]
+            pooled_a += a
+            pooled_b += b
+            cell = f"{np.mean(a):.3f}" if a else "n/a"
+            if name != reference and len(a) >= 2 and any(x != y for x, y in zip(a, b)):
+                cell += f" (p={wilcoxon(a, b).pvalue:.2g})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(pooled_a):.3f} |")
+    lines.append("")
+    lines.append(f"{metric.upper()} per organ over the same held-out scans; p: paired Wilcoxon signed-rank "
+                 f"test against {reference}, per organ over scans.")
+    return "\n".join(lines) + "\n"

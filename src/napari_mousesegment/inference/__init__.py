@@ -1,0 +1,1 @@
+"""Prediction on whole volumes and series. Importing this package imports torch."""

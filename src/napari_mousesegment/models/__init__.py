@@ -1,0 +1,1 @@
+"""Networks and their configs. Importing this package imports torch."""

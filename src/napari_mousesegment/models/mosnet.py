@@ -1,0 +1,184 @@
+"""MOSnet (Wang et al. 2025): a U-shaped multi-organ network for partially annotated datasets.
+
+- Shared encoder: double convolutions (3×3 conv, batch norm, LeakyReLU, twice) and max-pooling
+  (eq. 1).
+- Segmentation decoder: at each level a control module (eqs. 2-4) gates the concatenated decoder
+  and skip features channel-wise, conditioned on a learned embedding of the dataset's condition
+  code, then a double conv. One sigmoid output per organ (multi-label).
+- Reconstruction decoder (eq. 5): transposed conv, concatenation with the encoder features of the
+  same level, double conv; it reconstructs the input image.
+
+The ablations of the paper are switches: BM has neither control module nor reconstruction,
+BM_CM adds the control module, BM_RB the reconstruction decoder, "full" both. BM is a plain
+U-Net here, not the paper's UNet++-style nested skips (allowed by the design notes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+VARIANTS = ("full", "bm", "bm_cm", "bm_rb")
+
+
+@dataclass
+class MOSnetConfig:
+    """Everything needed to rebuild a MOSnet and to feed it: saved as config.json beside the weights."""
+
+    organs: list[str]
+    conditions: list[str] = field(default_factory=lambda: ["native", "contrast"])
+    variant: str = "full"
+    width: int = 32  #: channels of the first level; doubled at each of the ``depth`` poolings
+    depth: int = 4
+    embed_dim: int = 16  #: size of the condition embedding a³
+    reduction: int = 8  #: squeeze ratio of the control module's channel gate
+    image_size: int = 128  #: in-plane size the slices are resized to
+    plane: str = "axial"  #: slicing plane: axial = (y, x) slices along z
+    spacing_mm: float = 0.28  #: isotropic voxel size the scans are resampled to
+    window_level: float = 400.0
+    window_width: float = 1000.0
+    kind: str = "mosnet"
+    version: str = "0"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not self.organs:
+            raise ValueError("a MOSnet needs at least one organ")
+        if len(set(self.organs)) != len(self.organs) or len(set(self.conditions)) != len(self.conditions):
+            raise ValueError("organ and condition names must be unique")
+        if self.width < 2 or self.depth < 1 or self.image_size % (2**self.depth):
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2**depth = {2**self.depth}")
+        if self.plane not in ("axial", "coronal", "sagittal"):
+            raise ValueError(f"plane must be axial, coronal or sagittal, got {self.plane!r}")
+
+    @property
+    def control(self) -> bool:
+        return self.variant in ("full", "bm_cm")
+
+    @property
+    def reconstruction(self) -> bool:
+        return self.variant in ("full", "bm_rb")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MOSnetConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if data.get("kind", "mosnet") != "mosnet":
+            raise ValueError(f"config is for a {data.get('kind')!r} model, not a MOSnet")
+        if unknown:
+            raise ValueError(f"unknown MOSnet config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def _bl(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.LeakyReLU(0.01, inplace=True))
+
+
+class DoubleConv(nn.Sequential):
+    """(3×3 conv, batch norm, LeakyReLU) twice."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), _bl(c_out),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), _bl(c_out))
+
+
+class ControlModule(nn.Module):
+    """Eq. 4: a channel gate over [a¹; a²] from the pooled features and the condition embedding."""
+
+    def __init__(self, channels: int, embed_dim: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.condition = nn.Sequential(nn.Linear(embed_dim, hidden), nn.LeakyReLU(0.01, inplace=True))
+        self.squeeze = nn.Linear(channels, hidden)  # W¹
+        self.excite = nn.Linear(2 * hidden, channels)  # W²
+
+    def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        pooled = features.mean(dim=(2, 3))
+        gate = torch.sigmoid(self.excite(torch.cat([self.condition(embedding), self.squeeze(pooled)], 1)))
+        return features * gate[:, :, None, None]
+
+
+class DecoderLevel(nn.Module):
+    """Eq. 2 (a¹ = BL(Conv3(Up(·)))), concatenation with the skip a², optional gate, double conv."""
+
+    def __init__(self, c_deep: int, c_skip: int, config: MOSnetConfig) -> None:
+        super().__init__()
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                                nn.Conv2d(c_deep, c_skip, 3, padding=1, bias=False), _bl(c_skip))
+        self.gate = ControlModule(2 * c_skip, config.embed_dim, config.reduction) if config.control else None
+        self.conv = DoubleConv(2 * c_skip, c_skip)
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
+        features = torch.cat([self.up(deep), skip], 1)
+        if self.gate is not None:
+            features = self.gate(features, embedding)
+        return self.conv(features)
+
+
+class ReconLevel(nn.Module):
+    """Eq. 5: DeConv (3×3, stride 2, padding 1), concatenation with the encoder features, double conv."""
+
+    def __init__(self, c_deep: int, c_skip: int) -> None:
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(c_deep, c_skip, 3, stride=2, padding=1, output_padding=1)
+        self.conv = DoubleConv(2 * c_skip, c_skip)
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.deconv(deep), skip], 1))
+
+
+class MOSnet(nn.Module):
+    """MOSnet, built from its config alone.
+
+    ``forward(image, condition)`` takes (B, 1, S, S) windowed slices in [0, 1] and (B,) condition
+    indices into ``config.conditions``; it returns per-organ logits (B, M, S, S) and the
+    reconstruction (B, 1, S, S) in [0, 1], or None when the variant has no reconstruction.
+    """
+
+    def __init__(self, config: MOSnetConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = [config.width * 2**i for i in range(config.depth + 1)]
+        self.encoder = nn.ModuleList([DoubleConv(1, widths[0])] +
+                                     [DoubleConv(widths[i - 1], widths[i]) for i in range(1, len(widths))])
+        self.decoder = nn.ModuleList([DecoderLevel(widths[i + 1], widths[i], config)
+                                      for i in reversed(range(config.depth))])
+        self.seg_head = nn.Conv2d(widths[0], len(config.organs), 1)
+        self.embedding = nn.Embedding(len(config.conditions), config.embed_dim) if config.control else None
+        if config.reconstruction:
+            self.recon = nn.ModuleList([ReconLevel(widths[i + 1], widths[i]) for i in reversed(range(config.depth))])
+            self.recon_head = nn.Conv2d(widths[0], 1, 1)
+        else:
+            self.recon = None
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        skips = []
+        x = image
+        for i, block in enumerate(self.encoder):
+            x = block(F.max_pool2d(x, 2) if i else x)
+            skips.append(x)
+        embedding = self.embedding(condition) if self.embedding is not None else None
+        seg = skips[-1]
+        for level, skip in zip(self.decoder, reversed(skips[:-1])):
+            seg = level(seg, skip, embedding)
+        logits = self.seg_head(seg)
+        if self.recon is None:
+            return logits, None
+        rec = skips[-1]
+        for level, skip in zip(self.recon, reversed(skips[:-1])):
+            rec = level(rec, skip)
+        return logits, torch.sigmoid(self.recon_head(rec))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

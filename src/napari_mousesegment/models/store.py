@@ -1,0 +1,89 @@
+"""Model folders: safetensors weights plus a JSON config that records their sha256.
+
+Loading never unpickles anything: weights come from safetensors, and the hash in config.json is
+checked before they are used, so a tampered or truncated file is refused with its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .mosnet import MOSnet, MOSnetConfig
+
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.json"
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be loaded."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(folder: str | os.PathLike, model: torch.nn.Module, config: MOSnetConfig,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write weights and config atomically; config.json gains the weights' sha256 and a timestamp."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS + ".partial")
+    save_file(state, str(tmp))
+    meta = json.loads(config.to_json())
+    meta.update(extra or {})
+    meta["sha256"] = sha256(tmp)
+    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    os.replace(tmp, folder / WEIGHTS)
+    (folder / (CONFIG + ".partial")).write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(folder / (CONFIG + ".partial"), folder / CONFIG)
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / CONFIG
+    if not path.is_file():
+        raise ModelError(f"model {folder}: no {CONFIG}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model {folder}: {CONFIG} is not valid JSON ({exc})") from exc
+
+
+def load_mosnet(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MOSnet, MOSnetConfig, dict]:
+    """Rebuild a MOSnet from its folder, checking the hash and that weights fit the config."""
+    folder = Path(folder)
+    meta = read_config(folder)
+    fields = {k: v for k, v in meta.items() if k in MOSnetConfig.__dataclass_fields__}
+    try:
+        config = MOSnetConfig.from_dict(fields | {"kind": meta.get("kind", "mosnet")})
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model {folder}: {exc}") from exc
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"model {folder}: no {WEIGHTS}")
+    if meta.get("sha256") and sha256(weights) != meta["sha256"]:
+        raise ModelError(f"model {folder}: {WEIGHTS} does not match the sha256 in {CONFIG} (tampered or truncated)")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ModelError(f"model {folder}: cannot read {WEIGHTS} ({exc})") from exc
+    model = MOSnet(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"model {folder}: weights do not match its config ({str(exc).splitlines()[0]})") from exc
+    return model.to(device).eval(), config, meta

@@ -1,0 +1,1 @@
+"""Losses, data and training loops. Importing this package imports torch."""

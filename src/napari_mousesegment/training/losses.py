@@ -1,0 +1,60 @@
+"""MOSnet's loss (eqs. 6-9): organ-masked, frequency-weighted BCE plus λ·MSE of the reconstruction."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+RECON_WEIGHT = 0.7  #: λ, the paper's best value (its Fig. 4c)
+
+
+def organ_weights(positive_fraction: np.ndarray, cap: float = 30.0) -> np.ndarray:
+    """β per organ from label frequencies: sqrt(negatives / positives), between 1 and ``cap``.
+
+    Rare, small organs (bladder, spleen) get more weight on their positive pixels than large ones
+    (liver, lungs); the square root keeps rare organs from drowning the rest.
+    """
+    f = np.clip(np.asarray(positive_fraction, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.clip(np.sqrt((1 - f) / f), 1.0, cap).astype(np.float32)
+
+
+def mosnet_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    annotated: torch.Tensor,
+    beta: torch.Tensor,
+    recon: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
+    recon_weight: float = RECON_WEIGHT,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = Σ_i α_i·BCE_β(ŷ_i, y_i) + λ·MSE(recon, image).
+
+    Parameters
+    ----------
+    logits, target : (B, M, H, W)
+        Per-organ logits and binary masks.
+    annotated : (B, M)
+        α: 1 where the sample's dataset annotates organ i, else 0. Unannotated organs contribute
+        neither loss nor gradient: what the model says there is never counted as wrong.
+    beta : (M,)
+        Weight of each organ's positive pixels (eq. 7).
+    recon, image : (B, 1, H, W) or None
+        Reconstruction and the input it reconstructs.
+
+    Returns
+    -------
+    loss, parts : the scalar loss and its "seg" and "recon" parts as floats.
+    """
+    pos_weight = beta.to(logits.dtype)[None, :, None, None].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=pos_weight,
+                                             reduction="none").mean(dim=(2, 3))  # (B, M)
+    alpha = annotated.to(bce.dtype)
+    seg = (bce * alpha).sum(dim=1).mean()
+    parts = {"seg": float(seg.detach())}
+    loss = seg
+    if recon is not None:
+        mse = F.mse_loss(recon.float(), image.float())
+        loss = loss + recon_weight * mse
+        parts["recon"] = float(mse.detach())
+    return loss, parts

@@ -1,0 +1,209 @@
+"""Joint MOSnet training over partially annotated datasets, durable and resumable.
+
+Each sample's dataset sets its condition code and its α (which organs count). Every epoch writes
+a checkpoint; the best epoch's weights (by mean validation Dice) are the model folder's weights.
+``--resume`` continues from the last checkpoint after a crash or a ``--max-minutes`` stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..models.mosnet import MOSnet, MOSnetConfig, count_parameters
+from ..models.store import save_model
+from .ct_data import SliceSet, build_slices, read_ct_dataset, split_by_scan
+from .curves import plot_history, write_history
+from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
+
+
+@dataclass
+class TrainSettings:
+    """The recipe; defaults are the paper's (Adam 1e-3, 100 epochs, batch 16, 9:1 split by scan)."""
+
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    recon_weight: float = RECON_WEIGHT
+    max_minutes: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    slice_stride: int = 1  #: use every n-th slice (neighbouring slices are nearly identical)
+    resume: bool = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device, channels_last: bool):
+    index = torch.from_numpy(idx)
+    image = data.images[index].to(device, non_blocking=True).float()
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return (image, data.organ_masks[index].to(device).float(), data.annotated[index].to(device),
+            data.condition[index].to(device))
+
+
+def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings: TrainSettings,
+                    device: torch.device) -> dict[str, float]:
+    """Validation loss and per-organ Dice over all validation slices (annotated organs only)."""
+    model.eval()
+    organs = model.config.organs
+    inter = torch.zeros(len(organs), dtype=torch.float64)
+    total = torch.zeros(len(organs), dtype=torch.float64)
+    losses = []
+    with torch.inference_mode():
+        for idx in _batches(len(data.images), settings.batch_size * 2, None):
+            image, masks, annotated, condition = _to_device(data, idx, device, device.type == "cuda")
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits, recon = model(image, condition)
+            loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight)
+            losses.append(float(loss) * len(idx))
+            pred = (logits.float() > 0).double()
+            a = annotated.double()[:, :, None, None]
+            inter += (pred * masks.double() * a).sum(dim=(0, 2, 3)).cpu()
+            total += ((pred + masks.double()) * a).sum(dim=(0, 2, 3)).cpu()
+    dice = {o: float(2 * inter[i] / total[i]) if total[i] > 0 else float("nan") for i, o in enumerate(organs)}
+    valid = [d for d in dice.values() if not math.isnan(d)]
+    return {"val_loss": sum(losses) / len(data.images), "val_dice_mean": float(np.mean(valid)) if valid else 0.0,
+            **{f"val_dice_{o}": d for o, d in dice.items()}}
+
+
+def train_mosnet(
+    data_dirs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    config: MOSnetConfig,
+    settings: TrainSettings,
+    log: Callable[[str], None] = print,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool = True,
+) -> dict:
+    """Train jointly on the dataset folders and write the model folder ``out``; returns a summary."""
+    out = Path(out)
+    checkpoint_dir = out / "checkpoint"
+    state_path = checkpoint_dir / "state.json"
+    if settings.resume and state_path.is_file():
+        saved = json.loads((checkpoint_dir / "config.json").read_text())
+        if saved != json.loads(config.to_json()):
+            raise ValueError(f"{out}: --resume with a different model config than the checkpoint's")
+    elif (out / "weights.safetensors").exists() or state_path.exists():
+        raise FileExistsError(f"{out} already holds a model or checkpoint; pass --resume or choose another --out")
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / "config.json").write_text(config.to_json())
+
+    torch.manual_seed(settings.seed)
+    device = pick_device(settings.device)
+    datasets = [read_ct_dataset(d) for d in data_dirs]
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must differ, got {names}")
+    log(f"reading {sum(len(d.cases) for d in datasets)} scans from {len(datasets)} dataset(s)")
+    all_scans = [f"{d.name}/{c}" for d in datasets for c in d.cases]
+    train_ids, val_ids = split_by_scan(all_scans, settings.val_fraction, settings.seed)
+    pick = lambda ids: {str(d.root): [c for c in d.cases if f"{d.name}/{c}" in ids] for d in datasets}  # noqa: E731
+    train = build_slices(datasets, config, pick(set(train_ids)), settings.slice_stride)
+    val = build_slices(datasets, config, pick(set(val_ids)), settings.slice_stride)
+    ann = train.annotated.float()
+    pos = (train.organ_masks.float().mean(dim=(2, 3)) * ann).sum(0) / ann.sum(0).clamp(min=1)
+    beta = torch.from_numpy(organ_weights(pos.numpy())).to(device)
+    log(f"{len(train.images)} training slices from {len(train_ids)} scans, {len(val.images)} validation slices "
+        f"from {len(val_ids)} scans; device {device}")
+
+    model = MOSnet(config).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
+    history: list[dict] = []
+    start_epoch, best = 0, -1.0
+    if settings.resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        model.load_state_dict(load_file(str(checkpoint_dir / "last.safetensors"), device=str(device)))
+        opt = torch.load(checkpoint_dir / "optimizer.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        log(f"resumed after epoch {state['epoch'] + 1} (best mean Dice {best:.3f})")
+
+    t_start = time.monotonic()
+    stopped = None
+    summary_extra = {
+        "training": {"datasets": [{"name": d.name, "condition": d.condition, "organs": sorted(d.organs),
+                                   "scans": len(d.cases)} for d in datasets],
+                     "train_scans": train_ids, "val_scans": val_ids, "beta": [round(float(b), 3) for b in beta],
+                     "settings": {k: v for k, v in vars(settings).items() if k != "resume"},
+                     "parameters": count_parameters(model)},
+    }
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        t0 = time.monotonic()
+        sums = {"loss": 0.0, "seg": 0.0, "recon": 0.0}
+        batches = _batches(len(train.images), settings.batch_size, np.random.default_rng([settings.seed, epoch]))
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
+        seen = 0
+        for idx in bar:
+            image, masks, annotated, condition = _to_device(train, idx, device, device.type == "cuda")
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits, recon = model(image, condition)
+            loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(idx)
+            value = float(loss.detach())
+            sums["loss"] += value * len(idx)
+            for k, v in parts.items():
+                sums[k] += v * len(idx)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if should_stop():
+                stopped = "cancelled"
+            elif settings.max_minutes and time.monotonic() - t_start > settings.max_minutes * 60:
+                stopped = f"--max-minutes {settings.max_minutes} reached"
+            if stopped:
+                break
+        scheduler.step()
+        row = {"epoch": epoch + 1, "train_loss": sums["loss"] / seen, "train_seg": sums["seg"] / seen,
+               "train_recon": sums["recon"] / seen, **evaluate_slices(model, val, beta, settings, device),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 1),
+               "complete": stopped is None}
+        history.append(row)
+        improved = row["val_dice_mean"] > best
+        if improved:
+            best = row["val_dice_mean"]
+            save_model(out, model, config, {**summary_extra, "metrics": {"epoch": epoch + 1, **row}})
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(checkpoint_dir / "last.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                   checkpoint_dir / "optimizer.pt")
+        state_path.write_text(json.dumps({"epoch": epoch, "best": best, "history": history}, indent=1))
+        write_history(out / "history.csv", history)
+        plot_history(out / "curves.png", history, f"MOSnet ({config.variant}, width {config.width})")
+        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val Dice {row['val_dice_mean']:.3f}{' (best)' if improved else ''}, {row['seconds']:.0f} s")
+        if stopped:
+            log(f"stopped: {stopped}; the best weights so far are kept in {out}")
+            break
+    return {"out": str(out), "best_val_dice": best, "epochs_run": len(history), "stopped": stopped}

@@ -1,0 +1,86 @@
+import nibabel
+import numpy as np
+import pytest
+
+from napari_mousesegment.io.volumes import map_classes, parse_cls, read_scan, read_tiff, write_tiff
+
+from ..conftest import shared_file
+
+CLS = ("ClassColors=0 0 0 255|1 1 1 255|2 2 2 255|3 3 3 255|4 4 4 255\n"
+       "ClassIndices=0|5|7|2|9\nClassNames=unclassified|Heart|Trachea|Lung|Kidneys\n")
+
+
+def test_cls_mapping_follows_names_not_numbers():
+    classes = parse_cls(CLS)
+    assert classes == {0: "unclassified", 5: "Heart", 7: "Trachea", 2: "Lung", 9: "Kidneys"}
+    assert map_classes(classes) == {"heart": 5, "lungs": 2, "kidneys": 9}
+    with pytest.raises(ValueError, match="ClassNames"):
+        parse_cls("ClassColors=1|2")
+
+
+def test_real_rosenhain_label_map_is_read_and_oriented_head_first():
+    scan = read_scan(shared_file("rosenhain", "CT280_organs.segff"))
+    assert scan.image is None and scan.labels.shape == (242, 121, 154)
+    assert scan.spacing == pytest.approx((0.28, 0.28, 0.28))
+    assert scan.organs == {"heart": 1, "bone": 3, "lungs": 4, "kidneys": 10, "liver": 11}
+    z = {o: np.argwhere(scan.labels == v)[:, 0].mean() for o, v in scan.organs.items()}
+    assert z["lungs"] < z["liver"] < z["kidneys"] and z["heart"] < z["liver"]
+
+
+def _rosenhain_folder(root, hu, labels):
+    """A scan folder as the database ships it: Analyze CT280, raw Organ_280.img, .cls."""
+    root.mkdir()
+    nibabel.save(nibabel.AnalyzeImage(np.transpose(hu, (2, 1, 0)), np.diag([0.28, 0.28, 0.28, 1])),
+                 str(root / "CT280.hdr"))
+    np.transpose(labels, (2, 1, 0)).astype(np.uint8).tofile(root / "Organ_280.img")
+    (root / "Organ_280.cls").write_text(CLS)
+    return root
+
+
+def test_rosenhain_folder_maps_classes_and_orients_tail_first_scans(tmp_path):
+    z, y, x = 30, 12, 16
+    labels = np.zeros((z, y, x), np.uint8)
+    labels[3:8, 4:8, 4:12] = 2  # lungs at the head end ...
+    labels[20:26, 2:5, 3:6] = 9  # ... kidneys further down
+    hu = np.where(labels == 2, -400, 40).astype(np.int16)
+    folder = _rosenhain_folder(tmp_path / "M03_024h", hu[::-1], labels[::-1])  # stored tail first
+    scan = read_scan(folder)
+    assert scan.organs == {"heart": 5, "lungs": 2, "kidneys": 9}  # listed classes, by name
+    assert np.array_equal(scan.labels, labels) and np.array_equal(scan.image, hu)
+    assert scan.spacing == pytest.approx((0.28, 0.28, 0.28))
+
+
+def test_nifti_round_trip_keeps_axes_and_spacing(tmp_path):
+    volume = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    nibabel.save(nibabel.Nifti1Image(np.transpose(volume, (2, 1, 0)), np.diag([0.1, 0.2, 0.3, 1])),
+                 str(tmp_path / "scan.nii.gz"))
+    scan = read_scan(tmp_path / "scan.nii.gz")
+    assert np.array_equal(scan.image, volume) and scan.spacing == pytest.approx((0.3, 0.2, 0.1))
+
+
+def test_tiff_without_spacing_needs_one(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "bare.tif", np.zeros((4, 5, 6), np.int16), photometric="minisblack")
+    with pytest.raises(ValueError, match="no voxel size"):
+        read_scan(tmp_path / "bare.tif")
+    assert read_scan(tmp_path / "bare.tif", (0.5, 0.5, 0.5)).spacing == (0.5, 0.5, 0.5)
+    write_tiff(tmp_path / "with.tif", np.zeros((4, 5, 6), np.int16), (0.5, 0.25, 0.25))
+    assert read_tiff(tmp_path / "with.tif")[1] == pytest.approx((0.5, 0.25, 0.25))
+
+
+def test_bad_scans_name_the_file(tmp_path):
+    broken = tmp_path / "broken.nii"
+    broken.write_bytes(b"not a nifti header at all")
+    with pytest.raises(ValueError, match="broken.nii"):
+        read_scan(broken)
+    nan = np.zeros((4, 5, 6), np.float32)
+    nan[1, 1, 1] = np.nan
+    write_tiff(tmp_path / "nan.tif", nan, (0.28,) * 3)
+    with pytest.raises(ValueError, match="NaN"):
+        read_scan(tmp_path / "nan.tif")
+    (tmp_path / "x.dcm").write_text("x")
+    with pytest.raises(ValueError, match="unsupported"):
+        read_scan(tmp_path / "x.dcm")
+    with pytest.raises(ValueError, match="not a Rosenhain"):
+        read_scan(tmp_path)

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from napari_mousesegment.models.mosnet import VARIANTS, MOSnet, MOSnetConfig, count_parameters
+from napari_mousesegment.models.store import ModelError, load_mosnet, save_model
+from napari_mousesegment.organs import CT_ORGANS
+
+ORGANS = list(CT_ORGANS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_shapes(variant):
+    model = MOSnet(MOSnetConfig(organs=ORGANS, variant=variant, width=4, depth=3, image_size=32)).eval()
+    with torch.no_grad():
+        logits, recon = model(torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
+    assert logits.shape == (2, 9, 32, 32)
+    if variant in ("full", "bm_rb"):
+        assert recon.shape == (2, 1, 32, 32) and 0 <= float(recon.min()) and float(recon.max()) <= 1
+    else:
+        assert recon is None
+
+
+def test_default_width_is_near_the_papers_11_4m_parameters():
+    n = count_parameters(MOSnet(MOSnetConfig(organs=ORGANS)))
+    assert abs(n - 11.4e6) / 11.4e6 < 0.15, n
+
+
+def test_control_module_makes_the_condition_matter():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 32, 32)
+    full = MOSnet(MOSnetConfig(organs=ORGANS, width=4, depth=3, image_size=32)).eval()
+    plain = MOSnet(MOSnetConfig(organs=ORGANS, variant="bm", width=4, depth=3, image_size=32)).eval()
+    assert not torch.allclose(full(x, torch.tensor([0]))[0], full(x, torch.tensor([1]))[0])
+    assert torch.allclose(plain(x, torch.tensor([0]))[0], plain(x, torch.tensor([1]))[0])
+
+
+@pytest.mark.parametrize("kwargs", [{"variant": "unet"}, {"organs": []}, {"organs": ["a", "a"]},
+                                    {"image_size": 100}, {"plane": "oblique"}])
+def test_bad_configs_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        MOSnetConfig(**({"organs": ORGANS} | kwargs))
+
+
+def test_model_folder_round_trip_and_tamper_detection(tmp_path):
+    config = MOSnetConfig(organs=ORGANS, width=4, depth=2, image_size=16)
+    model = MOSnet(config)
+    folder = save_model(tmp_path / "m", model, config, {"metrics": {"val_dice_mean": 0.5}})
+    loaded, loaded_config, meta = load_mosnet(folder)
+    assert loaded_config == config and meta["metrics"]["val_dice_mean"] == 0.5 and len(meta["sha256"]) == 64
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    weights = folder / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ModelError, match="sha256"):
+        load_mosnet(folder)
+
+
+def test_config_that_does_not_match_weights_is_refused(tmp_path):
+    config = MOSnetConfig(organs=ORGANS, width=4, depth=2, image_size=16)
+    folder = save_model(tmp_path / "m", MOSnet(config), config)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["width"] = 8
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="do not match"):
+        load_mosnet(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelError, match="no config.json"):
+        load_mosnet(folder)
