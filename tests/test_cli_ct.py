@@ -90,3 +90,19 @@ def test_dataset_ct_converts_and_renumbers(tmp_path):
     assert meta["organs"] == {"heart": 1, "liver": 3}
     out, _ = read_tiff(tmp_path / "ds" / "labels" / "M01_024h.tif")
     assert np.array_equal(out == 3, scan.labels == 3) and np.array_equal(out == 1, scan.labels == 1)
+
+
+def test_demo_segments_and_scores_with_a_trained_model(trained, tmp_path):
+    _, model = trained
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--ct-model", str(model)]) == 0
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    done = [s for s in report["steps"] if s["name"].endswith("MOSnet segmentation and organ volumes")]
+    assert [s["status"] for s in done] == ["done", "done"]
+    assert len(report["scores"]) == 18 and all(0 <= r["dsc"] <= 1 for r in report["scores"])
+    assert (tmp_path / "demo" / "ct" / "native" / "labels.tif").exists()
+    assert "| ct contrast | liver |" in (tmp_path / "demo" / "report.md").read_text()
+
+
+def test_demo_refuses_a_folder_that_is_not_a_model(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--ct-model", str(tmp_path)]) == 2
+    assert not (tmp_path / "demo").exists()

@@ -22,7 +22,7 @@ def _grid(text: str) -> tuple[int, int]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, overwrite=args.overwrite, seed=args.seed)
+    run_demo(args.out, overwrite=args.overwrite, seed=args.seed, ct_model=args.ct_model)
     return 0
 
 
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true",
                       help="replace an earlier demo output in --out (never a folder the demo did not write)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default 0)")
+    demo.add_argument("--ct-model", type=Path, default=None,
+                      help="a trained MOSnet model folder: segment the micro-CT samples and score them")
     demo.set_defaults(func=_cmd_demo)
 
     split = sub.add_parser("split", help="split an ultrasound composite into a (frames, H, W) stack")

@@ -25,7 +25,8 @@ from .io.composites import read_composite
 from .io.volumes import write_tiff
 from .organs import US_FRAMES
 
-NO_CT_MODEL = "no trained MOSnet model is available yet (MOSnet and model-store issues)"
+NO_CT_MODEL = ("no MOSnet weights ship with the plugin yet (model-store issue); train one with "
+               "`mousesegment train mosnet` and pass it as --ct-model")
 NO_US_MODEL = "no trained ultrasound U-Nets are available yet (fetal-ultrasound and model-store issues)"
 
 
@@ -66,7 +67,31 @@ def _volumes_csv(path: Path, volumes: dict[str, float], voxel_mm3: float) -> Non
             writer.writerow([organ, round(mm3 / voxel_mm3), f"{mm3:.2f}"])
 
 
-def _ct_steps(out: Path, seed: int, log: Callable[[str], None]) -> list[Step]:
+def _segment_ct(scan, folder: Path, model_dir: Path, log: Callable[[str], None]) -> tuple[Step, list[dict]]:
+    """Run a trained MOSnet on the phantom and score it against the phantom's truth."""
+    from .inference.ct import predict_volume
+    from .metrics import organ_scores
+    from .models.store import load_mosnet
+
+    t0 = time.perf_counter()
+    model, config, _ = load_mosnet(model_dir)
+    pred = predict_volume(model, scan.image, scan.spacing, scan.condition)
+    write_tiff(folder / "labels.tif", pred.labels, scan.spacing)
+    (folder / "labels.json").write_text(json.dumps({"organs": pred.organs}, indent=2) + "\n")
+    voxel = float(np.prod(scan.spacing))
+    counts = np.bincount(pred.labels.ravel(), minlength=len(pred.organs) + 1)
+    _volumes_csv(folder / "volumes.csv", {o: counts[v] * voxel for o, v in pred.organs.items()}, voxel)
+    rows = [{"sample": f"ct {scan.condition}", **r}
+            for r in organ_scores(pred.labels, scan.labels, pred.organs, scan.organs, scan.spacing)]
+    mean = np.mean([r["dsc"] for r in rows])
+    step = Step(f"micro-CT {scan.condition}: MOSnet segmentation and organ volumes", "done",
+                f"model {model_dir}; mean DSC {mean:.3f} over {len(rows)} organs",
+                [str(folder / n) for n in ("labels.tif", "volumes.csv")], time.perf_counter() - t0)
+    return step, rows
+
+
+def _ct_steps(out: Path, seed: int, log: Callable[[str], None], ct_model: Path | None = None,
+              scores: list[dict] | None = None) -> list[Step]:
     steps = []
     for condition in CONDITIONS:
         t0 = time.perf_counter()
@@ -86,8 +111,14 @@ def _ct_steps(out: Path, seed: int, log: Callable[[str], None]) -> list[Step]:
             time.perf_counter() - t0,
         ))
         log(f"  {steps[-1].name}: {steps[-1].detail}")
-        steps.append(Step(f"micro-CT {condition}: MOSnet segmentation and organ volumes", "skipped", NO_CT_MODEL))
-        log(f"  {steps[-1].name}: SKIPPED, {NO_CT_MODEL}")
+        if ct_model is None:
+            steps.append(Step(f"micro-CT {condition}: MOSnet segmentation and organ volumes", "skipped", NO_CT_MODEL))
+            log(f"  {steps[-1].name}: SKIPPED, {NO_CT_MODEL}")
+        else:
+            step, rows = _segment_ct(scan, folder, ct_model, log)
+            steps.append(step)
+            scores.extend(rows)
+            log(f"  {step.name}: {step.detail}")
     return steps
 
 
@@ -123,30 +154,45 @@ def _us_steps(out: Path, seed: int, log: Callable[[str], None]) -> list[Step]:
     return steps
 
 
-def _write_report(out: Path, steps: list[Step], seed: int) -> None:
-    report = {"seed": seed, "steps": [asdict(s) for s in steps],
-              "scores": None, "scores_note": "no scores: every segmentation step was skipped"}
+def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict]) -> None:
+    report = {"seed": seed, "steps": [asdict(s) for s in steps], "scores": scores or None}
+    if not scores:
+        report["scores_note"] = "no scores: every segmentation step was skipped"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# napari-mousesegment demo report", "", f"Seed {seed}. Synthetic data; see docs/synthetic-data.md.", "",
              "| step | status | detail |", "| --- | --- | --- |"]
     lines += [f"| {s.name} | {s.status} | {s.detail} |" for s in steps]
-    lines += ["", "## Scores against the samples' truth", "",
-              "None yet: no segmentation ran, so there is nothing to score. "
-              "The skipped steps above say which models are missing."]
+    lines += ["", "## Scores against the samples' truth", ""]
+    if scores:
+        lines += ["| sample | organ | DSC | JSC | HD95 (mm) | volume (mm³) | truth volume (mm³) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['sample']} | {r['organ']} | {r['dsc']:.3f} | {r['jsc']:.3f} | {r['hd95_mm']:.2f} | "
+                  f"{r['volume_pred_mm3']:.0f} | {r['volume_truth_mm3']:.0f} |" for r in scores]
+    else:
+        lines += ["None yet: no segmentation ran, so there is nothing to score. "
+                  "The skipped steps above say which models are missing."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
 def run_demo(out: str | os.PathLike = "mousesegment-demo", *, overwrite: bool = False, seed: int = 0,
-             log: Callable[[str], None] = print) -> list[Step]:
-    """Run the headless demo into ``out`` and return its steps; writes report.md and report.json."""
+             ct_model: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> list[Step]:
+    """Run the headless demo into ``out`` and return its steps; writes report.md and report.json.
+
+    With ``ct_model`` (a MOSnet model folder) the micro-CT samples are segmented and scored.
+    """
     out = Path(out)
+    if ct_model is not None:
+        from .models.store import read_config
+
+        read_config(ct_model)  # fail before writing anything when the folder is not a model
     prepare_output(out, overwrite)
+    scores: list[dict] = []
     log(f"napari-mousesegment demo -> {out.resolve()}")
     log("micro-CT:")
-    steps = _ct_steps(out, seed, log)
+    steps = _ct_steps(out, seed, log, Path(ct_model) if ct_model else None, scores)
     log("fetal ultrasound:")
     steps += _us_steps(out, seed, log)
-    _write_report(out, steps, seed)
+    _write_report(out, steps, seed, scores)
     skipped = [s for s in steps if s.status == "skipped"]
     log(f"report: {out / 'report.md'}  ({len(steps) - len(skipped)} steps done, {len(skipped)} skipped)")
     return steps
