@@ -110,7 +110,7 @@ def _cmd_dataset_ct(args: argparse.Namespace) -> int:
 def _cmd_predict_ct(args: argparse.Namespace) -> int:
     from .ct_jobs import predict_ct
 
-    predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device)
+    predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device, args.cleanup)
     return 0
 
 
@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     pct.add_argument("--out", type=Path, required=True)
     pct.add_argument("--spacing", type=_spacing, default=None, help="voxel size Z,Y,X in mm when the file lacks it")
     pct.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pct.add_argument("--cleanup", action="store_true",
+                     help="keep the largest piece of single-piece organs, drop fragments under 5 mm3")
     pct.set_defaults(func=_cmd_predict_ct)
 
     evaluate = sub.add_parser("evaluate", help="score a trained model against a dataset's truth")

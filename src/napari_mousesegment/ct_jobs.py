@@ -15,22 +15,17 @@ from pathlib import Path
 import numpy as np
 
 
-def _volumes_csv(path: Path, labels: np.ndarray, organs: dict[str, int], spacing) -> None:
-    voxel = float(np.prod(spacing))
-    counts = np.bincount(labels.ravel(), minlength=max(organs.values()) + 1)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["organ", "voxels", "mm3"])
-        for organ, value in organs.items():
-            writer.writerow([organ, int(counts[value]), f"{counts[value] * voxel:.2f}"])
-
-
 def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, condition: str,
                out: str | os.PathLike, spacing: tuple[float, float, float] | None = None,
-               device: str = "auto", log=print) -> list[Path]:
-    """Segment each scan and write its labels, organ names and volumes under ``out``."""
+               device: str = "auto", cleanup: bool = False, log=print) -> list[Path]:
+    """Segment each scan and write its labels, organ names and volumes under ``out``.
+
+    ``cleanup`` keeps the largest piece of single-piece organs and drops tiny fragments.
+    """
     from .io.volumes import read_scan, write_tiff
     from .inference.ct import predict_volume
+    from .inference.postprocess import clean_labels
+    from .metrics import write_volumes_csv
     from .models.store import load_mosnet
     from .training.trainer import pick_device
 
@@ -45,11 +40,12 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
             raise ValueError(f"{scan}: holds labels only, no image to segment")
         use = volume.spacing
         result = predict_volume(model, volume.image, use, condition)
+        labels = clean_labels(result.labels, result.organs, use) if cleanup else result.labels
         target = Path(out) / scan.name.split(".")[0]
         target.mkdir(parents=True, exist_ok=True)
-        write_tiff(target / "labels.tif", result.labels, use)
+        write_tiff(target / "labels.tif", labels, use)
         (target / "labels.json").write_text(json.dumps({"organs": result.organs}, indent=2) + "\n")
-        _volumes_csv(target / "volumes.csv", result.labels, result.organs, use)
+        write_volumes_csv(target / "volumes.csv", labels, result.organs, use)
         log(f"{scan} -> {target}")
         written.append(target)
     return written

@@ -6,7 +6,6 @@ that need trained models (MOSnet, the ultrasound U-Nets) are skipped until those
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from .data.phantom_ct import CONDITIONS, ct_phantom
 from .data.phantom_us import ultrasound_series
 from .io.composites import read_composite
 from .io.volumes import write_tiff
+from .metrics import write_volumes_csv
 from .organs import US_FRAMES
 
 NO_CT_MODEL = ("no MOSnet weights ship with the plugin yet (model-store issue); train one with "
@@ -59,14 +59,6 @@ def prepare_output(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _volumes_csv(path: Path, volumes: dict[str, float], voxel_mm3: float) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["organ", "voxels", "mm3"])
-        for organ, mm3 in volumes.items():
-            writer.writerow([organ, round(mm3 / voxel_mm3), f"{mm3:.2f}"])
-
-
 def _segment_ct(scan, folder: Path, model_dir: Path, log: Callable[[str], None]) -> tuple[Step, list[dict]]:
     """Run a trained MOSnet on the phantom and score it against the phantom's truth."""
     from .inference.ct import predict_volume
@@ -78,9 +70,7 @@ def _segment_ct(scan, folder: Path, model_dir: Path, log: Callable[[str], None])
     pred = predict_volume(model, scan.image, scan.spacing, scan.condition)
     write_tiff(folder / "labels.tif", pred.labels, scan.spacing)
     (folder / "labels.json").write_text(json.dumps({"organs": pred.organs}, indent=2) + "\n")
-    voxel = float(np.prod(scan.spacing))
-    counts = np.bincount(pred.labels.ravel(), minlength=len(pred.organs) + 1)
-    _volumes_csv(folder / "volumes.csv", {o: counts[v] * voxel for o, v in pred.organs.items()}, voxel)
+    write_volumes_csv(folder / "volumes.csv", pred.labels, pred.organs, scan.spacing)
     rows = [{"sample": f"ct {scan.condition}", **r}
             for r in organ_scores(pred.labels, scan.labels, pred.organs, scan.organs, scan.spacing)]
     mean = np.mean([r["dsc"] for r in rows])
@@ -102,7 +92,7 @@ def _ct_steps(out: Path, seed: int, log: Callable[[str], None], ct_model: Path |
         write_tiff(folder / "truth_labels.tif", scan.labels, scan.spacing)
         (folder / "truth_labels.json").write_text(json.dumps({"organs": scan.organs}, indent=2) + "\n")
         volumes = scan.organ_volumes()
-        _volumes_csv(folder / "truth_volumes.csv", volumes, float(np.prod(scan.spacing)))
+        write_volumes_csv(folder / "truth_volumes.csv", scan.labels, scan.organs, scan.spacing)
         steps.append(Step(
             f"micro-CT {condition}: synthetic scan and truth", "done",
             f"{scan.image.shape} voxels at {scan.spacing[0]} mm; truth liver {volumes['liver']:.0f} mm³, "

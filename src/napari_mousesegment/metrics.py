@@ -10,6 +10,9 @@ No torch, napari or Qt here.
 
 from __future__ import annotations
 
+import csv
+import os
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -45,6 +48,18 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> flo
 
 def volume_mm3(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     return float(mask.astype(bool).sum() * np.prod(spacing))
+
+
+def write_volumes_csv(path: str | os.PathLike, labels: np.ndarray, organs: dict[str, int],
+                      spacing: tuple[float, ...]) -> None:
+    """Organ volumes of a label volume as CSV: organ, voxels, mm3."""
+    counts = np.bincount(labels.ravel(), minlength=max(organs.values()) + 1)
+    voxel = float(np.prod(spacing))
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["organ", "voxels", "mm3"])
+        for organ, value in organs.items():
+            writer.writerow([organ, int(counts[value]), f"{counts[value] * voxel:.2f}"])
 
 
 def organ_scores(pred_labels: np.ndarray, truth_labels: np.ndarray, organs: dict[str, int],

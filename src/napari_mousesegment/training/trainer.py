@@ -121,9 +121,12 @@ def train_mosnet(
     log(f"reading {sum(len(d.cases) for d in datasets)} scans from {len(datasets)} dataset(s)")
     all_scans = [f"{d.name}/{c}" for d in datasets for c in d.cases]
     train_ids, val_ids = split_by_scan(all_scans, settings.val_fraction, settings.seed)
-    pick = lambda ids: {str(d.root): [c for c in d.cases if f"{d.name}/{c}" in ids] for d in datasets}  # noqa: E731
-    train = build_slices(datasets, config, pick(set(train_ids)), settings.slice_stride)
-    val = build_slices(datasets, config, pick(set(val_ids)), settings.slice_stride)
+
+    def cases_of(ids: set[str]) -> dict[str, list[str]]:
+        return {str(d.root): [c for c in d.cases if f"{d.name}/{c}" in ids] for d in datasets}
+
+    train = build_slices(datasets, config, cases_of(set(train_ids)), settings.slice_stride)
+    val = build_slices(datasets, config, cases_of(set(val_ids)), settings.slice_stride)
     ann = train.annotated.float()
     pos = (train.organ_masks.float().mean(dim=(2, 3)) * ann).sum(0) / ann.sum(0).clamp(min=1)
     beta = torch.from_numpy(organ_weights(pos.numpy())).to(device)
