@@ -89,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     organs += sorted({o for d in datasets for o in d.organs} - set(organs))
     conditions = list(dict.fromkeys(["native", "contrast", *(d.condition for d in datasets)]))
     config = MOSnetConfig(organs=organs, conditions=conditions, variant=args.variant, width=args.width,
-                          image_size=args.image_size)
+                          image_size=args.image_size, spacing_mm=args.voxel_mm)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
                              slice_stride=args.slice_stride, resume=args.resume)
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     mosnet.add_argument("--variant", choices=["full", "bm", "bm_cm", "bm_rb"], default="full")
     mosnet.add_argument("--width", type=int, default=32, help="channels of the first level (default 32: ~12.7M parameters)")
     mosnet.add_argument("--image-size", type=int, default=128, help="in-plane slice size (default 128)")
+    mosnet.add_argument("--voxel-mm", type=float, default=0.28,
+                        help="isotropic voxel size scans are resampled to (default 0.28 mm, the Rosenhain scans')")
     mosnet.add_argument("--epochs", type=int, default=100)
     mosnet.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long, keeping the best weights")
     mosnet.add_argument("--batch-size", type=int, default=16)

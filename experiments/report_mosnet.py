@@ -1,0 +1,90 @@
+"""Write docs/results-mosnet.md and its figures from the outputs of experiments/mosnet_synthetic.sh.
+
+Usage: python experiments/report_mosnet.py WORKDIR
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from napari_mousesegment.ct_jobs import compare_reports, read_per_scan, summarise
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TARGET_ORGANS = ("heart", "lungs", "liver", "kidneys")
+
+
+def _table(report: Path) -> str:
+    summary = summarise(read_per_scan(report))
+    organs = list(summary)
+    lines = ["| metric | " + " | ".join(organs) + " |", "| --- |" + " --- |" * len(organs)]
+    for metric, label in (("dsc", "DSC"), ("jsc", "JSC"), ("hd95_mm", "HD95 (mm)")):
+        lines.append(f"| {label} | " + " | ".join(f"{summary[o][metric][0]:.3f} ({summary[o][metric][1]:.3f})"
+                                                  for o in organs) + " |")
+    return "\n".join(lines)
+
+
+def _model_line(model: Path) -> str:
+    meta = json.loads((model / "config.json").read_text())
+    history = (model / "history.csv").read_text().strip().splitlines()
+    t = meta["training"]
+    return (f"width {meta['width']}, {t['parameters'] / 1e6:.2f} M parameters, slices {meta['image_size']} px, "
+            f"{len(history) - 1} epochs run (best: epoch {meta['metrics']['epoch']}, mean validation Dice "
+            f"{meta['metrics']['val_dice_mean']:.3f}), {len(t['train_scans'])} training / {len(t['val_scans'])} "
+            "validation scans")
+
+
+def main(work: Path) -> None:
+    images = DOCS / "images"
+    out = ["# MOSnet: measured results", "",
+           "Produced by `bash experiments/mosnet_synthetic.sh WORK` (then "
+           "`python experiments/report_mosnet.py WORK`) on "
+           f"{platform.machine()} with {torch.get_num_threads()} CPU threads available to torch, "
+           f"torch {torch.__version__}, no GPU. Training data: 10 native phantoms (seeds 0-9) and 10 contrast "
+           "phantoms (seeds 100-109); held-out test phantoms: native seeds 200-203, contrast seeds 300-303. "
+           "Scores are 3D, on the test scans' own grids, without clean-up. HD95 in mm.", ""]
+    joint = work / "models" / "full"
+    if (joint / "config.json").exists():
+        shutil.copy(joint / "curves.png", images / "mosnet_joint_curves.png")
+        out += ["## Joint training, full model", "", _model_line(joint), "",
+                "![Training curves](images/mosnet_joint_curves.png)", ""]
+        for condition in ("native", "contrast"):
+            report = work / "reports" / "full" / condition
+            if (report / "per_scan.csv").exists():
+                summary = summarise(read_per_scan(report))
+                ok = all(summary[o]["dsc"][0] >= 0.85 for o in TARGET_ORGANS if o in summary)
+                out += [f"### Held-out {condition} phantoms (n = 4)", "", _table(report), "",
+                        f"Target DSC ≥ 0.85 on {', '.join(TARGET_ORGANS)}: **{'met' if ok else 'not met'}**.", ""]
+    partial = work / "models" / "partial"
+    if (work / "reports" / "partial" / "native" / "per_scan.csv").exists():
+        shutil.copy(partial / "curves.png", images / "mosnet_partial_curves.png")
+        rows = {}
+        for name in ("full", "partial"):
+            report = work / "reports" / name / "native"
+            if (report / "per_scan.csv").exists():
+                rows[name] = summarise(read_per_scan(report))
+        lines = ["| model | kidneys DSC | bladder DSC | heart DSC | liver DSC |", "| --- | --- | --- | --- | --- |"]
+        for name, summary in rows.items():
+            label = ("kidneys and bladder unannotated in the native set" if name == "partial"
+                     else "all organs annotated")
+            lines.append(f"| {label} | " + " | ".join(f"{summary[o]['dsc'][0]:.3f} ({summary[o]['dsc'][1]:.3f})"
+                                                      for o in ("kidneys", "bladder", "heart", "liver")) + " |")
+        out += ["## Partial labels (the paper's Table 3 experiment)", "",
+                "The native training set has no kidney or bladder labels; the contrast set has them. Scores on "
+                "held-out native phantoms:", "", _model_line(partial), "", *lines, "",
+                "![Training curves, partial labels](images/mosnet_partial_curves.png)", ""]
+    for condition in ("native", "contrast"):
+        table = work / "reports" / f"ablation_{condition}.md"
+        if table.exists():
+            out += [f"## Ablation on held-out {condition} phantoms (Table 4)", "", table.read_text(), ""]
+    (DOCS / "results-mosnet.md").write_text("\n".join(out) + "\n")
+    print(f"wrote {DOCS / 'results-mosnet.md'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
