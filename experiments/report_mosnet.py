@@ -81,7 +81,8 @@ def main(work: Path) -> None:
     for condition in ("native", "contrast"):
         table = work / "reports" / f"ablation_{condition}.md"
         if table.exists():
-            out += [f"## Ablation on held-out {condition} phantoms (Table 4)", "", table.read_text(), ""]
+            out += [f"## Ablation on held-out {condition} phantoms (Table 4 shape; short budget, see below)", "",
+                    table.read_text(), ""]
     notes = Path(__file__).with_name("mosnet_notes.md")
     if notes.exists():
         out += [notes.read_text()]
