@@ -5,10 +5,11 @@
 #   joint:    the full model on native + contrast, evaluated on held-out phantoms of both conditions
 #   partial:  the same with kidneys and bladder unannotated in the native dataset (paper's Table 3)
 #   ablation: BM, BM_CM, BM_RB and full with one budget, then the comparison table (paper's Table 4)
+# WIDTH (default 8) sets the model width, TAG a suffix for the joint run's name (full$TAG).
 # Seeds: training native 0-9, contrast 100-109; held-out native 200-203, contrast 300-303.
 set -euo pipefail
 work=${1:?work folder}; epochs=${2:-30}; minutes=${3:-40}
-common=(--width 8 --image-size 128 --slice-stride 2 --epochs "$epochs" --max-minutes "$minutes" --device auto)
+common=(--width "${WIDTH:-8}" --image-size 128 --slice-stride 2 --epochs "$epochs" --max-minutes "$minutes" --device auto)
 mkdir -p "$work"
 [ -d "$work/data/native" ]   || mousesegment synth ct --out "$work/data/native"   --count 10 --seed 0   --condition native
 [ -d "$work/data/contrast" ] || mousesegment synth ct --out "$work/data/contrast" --count 10 --seed 100 --condition contrast
@@ -36,7 +37,7 @@ ablation_table() {
   done
 }
 case "${EXPERIMENT:-all}" in
-  joint)    run full native contrast ;;
+  joint)    run "full${TAG:-}" native contrast ;;
   partial)  run partial native_nokidney contrast ;;
   ablation) ablation; ablation_table ;;
   table)    ablation_table ;;

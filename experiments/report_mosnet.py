@@ -48,13 +48,16 @@ def main(work: Path) -> None:
            "side with OMP_NUM_THREADS=1 each, about 75 s per epoch. Training data: 10 native phantoms (seeds 0-9) and 10 contrast "
            "phantoms (seeds 100-109); held-out test phantoms: native seeds 200-203, contrast seeds 300-303. "
            "Scores are 3D, on the test scans' own grids, without clean-up. HD95 in mm.", ""]
-    joint = work / "models" / "full"
-    if (joint / "config.json").exists():
-        shutil.copy(joint / "curves.png", images / "mosnet_joint_curves.png")
-        out += ["## Joint training, full model", "", _model_line(joint), "",
-                "![Training curves](images/mosnet_joint_curves.png)", ""]
+    for joint in sorted((work / "models").glob("full*")):
+        if not (joint / "config.json").exists():
+            continue
+        name = joint.name
+        width = json.loads((joint / "config.json").read_text())["width"]
+        shutil.copy(joint / "curves.png", images / f"mosnet_joint_{name}_curves.png")
+        out += [f"## Joint training, full model, width {width} (`{name}`)", "", _model_line(joint), "",
+                f"![Training curves](images/mosnet_joint_{name}_curves.png)", ""]
         for condition in ("native", "contrast"):
-            report = work / "reports" / "full" / condition
+            report = work / "reports" / name / condition
             if (report / "per_scan.csv").exists():
                 summary = summarise(read_per_scan(report))
                 ok = all(summary[o]["dsc"][0] >= 0.85 for o in TARGET_ORGANS if o in summary)
