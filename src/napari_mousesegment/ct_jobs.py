@@ -65,6 +65,8 @@ def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     organs = {o: i + 1 for i, o in enumerate(config.organs)}
+    if not set(organs) & set(dataset.organs):
+        raise ValueError(f"model {model_dir} and dataset {data} share no organ to evaluate")
     rows = []
     for case in dataset.cases:
         image, labels, spacing = load_case(dataset, case)

@@ -62,3 +62,17 @@ def test_bad_composites_name_the_file(tmp_path):
         read_composite(tmp_path / "empty")
     with pytest.raises(CompositeError, match="do not fill"):
         montage(np.zeros((34, 4, 4)), (5, 7))
+
+
+@pytest.mark.parametrize("gap_value", [0, 255])
+def test_black_gutters_do_not_crop_frames_with_black_edges(frames, gap_value):
+    image = montage(frames, (5, 7), gap_value=gap_value)  # frames have 3 black top rows
+    out, grid = split_montage(image)
+    assert grid == (5, 7) and np.array_equal(out, frames)
+    out, _ = split_montage(image, grid=(5, 7))
+    assert np.array_equal(out, frames)
+
+
+def test_given_grid_that_does_not_fit_is_refused(frames):
+    with pytest.raises(CompositeError, match="does not fit"):
+        split_montage(montage(frames, (5, 7))[:-1], grid=(4, 7))

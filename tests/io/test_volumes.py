@@ -32,7 +32,7 @@ def _rosenhain_folder(root, hu, labels):
     root.mkdir()
     nibabel.save(nibabel.AnalyzeImage(np.transpose(hu, (2, 1, 0)), np.diag([0.28, 0.28, 0.28, 1])),
                  str(root / "CT280.hdr"))
-    np.transpose(labels, (2, 1, 0)).astype(np.uint8).tofile(root / "Organ_280.img")
+    labels.astype(np.uint8).tofile(root / "Organ_280.img")  # raw bytes, x fastest, as on disk
     (root / "Organ_280.cls").write_text(CLS)
     return root
 
@@ -43,7 +43,8 @@ def test_rosenhain_folder_maps_classes_and_orients_tail_first_scans(tmp_path):
     labels[3:8, 4:8, 4:12] = 2  # lungs at the head end ...
     labels[20:26, 2:5, 3:6] = 9  # ... kidneys further down
     hu = np.where(labels == 2, -400, 40).astype(np.int16)
-    folder = _rosenhain_folder(tmp_path / "M03_024h", hu[::-1], labels[::-1])  # stored tail first
+    # stored tail first: the same mouse turned 180 degrees, so it comes back as stored head first
+    folder = _rosenhain_folder(tmp_path / "M03_024h", hu[::-1, :, ::-1], labels[::-1, :, ::-1])
     scan = read_scan(folder)
     assert scan.organs == {"heart": 5, "lungs": 2, "kidneys": 9}  # listed classes, by name
     assert np.array_equal(scan.labels, labels) and np.array_equal(scan.image, hu)
@@ -84,3 +85,39 @@ def test_bad_scans_name_the_file(tmp_path):
         read_scan(tmp_path / "x.dcm")
     with pytest.raises(ValueError, match="not a Rosenhain"):
         read_scan(tmp_path)
+
+
+def test_gff_spacing_comes_back_in_zyx_order(tmp_path):
+    pygff = pytest.importorskip("pygff")
+    data = pygff.GFF(np.zeros((1, 1, 8, 5, 6), np.int16))
+    data.info.voxel_sizes = np.array([0.1, 0.2, 0.5])  # GFF stores (x, y, z)
+    pygff.save(str(tmp_path / "scan.gff"), data)
+    scan = read_scan(tmp_path / "scan.gff")
+    assert scan.image.shape == (8, 5, 6) and scan.spacing == pytest.approx((0.5, 0.2, 0.1))
+
+
+def test_orientation_never_mirrors():
+    from napari_mousesegment.io.volumes import Scan, orient_body
+
+    labels = np.zeros((12, 30, 10), np.uint8)  # body axis stored second, tail first
+    labels[6, 25, 5] = 1  # lungs, far along the stored body axis
+    labels[6, 4, 5] = 2  # kidneys, near its start
+    labels[0, 10, 0], labels[1, 10, 0], labels[0, 11, 0], labels[0, 10, 1] = 3, 4, 5, 6  # a right-handed triad
+    scan = orient_body(Scan(None, (1.0, 1.0, 1.0), labels, {"lungs": 1, "kidneys": 2}))
+    at = {v: np.argwhere(scan.labels == v)[0].astype(float) for v in range(1, 7)}
+    assert scan.labels.shape == (30, 12, 10) and at[1][0] < at[2][0]  # head first
+    triad = np.array([at[4] - at[3], at[5] - at[3], at[6] - at[3]])
+    assert np.linalg.det(triad) > 0  # a rotation, not a mirror image
+
+
+def test_tiff_spacing_units(tmp_path):
+    import tifffile
+
+    for unit, expected in (("micron", 0.5e-3), ("\\u00B5m", 0.5e-3), ("cm", 5.0)):
+        tifffile.imwrite(tmp_path / "v.tif", np.zeros((3, 4, 5), np.int16), imagej=True, resolution=(2, 2),
+                         metadata={"axes": "ZYX", "spacing": 0.5, "unit": unit})
+        assert read_tiff(tmp_path / "v.tif")[1] == pytest.approx((expected,) * 3)
+    tifffile.imwrite(tmp_path / "v.tif", np.zeros((3, 4, 5), np.int16), imagej=True, resolution=(2, 2),
+                     metadata={"axes": "ZYX", "spacing": 0.5, "unit": "pixel"})
+    with pytest.raises(ValueError, match="v.tif.*pixel"):
+        read_tiff(tmp_path / "v.tif")

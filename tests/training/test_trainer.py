@@ -61,14 +61,27 @@ def test_training_learns_checkpoints_and_resumes(datasets, tmp_path):
     more = TrainSettings(**{**vars(settings), "epochs": 4, "resume": True})
     resumed = train_mosnet(datasets, out, _config(), more, log=lambda _: None, progress=False)
     assert resumed["epochs_run"] == 4  # history kept, one more epoch run
+    rows = json.loads((out / "checkpoint" / "state.json").read_text())["history"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[3]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # new length's cosine, not 0
+    other = TrainSettings(**{**vars(more), "epochs": 5, "seed": 9})
+    with pytest.raises(ValueError, match="split differs"):
+        train_mosnet(datasets, out, _config(), other, log=lambda _: None, progress=False)
 
 
-def test_max_minutes_stops_cleanly_and_keeps_weights(datasets, tmp_path):
-    settings = TrainSettings(epochs=50, batch_size=8, device="cpu", slice_stride=4, max_minutes=1e-4, val_fraction=0.34)
+def test_max_minutes_stops_cleanly_keeps_weights_and_resume_reruns_the_epoch(datasets, tmp_path):
+    settings = TrainSettings(epochs=2, batch_size=8, device="cpu", slice_stride=4, max_minutes=1e-4, val_fraction=0.34)
     result = train_mosnet(datasets, tmp_path / "m", _config(), settings, log=lambda _: None, progress=False)
     assert result["stopped"].startswith("--max-minutes") and result["epochs_run"] == 1
     model, config, _ = load_mosnet(tmp_path / "m")
     assert config.width == 4
+    state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == -1 and state["history"][0]["complete"] is False  # epoch 1 not done
+    again = TrainSettings(**{**vars(settings), "max_minutes": None, "resume": True})
+    resumed = train_mosnet(datasets, tmp_path / "m", _config(), again, log=lambda _: None, progress=False)
+    rows = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())["history"]
+    assert resumed["stopped"] is None and [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["complete"] for r in rows)
 
 
 def test_predict_volume_returns_the_input_grid(datasets, tmp_path):
@@ -88,3 +101,21 @@ def test_predict_volume_returns_the_input_grid(datasets, tmp_path):
         predict_volume(model, scan.image[0], (0.28,) * 3, "native")
     with pytest.raises(InterruptedError):
         predict_volume(model, scan.image, (0.28,) * 3, "native", should_stop=lambda: True)
+
+
+def test_labels_stay_aligned_with_images_when_resized():
+    import torch
+
+    from napari_mousesegment.training.ct_data import fit_square
+
+    mask = torch.zeros(1, 1, 60, 60)
+    mask[..., 20:40, 10:30] = 1.0
+    image = fit_square(mask, 32, "bilinear")[0, 0]
+    label = fit_square(mask, 32, "nearest-exact")[0, 0]
+
+    def centre(a):
+        ys, xs = torch.nonzero(a > 0.5, as_tuple=True)
+        return float(ys.float().mean()), float(xs.float().mean())
+
+    for got, want in zip(centre(label), centre(image)):
+        assert abs(got - want) < 0.2  # plain "nearest" was half a pixel off

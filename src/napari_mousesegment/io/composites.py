@@ -55,13 +55,21 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
-def _bands(constant: np.ndarray, length: int) -> list[tuple[int, int]] | None:
-    """Equal-sized content bands between gutter runs along one axis, or None."""
-    gutters = [(a, b) for a, b in _runs(constant)]
-    cuts = [0] + [x for run in gutters for x in run] + [length]
-    bands = [(a, b) for a, b in zip(cuts[0::2], cuts[1::2]) if b > a]
-    sizes = {b - a for a, b in bands}
-    return bands if len(bands) >= 1 and len(sizes) == 1 else None
+def _pitch(length: int, n: int, gutter: np.ndarray) -> list[tuple[int, int]] | None:
+    """Bands of n equal frames separated by equal gutters that are all True in ``gutter``.
+
+    Frames are cut at a regular pitch, so frame rows that happen to share the gutter's value
+    (black rows above an ultrasound sector next to black gutters) stay in their frame. The
+    narrowest gutter that fits wins; no gutter at all is the last resort.
+    """
+    for gap in [*range(1, length // max(n, 1)), 0]:
+        size, rest = divmod(length - (n - 1) * gap, n)
+        if rest or size < 1:
+            continue
+        starts = [k * (size + gap) for k in range(n)]
+        if all(gutter[s + size: s + size + gap].all() for s in starts[:-1]):
+            return [(s, s + size) for s in starts]
+    return None
 
 
 def detect_grid(image: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -76,10 +84,15 @@ def detect_grid(image: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[in
     candidates = set(np.unique(gray[row_const, 0])) & set(np.unique(gray[0, col_const]))
     best = None
     for value in sorted(candidates):
-        rows = _bands(row_const & (gray[:, 0] == value), gray.shape[0])
-        cols = _bands(col_const & (gray[0, :] == value), gray.shape[1])
-        if rows and cols and len(rows) * len(cols) > 1:
-            score = abs(len(rows) * len(cols) - US_FRAMES)
+        rows_g, cols_g = row_const & (gray[:, 0] == value), col_const & (gray[0, :] == value)
+        # gutters are the constant runs inside the image; runs touching its border belong to frames
+        n_rows = 1 + sum(1 for a, b in _runs(rows_g) if a > 0 and b < len(rows_g))
+        n_cols = 1 + sum(1 for a, b in _runs(cols_g) if a > 0 and b < len(cols_g))
+        if n_rows * n_cols < 2:
+            continue
+        rows, cols = _pitch(gray.shape[0], n_rows, rows_g), _pitch(gray.shape[1], n_cols, cols_g)
+        if rows and cols:
+            score = abs(n_rows * n_cols - US_FRAMES)
             if best is None or score < best[0]:
                 best = (score, rows, cols)
     if best is None:
@@ -100,14 +113,11 @@ def split_montage(image: np.ndarray, grid: tuple[int, int] | None = None) -> tup
         n_rows, n_cols = grid
         if n_rows < 1 or n_cols < 1:
             raise CompositeError(f"grid must be at least 1x1, got {n_rows}x{n_cols}")
-        try:
-            rows, cols = detect_grid(image)
-            if (len(rows), len(cols)) != (n_rows, n_cols):
-                raise CompositeError
-        except CompositeError:  # no gutters: cut into equal tiles
-            h, w = image.shape[0] // n_rows, image.shape[1] // n_cols
-            rows = [(r * h, r * h + h) for r in range(n_rows)]
-            cols = [(c * w, c * w + w) for c in range(n_cols)]
+        row_const = np.all(image == image[:, :1], axis=1)
+        col_const = np.all(image == image[:1, :], axis=0)
+        rows, cols = _pitch(image.shape[0], n_rows, row_const), _pitch(image.shape[1], n_cols, col_const)
+        if rows is None or cols is None:
+            raise CompositeError(f"a {n_rows}x{n_cols} grid does not fit a {image.shape[0]}x{image.shape[1]} montage")
     frames = np.stack([image[r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols])
     return frames, (len(rows), len(cols))
 

@@ -38,7 +38,11 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, 
             if "spacing" in meta and "XResolution" in page.tags:
                 xres = page.tags["XResolution"].value
                 yres = page.tags["YResolution"].value
-                scale = {"mm": 1.0, "micron": 1e-3, "µm": 1e-3, "um": 1e-3}.get(meta.get("unit", "mm"), 1.0)
+                unit = str(meta.get("unit", "mm")).replace("\\u00B5", "µ")
+                units = {"mm": 1.0, "micron": 1e-3, "µm": 1e-3, "um": 1e-3, "cm": 10.0}
+                if unit not in units:
+                    raise ValueError(f"spacing unit {unit!r} is not a length ImageJ writes (mm, µm, micron, cm)")
+                scale = units[unit]
                 spacing = (float(meta["spacing"]) * scale, yres[1] / yres[0] * scale, xres[1] / xres[0] * scale)
     except (tifffile.TiffFileError, OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable TIFF volume ({exc})") from exc
@@ -97,14 +101,20 @@ def orient_body(scan: Scan) -> Scan:
     """Put the body axis (the longest) first as z, head end at z = 0, using the labelled anatomy.
 
     Scanners and databases store mice in different axis orders; the thorax (lungs, heart) lying
-    above the kidneys, bladder and gut is what decides, not header conventions.
+    above the kidneys, bladder and gut is what decides, not header conventions. Only rotations are
+    applied, never a mirror: an axis swap or a head-tail flip is paired with a flip of x, so left
+    stays left. Which side is dorsal is not decided here.
     """
     ref = scan.labels if scan.labels is not None else scan.image
     axis = int(np.argmax(ref.shape))
     order = (axis, *[a for a in range(3) if a != axis])
+    mirror = axis == 1  # (1, 0, 2) is an odd permutation; (0, 1, 2) and (2, 0, 1) are even
 
     def move(a):
-        return None if a is None else np.transpose(a, order)
+        if a is None:
+            return None
+        a = np.transpose(a, order)
+        return a[:, :, ::-1] if mirror else a
 
     image, labels = move(scan.image), move(scan.labels)
     spacing = None if scan.spacing is None else tuple(scan.spacing[a] for a in order)
@@ -115,9 +125,9 @@ def orient_body(scan: Scan) -> Scan:
             return hits.mean() if len(hits) else None
 
         top, bottom = z_of(["lungs", "heart"]), z_of(["kidneys", "bladder", "intestine", "liver"])
-        if top is not None and bottom is not None and top > bottom:
-            image = None if image is None else image[::-1]
-            labels = labels[::-1]
+        if top is not None and bottom is not None and top > bottom:  # rotate 180° about y
+            image = None if image is None else image[::-1, :, ::-1]
+            labels = labels[::-1, :, ::-1]
     return Scan(None if image is None else np.ascontiguousarray(image), spacing,  # type: ignore[arg-type]
                 None if labels is None else np.ascontiguousarray(labels), scan.organs, scan.source)
 
@@ -148,11 +158,14 @@ def _gff(path: Path) -> Scan:
     array = np.asarray(data).squeeze()
     if array.ndim != 3:
         raise ValueError(f"{path}: expected a 3D volume, got shape {array.shape}")
-    spacing = tuple(float(v) for v in np.asarray(data.info.voxel_sizes).ravel()[:3])
+    spacing = tuple(float(v) for v in np.asarray(data.info.voxel_sizes).ravel()[:3])[::-1]  # (x,y,z) -> (z,y,x)
     info = data.info.meta.get("Project info") if isinstance(data.info.meta, dict) else None
     if path.suffix.lower() == ".segff" or info:
         classes = parse_cls("\n".join(f"{k}={v}" for k, v in (info or {}).items()))
         return Scan(None, spacing, array, map_classes(classes), str(path))  # type: ignore[arg-type]
+    scale, offset = float(data.info.intensity_scale or 1.0), float(data.info.intensity_offset or 0.0)
+    if (scale, offset) != (1.0, 0.0):
+        array = array.astype(np.float32) * scale + offset
     return Scan(array, spacing, source=str(path))  # type: ignore[arg-type]
 
 
@@ -171,7 +184,7 @@ def _rosenhain_folder(folder: Path) -> Scan:
                 raw = np.fromfile(img, dtype=np.uint8)
                 if raw.size != image.size:
                     raise ValueError(f"{img}: {raw.size} bytes, expected {image.size} for the scan's grid")
-                labels = np.transpose(raw.reshape(image.shape[::-1]), (2, 1, 0))
+                labels = raw.reshape(image.shape)  # x fastest on disk: C order is (z, y, x)
             organs = map_classes(parse_cls(cls.read_text(errors="replace")))
             break
     return Scan(image.astype(np.float32), spacing, labels, organs, str(folder))

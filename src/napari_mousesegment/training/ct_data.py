@@ -55,7 +55,11 @@ def square_size(h: int, w: int) -> int:
 
 
 def fit_square(slices: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """(N, C, h, w) to (N, C, size, size): centred zero-pad to a square, then resize."""
+    """(N, C, h, w) to (N, C, size, size): centred zero-pad to a square, then resize.
+
+    ``mode`` is "bilinear" for images or "nearest-exact" for labels: both sample at pixel
+    centres, so labels stay aligned with their image (plain "nearest" shifts them by half a pixel).
+    """
     h, w = slices.shape[-2:]
     s = square_size(h, w)
     top, left = (s - h) // 2, (s - w) // 2
@@ -150,7 +154,7 @@ def build_slices(datasets: list[CTDataset], config: MOSnetConfig, cases: dict[st
             lab = to_slices(resample(labels, spacing, config.spacing_mm, order=0), config.plane)[::stride]
             img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img))[:, None], config.image_size, "bilinear")
             lab_t = fit_square(torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))[:, None].float(),
-                               config.image_size, "nearest").long()[:, 0]
+                               config.image_size, "nearest-exact").long()[:, 0]
             organ_stack = torch.zeros((len(lab_t), len(config.organs), *lab_t.shape[1:]), dtype=torch.bool)
             for i, organ in enumerate(config.organs):
                 if organ in ds.organs:

@@ -27,6 +27,26 @@ from .curves import plot_history, write_history
 from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
 
 
+class TrainingError(ValueError):
+    """Training cannot go on: a diverged loss, a checkpoint that does not fit, a changed split."""
+
+
+def cosine_factor(epoch: int, epochs: int) -> float:
+    """Learning-rate factor of a cosine schedule over ``epochs``, in closed form.
+
+    Closed form (not torch's recursive CosineAnnealingLR) so that a run resumed with more epochs
+    follows the schedule of its new length instead of staying at the old end's zero.
+    """
+    return 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1)))
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".partial")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 @dataclass
 class TrainSettings:
     """The recipe; defaults are the paper's (Adam 1e-3, 100 epochs, batch 16, 9:1 split by scan)."""
@@ -128,7 +148,8 @@ def train_mosnet(
     train = build_slices(datasets, config, cases_of(set(train_ids)), settings.slice_stride)
     val = build_slices(datasets, config, cases_of(set(val_ids)), settings.slice_stride)
     ann = train.annotated.float()
-    pos = (train.organ_masks.float().mean(dim=(2, 3)) * ann).sum(0) / ann.sum(0).clamp(min=1)
+    per_slice = train.organ_masks.sum(dim=(2, 3), dtype=torch.float32) / float(config.image_size**2)
+    pos = (per_slice * ann).sum(0) / ann.sum(0).clamp(min=1)
     beta = torch.from_numpy(organ_weights(pos.numpy())).to(device)
     log(f"{len(train.images)} training slices from {len(train_ids)} scans, {len(val.images)} validation slices "
         f"from {len(val_ids)} scans; device {device}")
@@ -137,17 +158,26 @@ def train_mosnet(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cosine_factor(e, settings.epochs))
     history: list[dict] = []
     start_epoch, best = 0, -1.0
     if settings.resume and state_path.is_file():
-        state = json.loads(state_path.read_text())
-        model.load_state_dict(load_file(str(checkpoint_dir / "last.safetensors"), device=str(device)))
-        opt = torch.load(checkpoint_dir / "optimizer.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(opt["optimizer"])
-        scheduler.load_state_dict(opt["scheduler"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        log(f"resumed after epoch {state['epoch'] + 1} (best mean Dice {best:.3f})")
+        try:
+            state = json.loads(state_path.read_text())
+            model.load_state_dict(load_file(str(checkpoint_dir / "last.safetensors"), device=str(device)))
+            opt = torch.load(checkpoint_dir / "optimizer.pt", map_location=device, weights_only=True)
+            optimizer.load_state_dict(opt["optimizer"])
+            scheduler.load_state_dict(opt["scheduler"])
+        except Exception as exc:  # safetensors, torch and json raise many types for damaged files
+            raise TrainingError(f"{checkpoint_dir}: cannot resume from this checkpoint ({exc})") from exc
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule length
+            group["lr"] = base * cosine_factor(scheduler.last_epoch, settings.epochs)
+        if (state.get("train_scans"), state.get("val_scans")) != (train_ids, val_ids):
+            raise TrainingError(f"{checkpoint_dir}: the train/validation split differs from the checkpoint's "
+                                "(other datasets, --seed or --val-fraction); resume with the same ones")
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        history = [row for row in state["history"] if row["epoch"] <= state["epoch"] + 1 and row["complete"]]
+        log(f"resumed after epoch {start_epoch} (best mean Dice {best:.3f})")
 
     t_start = time.monotonic()
     stopped = None
@@ -161,6 +191,7 @@ def train_mosnet(
     for epoch in range(start_epoch, settings.epochs):
         model.train()
         t0 = time.monotonic()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         sums = {"loss": 0.0, "seg": 0.0, "recon": 0.0}
         batches = _batches(len(train.images), settings.batch_size, np.random.default_rng([settings.seed, epoch]))
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
@@ -171,7 +202,7 @@ def train_mosnet(
                 logits, recon = model(image, condition)
             loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}; lower --lr")
+                raise TrainingError(f"{out}: loss became {float(loss)} at epoch {epoch + 1}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -187,21 +218,25 @@ def train_mosnet(
                 stopped = f"--max-minutes {settings.max_minutes} reached"
             if stopped:
                 break
-        scheduler.step()
+        if stopped is None:
+            scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": sums["loss"] / seen, "train_seg": sums["seg"] / seen,
                "train_recon": sums["recon"] / seen, **evaluate_slices(model, val, beta, settings, device),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 1),
+               "lr": lr, "seconds": round(time.monotonic() - t0, 1),
                "complete": stopped is None}
         history.append(row)
         improved = row["val_dice_mean"] > best
         if improved:
             best = row["val_dice_mean"]
             save_model(out, model, config, {**summary_extra, "metrics": {"epoch": epoch + 1, **row}})
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(checkpoint_dir / "last.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   checkpoint_dir / "optimizer.pt")
-        state_path.write_text(json.dumps({"epoch": epoch, "best": best, "history": history}, indent=1))
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        _atomic(checkpoint_dir / "last.safetensors", lambda p: save_file(weights, str(p)))
+        _atomic(checkpoint_dir / "optimizer.pt",
+                lambda p: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, p))
+        # An interrupted epoch is recorded as not done, so --resume runs it again in full.
+        done = epoch if stopped is None else epoch - 1
+        state = {"epoch": done, "best": best, "history": history, "train_scans": train_ids, "val_scans": val_ids}
+        _atomic(state_path, lambda p: p.write_text(json.dumps(state, indent=1)))
         write_history(out / "history.csv", history)
         plot_history(out / "curves.png", history, f"MOSnet ({config.variant}, width {config.width})")
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
