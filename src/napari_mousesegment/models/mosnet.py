@@ -70,13 +70,11 @@ class MOSnetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MOSnetConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
+        """Build from a config.json's contents; keys that are not config fields (metrics,
+        training summary, sha256) are ignored."""
         if data.get("kind", "mosnet") != "mosnet":
             raise ValueError(f"config is for a {data.get('kind')!r} model, not a MOSnet")
-        if unknown:
-            raise ValueError(f"unknown MOSnet config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def _bl(channels: int) -> nn.Sequential:

@@ -67,9 +67,8 @@ def load_mosnet(folder: str | os.PathLike, device: str | torch.device = "cpu") -
     """Rebuild a MOSnet from its folder, checking the hash and that weights fit the config."""
     folder = Path(folder)
     meta = read_config(folder)
-    fields = {k: v for k, v in meta.items() if k in MOSnetConfig.__dataclass_fields__}
     try:
-        config = MOSnetConfig.from_dict(fields | {"kind": meta.get("kind", "mosnet")})
+        config = MOSnetConfig.from_dict(meta)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model {folder}: {exc}") from exc
     weights = folder / WEIGHTS
