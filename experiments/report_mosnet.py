@@ -13,20 +13,14 @@ from pathlib import Path
 
 import torch
 
-from napari_mousesegment.ct_jobs import compare_reports, read_per_scan, summarise
+from napari_mousesegment.ct_jobs import read_per_scan, summarise, summary_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TARGET_ORGANS = ("heart", "lungs", "liver", "kidneys")
 
 
 def _table(report: Path) -> str:
-    summary = summarise(read_per_scan(report))
-    organs = list(summary)
-    lines = ["| metric | " + " | ".join(organs) + " |", "| --- |" + " --- |" * len(organs)]
-    for metric, label in (("dsc", "DSC"), ("jsc", "JSC"), ("hd95_mm", "HD95 (mm)")):
-        lines.append(f"| {label} | " + " | ".join(f"{summary[o][metric][0]:.3f} ({summary[o][metric][1]:.3f})"
-                                                  for o in organs) + " |")
-    return "\n".join(lines)
+    return summary_table(summarise(read_per_scan(report)))
 
 
 def _model_line(model: Path) -> str:

@@ -27,9 +27,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    import tifffile
-
-    from .io.composites import read_composite
+    from .io.composites import read_composite, write_stack
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -38,7 +36,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "frames.tif"
-    tifffile.imwrite(target, composite.frames, imagej=True, metadata={"axes": "ZYX"})
+    write_stack(target, composite.frames)
     grid = f" (grid {composite.grid[0]}x{composite.grid[1]})" if composite.grid else ""
     print(f"{len(composite.frames)} frames{grid} -> {target}")
     return 0

@@ -14,6 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .io.volumes import case_name, write_tiff
+from .metrics import write_volumes_csv
+
+
+def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str, int],
+                 spacing: tuple[float, float, float], prefix: str = "") -> Path:
+    """PREFIXlabels.tif (with its spacing), PREFIXlabels.json ({"organs": ...}) and PREFIXvolumes.csv."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tiff(folder / f"{prefix}labels.tif", labels, spacing)
+    (folder / f"{prefix}labels.json").write_text(json.dumps({"organs": organs}, indent=2) + "\n")
+    write_volumes_csv(folder / f"{prefix}volumes.csv", labels, organs, spacing)
+    return folder
+
 
 def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, condition: str,
                out: str | os.PathLike, spacing: tuple[float, float, float] | None = None,
@@ -22,10 +36,9 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
 
     ``cleanup`` keeps the largest piece of single-piece organs and drops tiny fragments.
     """
-    from .io.volumes import read_scan, write_tiff
     from .inference.ct import predict_volume
     from .inference.postprocess import clean_labels
-    from .metrics import write_volumes_csv
+    from .io.volumes import read_scan
     from .models.store import load_mosnet
     from .training.trainer import pick_device
 
@@ -41,11 +54,7 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
         use = volume.spacing
         result = predict_volume(model, volume.image, use, condition)
         labels = clean_labels(result.labels, result.organs, use) if cleanup else result.labels
-        target = Path(out) / scan.name.split(".")[0]
-        target.mkdir(parents=True, exist_ok=True)
-        write_tiff(target / "labels.tif", labels, use)
-        (target / "labels.json").write_text(json.dumps({"organs": result.organs}, indent=2) + "\n")
-        write_volumes_csv(target / "volumes.csv", labels, result.organs, use)
+        target = write_labels(Path(out) / case_name(scan), labels, result.organs, use)
         log(f"{scan} -> {target}")
         written.append(target)
     return written
@@ -95,6 +104,16 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]
     return summary
 
 
+def summary_table(summary: dict) -> str:
+    """Markdown table: metrics as rows, organs as columns, cells "mean (SD)"."""
+    organs = list(summary)
+    lines = ["| metric | " + " | ".join(organs) + " |", "| --- |" + " --- |" * len(organs)]
+    for metric, label in (("dsc", "DSC ↑"), ("jsc", "JSC ↑"), ("hd95_mm", "HD95 (mm) ↓")):
+        lines.append(f"| {label} | " + " | ".join(f"{summary[o][metric][0]:.3f} ({summary[o][metric][1]:.3f})"
+                                                  for o in organs) + " |")
+    return "\n".join(lines)
+
+
 def write_summary(out: Path, summary: dict, title: str) -> None:
     """summary.csv, a Markdown table ("mean (SD)", organs as columns) and a DSC bar chart."""
     organs = list(summary)
@@ -104,11 +123,7 @@ def write_summary(out: Path, summary: dict, title: str) -> None:
         for organ in organs:
             for metric, (mean, sd, n) in summary[organ].items():
                 writer.writerow([organ, metric, f"{mean:.4f}", f"{sd:.4f}", n])
-    lines = [f"# {title}", "", "| metric | " + " | ".join(organs) + " |", "| --- |" + " --- |" * len(organs)]
-    for metric, label in (("dsc", "DSC ↑"), ("jsc", "JSC ↑"), ("hd95_mm", "HD95 (mm) ↓")):
-        lines.append(f"| {label} | " + " | ".join(f"{summary[o][metric][0]:.3f} ({summary[o][metric][1]:.3f})"
-                                                  for o in organs) + " |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.md").write_text(f"# {title}\n\n{summary_table(summary)}\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +158,7 @@ def compare_reports(reports: dict[str, str | os.PathLike], reference: str, metri
         raise ValueError(f"reference {reference!r} is not among the reports {sorted(reports)}")
     tables = {name: {(r["scan"], r["organ"]): r[metric] for r in read_per_scan(path)} for name, path in reports.items()}
     organs = list(dict.fromkeys(organ for _, organ in tables[reference]))
-    lines = [f"| model | " + " | ".join(organs) + " | mean |", "| --- |" + " --- |" * (len(organs) + 1)]
+    lines = ["| model | " + " | ".join(organs) + " | mean |", "| --- |" + " --- |" * (len(organs) + 1)]
     for name, table in tables.items():
         cells, pooled_a, pooled_b = [], [], []
         for organ in organs:

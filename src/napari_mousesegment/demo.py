@@ -15,14 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
+from .ct_jobs import write_labels
 from .data.datasets import write_us_series
 from .data.phantom_ct import CONDITIONS, ct_phantom
 from .data.phantom_us import ultrasound_series
-from .io.composites import read_composite
+from .io.composites import read_composite, write_stack
 from .io.volumes import write_tiff
-from .metrics import write_volumes_csv
 from .organs import US_FRAMES
 
 NO_CT_MODEL = ("no MOSnet weights ship with the plugin yet (model-store issue); train one with "
@@ -68,9 +67,7 @@ def _segment_ct(scan, folder: Path, model_dir: Path, log: Callable[[str], None])
     t0 = time.perf_counter()
     model, config, _ = load_mosnet(model_dir)
     pred = predict_volume(model, scan.image, scan.spacing, scan.condition)
-    write_tiff(folder / "labels.tif", pred.labels, scan.spacing)
-    (folder / "labels.json").write_text(json.dumps({"organs": pred.organs}, indent=2) + "\n")
-    write_volumes_csv(folder / "volumes.csv", pred.labels, pred.organs, scan.spacing)
+    write_labels(folder, pred.labels, pred.organs, scan.spacing)
     rows = [{"sample": f"ct {scan.condition}", **r}
             for r in organ_scores(pred.labels, scan.labels, pred.organs, scan.organs, scan.spacing)]
     mean = np.mean([r["dsc"] for r in rows])
@@ -89,10 +86,8 @@ def _ct_steps(out: Path, seed: int, log: Callable[[str], None], ct_model: Path |
         folder.mkdir(parents=True)
         scan = ct_phantom(seed=seed, condition=condition)
         write_tiff(folder / "scan.tif", scan.image, scan.spacing)
-        write_tiff(folder / "truth_labels.tif", scan.labels, scan.spacing)
-        (folder / "truth_labels.json").write_text(json.dumps({"organs": scan.organs}, indent=2) + "\n")
+        write_labels(folder, scan.labels, scan.organs, scan.spacing, prefix="truth_")
         volumes = scan.organ_volumes()
-        write_volumes_csv(folder / "truth_volumes.csv", scan.labels, scan.organs, scan.spacing)
         steps.append(Step(
             f"micro-CT {condition}: synthetic scan and truth", "done",
             f"{scan.image.shape} voxels at {scan.spacing[0]} mm; truth liver {volumes['liver']:.0f} mm³, "
@@ -129,7 +124,7 @@ def _us_steps(out: Path, seed: int, log: Callable[[str], None]) -> list[Step]:
     composite = read_composite(series_dir / "series_demo_montage.png")
     split_dir = out / "ultrasound" / "split"
     split_dir.mkdir()
-    tifffile.imwrite(split_dir / "frames.tif", composite.frames, imagej=True, metadata={"axes": "ZYX"})
+    write_stack(split_dir / "frames.tif", composite.frames)
     same = bool(np.array_equal(composite.frames, series.frames))
     if not same:
         raise RuntimeError("the montage split does not reproduce the series' frames")

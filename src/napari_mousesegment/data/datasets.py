@@ -24,9 +24,8 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import tifffile
 
-from ..io.composites import montage
+from ..io.composites import montage, write_stack
 from ..io.roi import polygon_roi, write_roiset
 from ..io.volumes import write_tiff
 from ..organs import CT_DATASET_ORGANS, US_FOLDERS, US_GRID, US_ORGANS
@@ -79,7 +78,7 @@ def write_us_series(folder: str | os.PathLike, series: USSeries, name: str | Non
     root = Path(folder)
     name = name or root.name
     root.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(root / f"{name}.tif", series.frames, imagej=True, metadata={"axes": "ZYX"})
+    write_stack(root / f"{name}.tif", series.frames)
     if len(series.frames) == US_GRID[0] * US_GRID[1]:
         iio.imwrite(root / f"{name}_montage.png", montage(series.frames, US_GRID))
     for organ in US_ORGANS:
@@ -101,7 +100,7 @@ def convert_ct_dataset(sources: list[str | os.PathLike], out: str | os.PathLike,
     The dataset annotates the organs every scan annotates; an organ missing from some scans'
     class lists is left out, with a message, rather than being taught as background.
     """
-    from ..io.volumes import read_scan
+    from ..io.volumes import case_name, read_scan
     from ..organs import CT_ORGANS
 
     root = Path(out)
@@ -126,7 +125,7 @@ def convert_ct_dataset(sources: list[str | os.PathLike], out: str | os.PathLike,
         labels = np.zeros(scan.labels.shape, np.uint8)
         for organ, value in organs.items():
             labels[scan.labels == scan.organs[organ]] = value
-        case = src.name.split(".")[0]
+        case = case_name(src)
         write_tiff(root / "images" / f"{case}.tif", np.round(scan.image).astype(np.int16), scan.spacing)
         write_tiff(root / "labels" / f"{case}.tif", labels, scan.spacing)
         log(f"  {src} -> {case}")

@@ -49,6 +49,13 @@ def montage(frames: np.ndarray, grid: tuple[int, int] = US_GRID, gap: int = 2, g
     return out
 
 
+def write_stack(path: str | os.PathLike, frames: np.ndarray) -> Path:
+    """Write (n, H, W) frames as a TIFF stack that ImageJ/Fiji opens with n slices."""
+    path = Path(path)
+    tifffile.imwrite(path, np.asarray(frames), imagej=True, metadata={"axes": "ZYX"})
+    return path
+
+
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) runs of True."""
     edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))

@@ -190,6 +190,11 @@ def _rosenhain_folder(folder: Path) -> Scan:
     return Scan(image.astype(np.float32), spacing, labels, organs, str(folder))
 
 
+def case_name(path: str | os.PathLike) -> str:
+    """The case name of a scan file or folder: its name without any extension (``a.nii.gz`` -> ``a``)."""
+    return Path(path).name.split(".")[0]
+
+
 def read_scan(path: str | os.PathLike, spacing: tuple[float, float, float] | None = None) -> Scan:
     """Read a micro-CT scan: TIFF (spacing from the file or ``spacing``), NIfTI, Analyze, GFF/SEGFF
     or a Rosenhain database folder. GFF and Rosenhain data are oriented by :func:`orient_body`."""
