@@ -40,7 +40,7 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
     from .inference.postprocess import clean_labels
     from .io.volumes import read_scan
     from .models.store import load_mosnet
-    from .training.trainer import pick_device
+    from .models.preprocess import pick_device
 
     model, config, _ = load_mosnet(model_dir, pick_device(device))
     if condition not in config.conditions:
@@ -67,7 +67,7 @@ def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str 
     from .metrics import organ_scores
     from .models.store import load_mosnet
     from .training.ct_data import load_case, read_ct_dataset
-    from .training.trainer import pick_device
+    from .models.preprocess import pick_device
 
     model, config, _ = load_mosnet(model_dir, pick_device(device))
     dataset = read_ct_dataset(data)

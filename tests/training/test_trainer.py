@@ -106,7 +106,7 @@ def test_predict_volume_returns_the_input_grid(datasets, tmp_path):
 def test_labels_stay_aligned_with_images_when_resized():
     import torch
 
-    from napari_mousesegment.training.ct_data import fit_square
+    from napari_mousesegment.models.preprocess import fit_square
 
     mask = torch.zeros(1, 1, 60, 60)
     mask[..., 20:40, 10:30] = 1.0

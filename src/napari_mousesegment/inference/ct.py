@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage as ndi
 
 from ..models.mosnet import MOSnet
-from ..training.ct_data import fit_square, from_slices, resample, to_slices, unfit_square, window
+from ..models.preprocess import fit_square, from_slices, resample, to_slices, unfit_square, window
 
 
 @dataclass

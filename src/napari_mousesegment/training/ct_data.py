@@ -1,12 +1,4 @@
-"""Micro-CT dataset folders to 2D training slices, and the preprocessing MOSnet expects.
-
-Preprocessing, the same at training and prediction time:
-
-1. window at level 400 / width 1000 HU and scale to [0, 1];
-2. resample to the model's isotropic voxel size using the scan's own spacing;
-3. cut slices on the configured plane (axial by default: (y, x) slices along z);
-4. pad each slice to a square, centred, and resize it to ``image_size``.
-"""
+"""Micro-CT dataset folders to preprocessed 2D training slices (see models.preprocess)."""
 
 from __future__ import annotations
 
@@ -16,68 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
-from torch.nn import functional as F
 
 from ..io.volumes import read_tiff
 from ..models.mosnet import MOSnetConfig
-
-_PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
-
-
-def window(hu: np.ndarray, level: float = 400.0, width: float = 1000.0) -> np.ndarray:
-    """HU to [0, 1] float32: level ± width/2 maps to 0..1 (W1000/L400: -100..900 HU)."""
-    if not np.isfinite(hu).all():
-        raise ValueError("the image contains NaN or infinite values")
-    return np.clip((hu.astype(np.float32) - (level - width / 2)) / width, 0.0, 1.0)
-
-
-def resample(volume: np.ndarray, spacing: tuple[float, float, float], target: float, order: int) -> np.ndarray:
-    """Resample a (z, y, x) volume with the given spacing to isotropic ``target`` mm voxels."""
-    factors = np.asarray(spacing, float) / float(target)
-    if np.allclose(factors, 1.0, atol=1e-3):
-        return volume
-    return ndi.zoom(volume, factors, order=order, mode="nearest", grid_mode=True)
-
-
-def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
-    """(z, y, x) volume to a stack of 2D slices on the plane: axial gives (z, y, x) itself."""
-    return np.moveaxis(volume, _PLANE_AXIS[plane], 0)
-
-
-def from_slices(stack: np.ndarray, plane: str) -> np.ndarray:
-    """Inverse of :func:`to_slices`."""
-    return np.moveaxis(stack, 0, _PLANE_AXIS[plane])
-
-
-def square_size(h: int, w: int) -> int:
-    return max(h, w)
-
-
-def fit_square(slices: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """(N, C, h, w) to (N, C, size, size): centred zero-pad to a square, then resize.
-
-    ``mode`` is "bilinear" for images or "nearest-exact" for labels: both sample at pixel
-    centres, so labels stay aligned with their image (plain "nearest" shifts them by half a pixel).
-    """
-    h, w = slices.shape[-2:]
-    s = square_size(h, w)
-    top, left = (s - h) // 2, (s - w) // 2
-    padded = F.pad(slices, (left, s - w - left, top, s - h - top))
-    if s == size:
-        return padded
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(padded, size=(size, size), mode=mode, **kwargs)
-
-
-def unfit_square(slices: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`fit_square` (bilinear): back to (N, C, h, w)."""
-    s = square_size(h, w)
-    if slices.shape[-1] != s:
-        slices = F.interpolate(slices, size=(s, s), mode="bilinear", align_corners=False)
-    top, left = (s - h) // 2, (s - w) // 2
-    return slices[..., top:top + h, left:left + w]
-
+from ..models.preprocess import fit_square, resample, to_slices, window
 
 @dataclass
 class CTDataset:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models.mosnet import MOSnet, MOSnetConfig, count_parameters
+from ..models.preprocess import pick_device
 from ..models.store import save_model
 from .ct_data import SliceSet, build_slices, read_ct_dataset, split_by_scan
 from .curves import plot_history, write_history
@@ -61,14 +62,6 @@ class TrainSettings:
     seed: int = 0
     slice_stride: int = 1  #: use every n-th slice (neighbouring slices are nearly identical)
     resume: bool = False
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
