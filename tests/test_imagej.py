@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mousesegment.io.roi import polygon_roi, write_roiset
+from napari_mousesegment.io.roi import RoiSkipped, polygon_roi, read_rois, rois_to_labels, write_roiset
 from napari_mousesegment.organs import US_ORGANS
 
 MACRO = Path(__file__).parent / "imagej" / "fill_rois.ijm"
@@ -38,3 +38,23 @@ def test_imagej_fills_our_roisets_exactly_on_their_frames(tmp_path, imagej_jar, 
     for value, inst in enumerate(instances, start=1):
         expected[inst.frame][us_series.labels[organ][inst.frame] == inst.index] = value
     assert np.array_equal(masks, expected)  # ImageJ's fill == our masks, pixel for pixel
+
+
+@pytest.mark.imagej
+def test_rois_written_by_imagej_read_as_imagej_fills_them(tmp_path, imagej_jar):
+    """ImageJ draws every area type it has (ovals, sub-pixel and rounded rectangles, rotated
+    ellipses and rectangles, composites with holes and pieces) and a line; we read its zip."""
+    macro = Path(__file__).parent / "imagej" / "make_rois.ijm"
+    done = subprocess.run(
+        ["xvfb-run", "-a", "java", "-Djava.awt.headless=false", "-jar", str(imagej_jar), "-batch", str(macro),
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert (tmp_path / "masks.tif").exists(), done.stdout + done.stderr
+    masks = tifffile.imread(tmp_path / "masks.tif")
+    rois = read_rois(tmp_path / "RoiSet.zip")
+    assert len(rois) == 12 and sum(r.composite for r in rois) == 3
+    with pytest.warns(RoiSkipped, match="line"):
+        labels = rois_to_labels(rois, masks.shape, source="RoiSet.zip")
+    assert np.array_equal(labels[:11], masks[:11])  # ImageJ's masks, pixel for pixel
+    assert not labels[11].any()  # the line is reported, not filled

@@ -5,26 +5,59 @@ import pytest
 import read_roi
 import tifffile
 
+from roifile import ROI_TYPE, ImagejRoi
+
 from napari_mousesegment.io.roi import (
-    RoiError, fill_polygon, polygon_roi, read_rois, roi_frame, roi_polygon, rois_to_labels, write_roiset,
+    RoiError, RoiSkipped, fill_polygon, polygon_roi, read_rois, roi_frame, roi_mask, roi_polygon, rois_to_labels,
+    write_roiset,
 )
 
 from ..conftest import shared_file
 
 
-def test_fill_matches_imagej_own_masks_for_polygon_rois():
+def test_every_roi_type_matches_imagej_own_masks():
     rois = read_rois(shared_file("imagej_rois", "RoiSet_35frames.zip"))
     masks = tifffile.imread(shared_file("imagej_rois", "RoiSet_35frames_imagej_masks.tif"))
-    checked = 0
+    types = set()
     for value, roi in enumerate(rois, start=1):
-        try:
-            xy = roi_polygon(roi)
-        except RoiError:
-            continue  # ovals, rectangles, composites: the ultrasound issue reads those
         expected = masks[roi_frame(roi)] == value
-        assert np.array_equal(fill_polygon(xy, masks.shape[1:]), expected), roi.name
-        checked += 1
-    assert checked == 5  # integer and sub-pixel polygons, freehand, traced
+        assert np.array_equal(roi_mask(roi, masks.shape[1:]), expected), roi.name
+        types.add(roi.roitype.name)
+    assert types == {"OVAL", "RECT", "POLYGON", "FREEHAND", "TRACED"}
+    labels = rois_to_labels(rois, masks.shape, source="RoiSet_35frames.zip")
+    assert np.array_equal(labels, masks)
+
+
+def test_polygon_fill_matches_imagej_for_polygon_rois():
+    rois = read_rois(shared_file("imagej_rois", "RoiSet_35frames.zip"))
+    masks = tifffile.imread(shared_file("imagej_rois", "RoiSet_35frames_imagej_masks.tif"))
+    polygons = [(v, r) for v, r in enumerate(rois, start=1) if r.roitype.name in ("POLYGON", "FREEHAND", "TRACED")]
+    for value, roi in polygons:
+        assert np.array_equal(fill_polygon(roi_polygon(roi), masks.shape[1:]), masks[roi_frame(roi)] == value)
+    assert len(polygons) == 5
+
+
+def test_oval_and_rectangle_fill_by_their_bounds():
+    oval = ImagejRoi(roitype=ROI_TYPE.OVAL, left=2, top=1, right=7, bottom=4, name="o")
+    expected = np.array([[0, 0, 0, 0, 0, 0, 0, 0],
+                         [0, 0, 0, 1, 1, 1, 0, 0],
+                         [0, 0, 1, 1, 1, 1, 1, 0],
+                         [0, 0, 0, 1, 1, 1, 0, 0],
+                         [0, 0, 0, 0, 0, 0, 0, 0]], bool)
+    assert np.array_equal(roi_mask(oval, (5, 8)), expected)
+    rect = ImagejRoi(roitype=ROI_TYPE.RECT, left=-2, top=3, right=3, bottom=9, name="r")
+    mask = roi_mask(rect, (5, 8))
+    assert mask.sum() == 6 and mask[3:5, 0:3].all()
+
+
+def test_lines_and_points_are_skipped_with_a_warning_never_filled():
+    line = ImagejRoi(roitype=ROI_TYPE.LINE, x1=1, y1=1, x2=6, y2=6, name="cut", position=1)
+    square = polygon_roi(np.array([[1, 1], [5, 1], [5, 5], [1, 5]]), "sq", frame=0)
+    with pytest.warns(RoiSkipped, match="cut.*line"):
+        labels = rois_to_labels([line, square], (1, 8, 8), source="mixed.zip")
+    assert set(np.unique(labels).tolist()) == {0, 2}
+    with pytest.raises(RoiError, match="encloses no area"):
+        roi_mask(line, (8, 8))
 
 
 def test_fill_square_covers_enclosed_pixels():
@@ -87,10 +120,15 @@ def test_read_rois_names_the_file_on_bad_input(tmp_path):
         read_rois(tmp_path / "missing.roi")
 
 
-def test_rois_to_labels_refuses_roi_off_the_stack():
+def test_rois_to_labels_refuses_roi_off_the_stack_or_outside_the_image():
     roi = polygon_roi(np.array([[1, 1], [5, 1], [5, 5]]), "late", frame=9)
-    with pytest.raises(RoiError, match="outside"):
+    with pytest.raises(RoiError, match="set.zip.*'late'.*frame 10"):
         rois_to_labels([roi], (3, 8, 8), source="set.zip")
+    far = polygon_roi(np.array([[50, 50], [60, 50], [60, 60]]), "far", frame=0)
+    with pytest.raises(RoiError, match="set.zip.*'far'.*outside"):
+        rois_to_labels([far], (3, 8, 8), source="set.zip")
+    unplaced = polygon_roi(np.array([[1, 1], [5, 1], [5, 5]]), "unplaced")
+    assert rois_to_labels([unplaced], (3, 8, 8), default_frame=2)[2].any()
 
 
 def test_single_imagej_roi_files_read(tmp_path):

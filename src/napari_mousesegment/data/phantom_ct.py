@@ -25,7 +25,8 @@ DEFAULT_SPACING = 0.28
 # Materials beyond the labelled organs (organ materials reuse the organ's label value).
 AIR, FAT, MUSCLE, BED, GAS, MARROW, CONTENT = 20, 21, 22, 23, 24, 25, 26
 
-# Mean HU per material and condition. Native soft organs differ by a few HU only; the
+# Mean HU per material and condition. Native soft organs differ by a few HU only, so in native
+# scans fat planes (perirenal, pericardial, pelvic) outline the organs, as in real mice; the
 # database's contrast agent (ExiTron nano) makes liver and spleen bright.
 _HU_NATIVE = {
     AIR: -1000, FAT: -110, MUSCLE: 45, BED: 120, GAS: -880, MARROW: 380, CONTENT: 70,
@@ -208,13 +209,18 @@ def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size:
     def s(r: tuple[float, float, float], spread: float = 0.1) -> tuple[float, ...]:
         return tuple(v * size * rng.uniform(1 - spread, 1 + spread) for v in r)
 
+    def fat_capsule(center, radii, rotation, margin: float) -> None:
+        """Fat around an organ, as the perirenal, pericardial and pelvic fat of real mice."""
+        cv.ellipsoid(center, tuple(r + margin for r in radii), FAT, 0, rotation, within=[MUSCLE])
+
     o = CT_ORGANS
     # Lungs first, then the heart cut into them.
     for side in (-1, 1):
         cv.ellipsoid((j(36), yc - 2, xc + side * j(16, 2)), s((25, 13, 11)), o["lungs"], o["lungs"],
                      _rotation(rng, 8), within=soft)
-    cv.ellipsoid((j(40), yc + 8, j(xc + 4)), s((17, 12, 13)), o["heart"], o["heart"], _rotation(rng, 15),
-                 within=soft + [o["lungs"]])
+    heart = ((j(40), yc + 8, j(xc + 4)), s((17, 12, 13)), _rotation(rng, 15))
+    fat_capsule(*heart, 1.5)
+    cv.ellipsoid(*heart[:2], o["heart"], o["heart"], heart[2], within=soft + [o["lungs"]])
     # Trachea: air, unlabelled.
     cv.tube([(zz, yc - 4, xc) for zz in np.arange(0, 18, 2.0)], 1.4, GAS, 0)
     # Liver: three lobes under the diaphragm, never into the thorax.
@@ -232,10 +238,13 @@ def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size:
                  _rotation(rng, 20), within=soft)
     # Kidneys, dorsal on either side of the spine, the right one a little more cranial.
     for side, dz in ((-1, -4), (1, 4)):
-        cv.ellipsoid((j(118 + dz), yc - 13, xc + side * j(18, 2)), s((18, 10, 11)), o["kidneys"], o["kidneys"],
-                     _rotation(rng, 15), within=soft)
-    # Bladder, caudal and ventral.
-    cv.ellipsoid((j(172), yc + 13, j(xc, 2)), s((11, 9, 9), 0.25), o["bladder"], o["bladder"], within=soft)
+        kidney = ((j(118 + dz), yc - 13, xc + side * j(18, 2)), s((18, 10, 11)), _rotation(rng, 15))
+        fat_capsule(*kidney, 2.5)
+        cv.ellipsoid(*kidney[:2], o["kidneys"], o["kidneys"], kidney[2], within=soft)
+    # Bladder, caudal and ventral, in pelvic fat.
+    bladder = ((j(172), yc + 13, j(xc, 2)), s((11, 9, 9), 0.25))
+    fat_capsule(*bladder, None, 2.0)
+    cv.ellipsoid(*bladder, o["bladder"], o["bladder"], within=soft)
     _paint_intestine(cv, yc, xc, size)
 
 

@@ -5,6 +5,11 @@ its centre (x+0.5, y+0.5) is inside; ties on a boundary are broken as in ImageJ'
 Following that rule exactly is what makes our masks and ImageJ's own fill of the same ROI agree
 pixel for pixel (checked against ImageJ 1.53t in the tests).
 
+Ovals, rectangles (plain or rounded) and composite shapes follow ImageJ 1.53t's own masks: an
+oval or rectangle fills by its integer bounds even when ImageJ stored sub-pixel ones, a pixel is in
+an oval or a rounded corner when its centre is, and a composite is the even-odd fill of its
+outlines (so holes stay holes). Rotated ellipses and rectangles are polygons to ImageJ.
+
 Known edge case: when a vertex lies exactly on a pixel-centre row and is the polygon's top, ImageJ
 1.53t may fill one row less than the newer PolygonFiller rule used here (seen: 2 pixels).
 """
@@ -12,20 +17,31 @@ Known edge case: when a vertex lies exactly on a pixel-centre row and is the pol
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import roifile
-from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
+from roifile import ROI_OPTIONS, ROI_SUBTYPE, ROI_TYPE, ImagejRoi
 
 #: ROI types that enclose an area traced by a list of vertices.
 POLYGON_TYPES = (ROI_TYPE.POLYGON, ROI_TYPE.FREEHAND, ROI_TYPE.TRACED)
+#: Subtypes of those that are still plain outlines to ImageJ (rotated ellipses and rectangles).
+_OUTLINE_SUBTYPES = (0, ROI_SUBTYPE.ELLIPSE, ROI_SUBTYPE.ROTATED_RECT)
 
 
 class RoiError(ValueError):
     """An ROI file that cannot be read, or an ROI that cannot become a mask."""
+
+
+class RoiNoArea(RoiError):
+    """An ROI type that encloses no area: a line, a point or text."""
+
+
+class RoiSkipped(UserWarning):
+    """An ROI of a type that encloses no area (line, point, text) was left out of the masks."""
 
 
 def fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -96,11 +112,64 @@ def roi_frame(roi: ImagejRoi) -> int | None:
 
 def roi_polygon(roi: ImagejRoi) -> np.ndarray:
     """Absolute (x, y) vertices of a polygon-type ROI, sub-pixel when ImageJ stored them so."""
-    if roi.roitype not in POLYGON_TYPES or roi.subtype != 0:
+    if roi.roitype not in POLYGON_TYPES or roi.subtype not in _OUTLINE_SUBTYPES:
         raise RoiError(f"ROI {roi.name!r} is a {ROI_TYPE(roi.roitype).name}, not a polygon")
     if roi.options & ROI_OPTIONS.SUB_PIXEL_RESOLUTION and roi.subpixel_coordinates is not None:
         return np.asarray(roi.subpixel_coordinates, dtype=np.float64)
     return np.asarray(roi.integer_coordinates, dtype=np.float64) + [roi.left, roi.top]
+
+
+def _type_name(roi: ImagejRoi) -> str:
+    if roi.subtype:
+        return ROI_SUBTYPE(roi.subtype).name.lower().replace("_", " ")
+    return ROI_TYPE(roi.roitype).name.lower()
+
+
+def _centres(shape: tuple[int, int], top: int, left: int, bottom: int, right: int):
+    """Pixel-centre coordinates (y, x) of the bounding box, clipped to the image."""
+    rows = np.arange(max(top, 0), min(bottom, shape[0])) + 0.5
+    cols = np.arange(max(left, 0), min(right, shape[1])) + 0.5
+    return rows[:, None], cols[None, :], (slice(max(top, 0), max(min(bottom, shape[0]), 0)),
+                                          slice(max(left, 0), max(min(right, shape[1]), 0)))
+
+
+def _box_mask(roi: ImagejRoi, shape: tuple[int, int]) -> np.ndarray:
+    """Ovals and (rounded) rectangles, by their integer bounds as ImageJ 1.53t fills them."""
+    top, left, bottom, right = int(roi.top), int(roi.left), int(roi.bottom), int(roi.right)
+    mask = np.zeros(shape, dtype=bool)
+    y, x, box = _centres(shape, top, left, bottom, right)
+    if roi.roitype == ROI_TYPE.OVAL:
+        a, b = (right - left) / 2, (bottom - top) / 2
+        inside = ((x - left - a) / a) ** 2 + ((y - top - b) / b) ** 2 <= 1.0
+    else:
+        radius = min(roi.rounded_rect_arc_size / 2, (right - left) / 2, (bottom - top) / 2)
+        nearest_x = np.clip(x, left + radius, right - radius)
+        nearest_y = np.clip(y, top + radius, bottom - radius)
+        inside = (x - nearest_x) ** 2 + (y - nearest_y) ** 2 <= radius**2
+    mask[box] = np.broadcast_to(inside, (box[0].stop - box[0].start, box[1].stop - box[1].start))
+    return mask
+
+
+def roi_mask(roi: ImagejRoi, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels an area ROI covers, as ImageJ 1.53t's own mask of it.
+
+    Polygons, freehand and traced outlines, rotated ellipses and rectangles, ovals, rectangles
+    (rounded too) and composite shapes enclose an area. Lines, points and text do not: they raise
+    :class:`RoiError` rather than being turned into some mask.
+    """
+    if roi.composite:
+        mask = np.zeros(shape, dtype=bool)
+        for outline in roi.coordinates(multi=True):
+            if len(outline) >= 3:
+                mask ^= fill_polygon(outline, shape)
+        return mask
+    if roi.roitype in POLYGON_TYPES and roi.subtype in _OUTLINE_SUBTYPES:
+        return fill_polygon(roi_polygon(roi), shape)
+    if roi.roitype in (ROI_TYPE.OVAL, ROI_TYPE.RECT) and roi.subtype == 0:
+        if roi.right <= roi.left or roi.bottom <= roi.top:
+            raise RoiError(f"ROI {roi.name!r} is an empty {_type_name(roi)}")
+        return _box_mask(roi, shape)
+    raise RoiNoArea(f"ROI {roi.name!r} is a {_type_name(roi)}, which encloses no area")
 
 
 def write_roiset(path: str | os.PathLike, rois: Sequence[ImagejRoi]) -> Path:
@@ -141,13 +210,33 @@ def read_rois(path: str | os.PathLike) -> list[ImagejRoi]:
 
 
 def rois_to_labels(
-    rois: Iterable[ImagejRoi], shape: tuple[int, int, int], *, source: str = "ROIs"
+    rois: Iterable[ImagejRoi], shape: tuple[int, int, int], *, source: str = "ROIs",
+    default_frame: int | None = None,
 ) -> np.ndarray:
-    """Fill polygon ROIs into a (frames, height, width) instance stack, ids 1.. in ROI order."""
+    """Fill area ROIs into a (frames, height, width) instance stack, ids 1.. in ROI order.
+
+    ROIs that enclose no area (lines, points, text) are skipped with a :class:`RoiSkipped`
+    warning that names them; their ids stay unused so ids still match the ROI order. An ROI on a
+    frame the stack lacks, or wholly outside the image, is an error that names the ROI. ROIs
+    without a stored position go on ``default_frame`` (0-based), or frame 0 of a single image.
+    """
     labels = np.zeros(shape, dtype=np.uint16)
     for index, roi in enumerate(rois, start=1):
+        try:
+            mask = roi_mask(roi, shape[1:])
+        except RoiNoArea as exc:
+            warnings.warn(f"{source}: skipped {exc}", RoiSkipped, stacklevel=2)
+            continue
+        except RoiError as exc:
+            raise RoiError(f"{source}: {exc}") from exc
         frame = roi_frame(roi)
+        if frame is None:
+            frame = 0 if default_frame is None and shape[0] == 1 else default_frame
         if frame is None or not 0 <= frame < shape[0]:
-            raise RoiError(f"{source}: ROI {roi.name!r} is on frame {frame}, outside 0..{shape[0] - 1}")
-        labels[frame][fill_polygon(roi_polygon(roi), shape[1:])] = index
+            where = "no frame" if frame is None else f"frame {frame + 1}"
+            raise RoiError(f"{source}: ROI {roi.name!r} is on {where}; the stack has frames 1..{shape[0]}")
+        if not mask.any():
+            raise RoiError(f"{source}: ROI {roi.name!r} on frame {frame + 1} lies outside the "
+                           f"{shape[2]}x{shape[1]} image")
+        labels[frame][mask] = index
     return labels
