@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mousesegment.io.roi import RoiSkipped, polygon_roi, read_rois, rois_to_labels, write_roiset
+from napari_mousesegment.io.roi import (
+    RoiSkipped, labels_to_rois, polygon_roi, read_rois, rois_to_labels, write_roiset,
+)
 from napari_mousesegment.organs import US_ORGANS
 
 MACRO = Path(__file__).parent / "imagej" / "fill_rois.ijm"
@@ -58,3 +60,23 @@ def test_rois_written_by_imagej_read_as_imagej_fills_them(tmp_path, imagej_jar):
         labels = rois_to_labels(rois, masks.shape, source="RoiSet.zip")
     assert np.array_equal(labels[:11], masks[:11])  # ImageJ's masks, pixel for pixel
     assert not labels[11].any()  # the line is reported, not filled
+
+
+@pytest.mark.imagej
+def test_exported_instance_labels_open_in_imagej_on_their_frames(tmp_path, imagej_jar, us_series):
+    """labels -> our RoiSet -> ImageJ's own masks: every instance back on its frame (IoU >= 0.98)."""
+    from napari_mousesegment.inference.ultrasound import instances
+
+    labels = instances((us_series.labels["placenta"] > 0).astype(np.float32), 0.5, 30)  # touching ones split
+    rois = labels_to_rois(labels, "placenta")
+    zip_path = write_roiset(tmp_path / "placenta.zip", rois)
+    masks, slices = run_imagej_masks(imagej_jar, zip_path, labels.shape, tmp_path / "ij.tif")
+    assert len(slices) == len(rois) > 30
+    value = 0
+    for frame in range(len(labels)):
+        for instance in np.unique(labels[frame][labels[frame] > 0]):
+            value += 1
+            assert slices[value - 1] == frame + 1
+            ours, theirs = labels[frame] == instance, masks[frame] == value
+            iou = np.sum(ours & theirs) / np.sum(ours | theirs)
+            assert iou >= 0.98, (frame, instance, iou)

@@ -45,3 +45,27 @@ def test_organ_scores_map_names_between_numberings():
     truth = np.array([[5, 5, 0, 7]])
     rows = organ_scores(pred, truth, {"heart": 1, "liver": 2}, {"heart": 5, "bladder": 7}, (1.0, 1.0))
     assert [r["organ"] for r in rows] == ["heart"] and rows[0]["dsc"] == 1.0
+
+
+def test_instance_matching_against_brute_force_iou():
+    from napari_mousesegment.metrics import match_instances, segmentation_scores
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        truth = np.zeros((30, 30), int)
+        pred = np.zeros((30, 30), int)
+        for k in range(1, 4):
+            y, x = rng.integers(0, 24, 2)
+            truth[y:y + 6, x:x + 6] = k
+            dy, dx = rng.integers(-3, 4, 2)
+            pred[max(y + dy, 0):y + dy + 6, max(x + dx, 0):x + dx + 6] = k + 10
+        brute = 0
+        for p in np.unique(pred[pred > 0]):
+            for t in np.unique(truth[truth > 0]):
+                inter = np.sum((pred == p) & (truth == t))
+                union = np.sum((pred == p) | (truth == t))
+                brute += inter / union >= 0.5
+        matched, n_pred, n_true = match_instances(pred, truth)
+        assert matched == brute and n_pred == len(np.unique(pred[pred > 0]))
+    scores = segmentation_scores(tp=0, fp=0, fn=0, matched=0, n_pred=0, n_true=0)
+    assert scores["dice"] == 1.0 and scores["instance_f1"] == 1.0  # nothing to find, nothing found

@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--metric", choices=["dsc", "jsc", "hd95_mm"], default="dsc")
     cmp.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     cmp.set_defaults(func=_cmd_compare)
+
+    from .cli_us import add_commands
+
+    add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, _grid)
     return parser
 
 

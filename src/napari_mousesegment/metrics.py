@@ -73,3 +73,45 @@ def organ_scores(pred_labels: np.ndarray, truth_labels: np.ndarray, organs: dict
         rows.append({"organ": organ, "dsc": dice(p, t), "jsc": jaccard(p, t), "hd95_mm": hd95(p, t, spacing),
                      "volume_pred_mm3": volume_mm3(p, spacing), "volume_truth_mm3": volume_mm3(t, spacing)})
     return rows
+
+
+def pixel_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of two masks."""
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    return (int(np.count_nonzero(pred & truth)), int(np.count_nonzero(pred & ~truth)),
+            int(np.count_nonzero(~pred & truth)))
+
+
+def match_instances(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
+    """Matched, predicted and true instance counts of one frame; a match needs IoU >= ``iou``.
+
+    With IoU above 0.5 a predicted instance can match at most one true one, so counting pairs over
+    the threshold is a one-to-one matching.
+    """
+    p_ids = np.unique(pred[pred > 0])
+    t_ids = np.unique(truth[truth > 0])
+    matched = 0
+    if len(p_ids) and len(t_ids):
+        both = (pred > 0) & (truth > 0)
+        pairs, inter = np.unique(np.stack([pred[both], truth[both]]), axis=1, return_counts=True)
+        area_p = dict(zip(*np.unique(pred[pred > 0], return_counts=True)))
+        area_t = dict(zip(*np.unique(truth[truth > 0], return_counts=True)))
+        for (p, t), n in zip(pairs.T, inter):
+            if n / (area_p[p] + area_t[t] - n) >= iou:
+                matched += 1
+    return matched, len(p_ids), len(t_ids)
+
+
+def segmentation_scores(tp: int, fp: int, fn: int, matched: int, n_pred: int, n_true: int) -> dict[str, float]:
+    """Pixel Dice, precision, recall and IoU, and instance precision, recall and F1.
+
+    Empty conventions: nothing predicted and nothing true scores 1 (nothing to find, nothing found).
+    """
+    def ratio(a: float, b: float) -> float:
+        return 1.0 if b == 0 else float(a / b)
+
+    inst_p, inst_r = ratio(matched, n_pred), ratio(matched, n_true)
+    return {"dice": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "iou": ratio(tp, tp + fp + fn), "instance_precision": inst_p, "instance_recall": inst_r,
+            "instance_f1": ratio(2 * matched, n_pred + n_true),
+            "instances_pred": int(n_pred), "instances_true": int(n_true)}

@@ -49,10 +49,18 @@ def montage(frames: np.ndarray, grid: tuple[int, int] = US_GRID, gap: int = 2, g
     return out
 
 
-def write_stack(path: str | os.PathLike, frames: np.ndarray) -> Path:
-    """Write (n, H, W) frames as a TIFF stack that ImageJ/Fiji opens with n slices."""
+def write_stack(path: str | os.PathLike, frames: np.ndarray, compress: bool = False) -> Path:
+    """Write (n, H, W) frames as a TIFF stack that ImageJ/Fiji opens with n slices.
+
+    ``compress`` uses deflate (ImageJ reads it), which shrinks mostly-empty label stacks ~1000x.
+    The file is written under a temporary name and renamed, so it is whole or absent.
+    """
     path = Path(path)
-    tifffile.imwrite(path, np.asarray(frames), imagej=True, metadata={"axes": "ZYX"})
+    frames = np.asarray(frames)
+    tmp = path.with_name(path.name + ".partial")
+    tifffile.imwrite(tmp, frames, imagej=True, metadata={"axes": "ZYX" if frames.ndim == 3 else "YX"},
+                     compression="zlib" if compress else None)
+    os.replace(tmp, path)
     return path
 
 

@@ -102,6 +102,49 @@ def polygon_roi(xy: np.ndarray, name: str, frame: int | None = None) -> ImagejRo
     return roi
 
 
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """(x, y) outline of a 2D mask's largest 4-connected piece, holes filled, whose ImageJ fill
+    is that piece again, pixel for pixel.
+
+    The outline runs along pixel edges with corners cut by a quarter pixel (marching squares on
+    the mask at twice its resolution), so no pixel centre lies on it and there are no ties.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    pieces, n = ndi.label(mask)
+    if n == 0:
+        raise RoiError("an empty mask has no outline")
+    if n > 1:
+        sizes = np.bincount(pieces.ravel())[1:]
+        pieces = pieces == (int(np.argmax(sizes)) + 1)
+    piece = ndi.binary_fill_holes(pieces > 0)
+    fine = np.pad(np.repeat(np.repeat(piece, 2, 0), 2, 1), 1).astype(np.float32)
+    contour = max(find_contours(fine, 0.5), key=len)  # (row, col) on the fine, padded grid
+    yx = (contour - 1 + 0.5) / 2
+    xy = yx[:-1, ::-1]  # drop the repeated closing point
+    ahead, behind = np.roll(xy, -1, 0) - xy, xy - np.roll(xy, 1, 0)
+    turn = np.abs(ahead[:, 0] * behind[:, 1] - ahead[:, 1] * behind[:, 0]) > 1e-9  # drop straight-run points
+    return xy[turn]
+
+
+def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
+    """One polygon ROI per instance per frame of (N, H, W) (or (H, W)) instance labels.
+
+    Names carry organ, 1-based frame and instance (``heart_f07_2``), never ImageJ's
+    NNNN-NNNN-NNNN form; each ROI sits on its frame's stack position.
+    """
+    stack = labels[None] if labels.ndim == 2 else labels
+    if stack.ndim != 3:
+        raise RoiError(f"labels must be 2D or (frames, height, width), got shape {labels.shape}")
+    rois = []
+    for frame, plane in enumerate(stack):
+        for k, value in enumerate(np.unique(plane[plane > 0]), start=1):
+            rois.append(polygon_roi(mask_outline(plane == value), f"{organ}_f{frame + 1:02d}_{k}",
+                                    frame=frame if labels.ndim == 3 else None))
+    return rois
+
+
 def roi_frame(roi: ImagejRoi) -> int | None:
     """0-based frame of an ROI: its stack position, else its z or t position; None if unset."""
     for value in (roi.position, roi.z_position, roi.t_position):

@@ -17,6 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .mosnet import MOSnet, MOSnetConfig
+from .unet import UNet, UNetConfig
+
+#: config "kind" -> (config class, model class)
+KINDS: dict[str, tuple[type, type]] = {"mosnet": (MOSnetConfig, MOSnet), "unet": (UNetConfig, UNet)}
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
@@ -34,7 +38,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(folder: str | os.PathLike, model: torch.nn.Module, config: MOSnetConfig,
+def save_model(folder: str | os.PathLike, model: torch.nn.Module, config: MOSnetConfig | UNetConfig,
                extra: dict[str, Any] | None = None) -> Path:
     """Write weights and config atomically; config.json gains the weights' sha256 and a timestamp."""
     folder = Path(folder)
@@ -63,12 +67,22 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"model {folder}: {CONFIG} is not valid JSON ({exc})") from exc
 
 
-def load_mosnet(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MOSnet, MOSnetConfig, dict]:
-    """Rebuild a MOSnet from its folder, checking the hash and that weights fit the config."""
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu",
+               kind: str | None = None) -> tuple[torch.nn.Module, Any, dict]:
+    """Rebuild a model from its folder, checking the hash and that the weights fit the config.
+
+    ``kind`` ("mosnet" or "unet") refuses a folder holding the other kind, by name.
+    """
     folder = Path(folder)
     meta = read_config(folder)
+    found = meta.get("kind", "mosnet")
+    if found not in KINDS:
+        raise ModelError(f"model {folder}: unknown kind {found!r} in {CONFIG}")
+    if kind is not None and found != kind:
+        raise ModelError(f"model {folder}: is a {found} model, not a {kind} model")
+    config_cls, model_cls = KINDS[found]
     try:
-        config = MOSnetConfig.from_dict(meta)
+        config = config_cls.from_dict(meta)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model {folder}: {exc}") from exc
     weights = folder / WEIGHTS
@@ -80,9 +94,19 @@ def load_mosnet(folder: str | os.PathLike, device: str | torch.device = "cpu") -
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ModelError(f"model {folder}: cannot read {WEIGHTS} ({exc})") from exc
-    model = MOSnet(config)
+    model = model_cls(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(f"model {folder}: weights do not match its config ({str(exc).splitlines()[0]})") from exc
     return model.to(device).eval(), config, meta
+
+
+def load_mosnet(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MOSnet, MOSnetConfig, dict]:
+    """A MOSnet model folder (see :func:`load_model`)."""
+    return load_model(folder, device, kind="mosnet")  # type: ignore[return-value]
+
+
+def load_unet(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNet, UNetConfig, dict]:
+    """An ultrasound U-Net model folder (see :func:`load_model`)."""
+    return load_model(folder, device, kind="unet")  # type: ignore[return-value]

@@ -58,3 +58,12 @@ def mosnet_loss(
         loss = loss + recon_weight * mse
         parts["recon"] = float(mse.detach())
     return loss, parts
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.5,
+                  smooth: float = 1.0) -> torch.Tensor:
+    """The ultrasound U-Nets' loss: α·(1 − soft Dice) + (1 − α)·BCE, over the whole batch."""
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum()
+    dice = (2 * inter + smooth) / (prob.sum() + target.sum() + smooth)
+    return alpha * (1 - dice) + (1 - alpha) * F.binary_cross_entropy_with_logits(logits, target)

@@ -7,7 +7,6 @@ a checkpoint; the best epoch's weights (by mean validation Dice) are the model f
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,19 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models.mosnet import MOSnet, MOSnetConfig, count_parameters
 from ..models.preprocess import pick_device
 from ..models.store import save_model
+from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint
 from .ct_data import SliceSet, build_slices, read_ct_dataset, split_by_scan
 from .curves import plot_history, write_history
 from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
-
-
-class TrainingError(ValueError):
-    """Training cannot go on: a diverged loss, a checkpoint that does not fit, a changed split."""
 
 
 def cosine_factor(epoch: int, epochs: int) -> float:
@@ -39,13 +34,6 @@ def cosine_factor(epoch: int, epochs: int) -> float:
     follows the schedule of its new length instead of staying at the old end's zero.
     """
     return 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1)))
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -114,16 +102,7 @@ def train_mosnet(
 ) -> dict:
     """Train jointly on the dataset folders and write the model folder ``out``; returns a summary."""
     out = Path(out)
-    checkpoint_dir = out / "checkpoint"
-    state_path = checkpoint_dir / "state.json"
-    if settings.resume and state_path.is_file():
-        saved = json.loads((checkpoint_dir / "config.json").read_text())
-        if saved != json.loads(config.to_json()):
-            raise ValueError(f"{out}: --resume with a different model config than the checkpoint's")
-    elif (out / "weights.safetensors").exists() or state_path.exists():
-        raise FileExistsError(f"{out} already holds a model or checkpoint; pass --resume or choose another --out")
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (checkpoint_dir / "config.json").write_text(config.to_json())
+    checkpoint_dir = prepare_run(out, config.to_json(), settings.resume)
 
     torch.manual_seed(settings.seed)
     device = pick_device(settings.device)
@@ -154,15 +133,8 @@ def train_mosnet(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cosine_factor(e, settings.epochs))
     history: list[dict] = []
     start_epoch, best = 0, -1.0
-    if settings.resume and state_path.is_file():
-        try:
-            state = json.loads(state_path.read_text())
-            model.load_state_dict(load_file(str(checkpoint_dir / "last.safetensors"), device=str(device)))
-            opt = torch.load(checkpoint_dir / "optimizer.pt", map_location=device, weights_only=True)
-            optimizer.load_state_dict(opt["optimizer"])
-            scheduler.load_state_dict(opt["scheduler"])
-        except Exception as exc:  # safetensors, torch and json raise many types for damaged files
-            raise TrainingError(f"{checkpoint_dir}: cannot resume from this checkpoint ({exc})") from exc
+    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, device) if settings.resume else None
+    if state is not None:
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule length
             group["lr"] = base * cosine_factor(scheduler.last_epoch, settings.epochs)
         if (state.get("train_scans"), state.get("val_scans")) != (train_ids, val_ids):
@@ -222,14 +194,10 @@ def train_mosnet(
         if improved:
             best = row["val_dice_mean"]
             save_model(out, model, config, {**summary_extra, "metrics": {"epoch": epoch + 1, **row}})
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        _atomic(checkpoint_dir / "last.safetensors", lambda p: save_file(weights, str(p)))
-        _atomic(checkpoint_dir / "optimizer.pt",
-                lambda p: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, p))
         # An interrupted epoch is recorded as not done, so --resume runs it again in full.
         done = epoch if stopped is None else epoch - 1
-        state = {"epoch": done, "best": best, "history": history, "train_scans": train_ids, "val_scans": val_ids}
-        _atomic(state_path, lambda p: p.write_text(json.dumps(state, indent=1)))
+        save_checkpoint(checkpoint_dir, model, optimizer, scheduler,
+                        {"epoch": done, "best": best, "history": history, "train_scans": train_ids, "val_scans": val_ids})
         write_history(out / "history.csv", history)
         plot_history(out / "curves.png", history, f"MOSnet ({config.variant}, width {config.width})")
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "

@@ -1,0 +1,163 @@
+"""The ultrasound and ROI commands of ``mousesegment``: dataset, train unet, predict, evaluate, roi."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from .organs import US_ORGANS
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 35,240,320, got {text!r}") from None
+    if len(values) == 2:
+        values = (1, *values)
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be N,H,W (or H,W) positive integers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _organs(text: str) -> list[str]:
+    organs = [o.strip() for o in text.split(",") if o.strip()]
+    if not organs:
+        raise argparse.ArgumentTypeError("name at least one organ, e.g. heart,liver,placenta")
+    return organs
+
+
+def _warnings_to_stderr(caught: list) -> None:
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from .data.us_dataset import build_us_dataset
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        root = build_us_dataset(args.series, args.out, args.organs, args.test, args.val_fraction, args.seed, args.grid)
+    _warnings_to_stderr(caught)
+    print(f"dataset -> {root}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .models.unet import DEFAULT_ARCH, UNetConfig
+    from .training.augment import AugmentSettings
+    from .training.us_trainer import UNetSettings, train_unet
+
+    arch = args.arch or DEFAULT_ARCH.get(args.organ, "standard")
+    config = UNetConfig(organ=args.organ, arch=arch, width=args.width, image_size=args.image_size)
+    settings = UNetSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            finetune_epochs=args.finetune_epochs, early_stop=args.early_stop,
+                            test_series=args.test, max_minutes=args.max_minutes, device=args.device,
+                            seed=args.seed, resume=args.resume,
+                            augment=AugmentSettings() if not args.no_augment else AugmentSettings.off())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train_unet(args.data, args.out, config, settings)
+    _warnings_to_stderr(caught)
+    print(f"model -> {summary['out']} (best validation Dice {summary['best_val_dice']:.3f}, "
+          f"threshold {summary['threshold']})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .us_jobs import parse_models, predict_ultrasound
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict_ultrasound(args.composites, args.organs, parse_models(args.model), args.out, args.grid, args.device)
+    _warnings_to_stderr(caught)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .us_jobs import evaluate_ultrasound, parse_models
+
+    evaluate_ultrasound(parse_models(args.model), args.data, args.out, args.device)
+    print(f"report -> {args.out}")
+    return 0
+
+
+def _cmd_roi_import(args: argparse.Namespace) -> int:
+    from .us_jobs import import_rois
+
+    import_rois(args.rois, args.shape, args.out)
+    return 0
+
+
+def _cmd_roi_export(args: argparse.Namespace) -> int:
+    from .us_jobs import export_rois
+
+    export_rois(args.labels, args.out, args.organ)
+    return 0
+
+
+def add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, grid_type) -> None:
+    """Register the ultrasound sub-commands on the main parser's sub-parsers."""
+    dus = dataset_sub.add_parser("ultrasound", help="annotated series folders (lab layout) into a dataset folder")
+    dus.add_argument("series", nargs="+", type=Path, help="series folders, or folders of series folders")
+    dus.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    dus.add_argument("--organs", type=_organs, default=list(US_ORGANS), help="organs or keywords (default: all three)")
+    dus.add_argument("--test", type=int, default=5, help="whole series held out for testing (default 5)")
+    dus.add_argument("--val-fraction", type=float, default=0.2, help="of the other series, for validation (0.2)")
+    dus.add_argument("--seed", type=int, default=0, help="seed of the series split")
+    dus.add_argument("--grid", type=grid_type, default=None, help="montage grid RxC when it cannot be detected")
+    dus.set_defaults(func=_cmd_dataset)
+
+    unet = train_sub.add_parser("unet", help="an ultrasound organ U-Net")
+    unet.add_argument("--organ", required=True, help="heart, liver, placenta or any ROI keyword (e.g. head)")
+    unet.add_argument("--data", type=Path, action="append", required=True,
+                      help="series folders in the lab layout, or a dataset folder (repeatable)")
+    unet.add_argument("--out", type=Path, required=True, help="model folder to write")
+    unet.add_argument("--arch", choices=["standard", "deep", "residual"], default=None,
+                      help="default: standard for hearts, deep for livers, residual for placentas")
+    unet.add_argument("--width", type=int, default=16, help="channels of the first level (default 16)")
+    unet.add_argument("--image-size", type=int, default=128, help="training crop size in pixels (default 128)")
+    unet.add_argument("--epochs", type=int, default=100, help="before fine-tuning (early stopping may end sooner)")
+    unet.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs at 1e-5 (default 10)")
+    unet.add_argument("--early-stop", type=int, default=10, help="epochs without a better validation Dice (10)")
+    unet.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
+    unet.add_argument("--batch-size", type=int, default=8)
+    unet.add_argument("--lr", type=float, default=1e-4)
+    unet.add_argument("--test", type=int, default=5, help="lab-layout data: whole series held out for testing (5)")
+    unet.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    unet.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    unet.add_argument("--seed", type=int, default=0)
+    unet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    unet.set_defaults(func=_cmd_train)
+
+    pus = predict_sub.add_parser("ultrasound", help="composites to instance labels and RoiSets with the U-Nets")
+    pus.add_argument("composites", type=Path, nargs="+", help="multi-page TIFF, montage image or folder of frames")
+    pus.add_argument("--organs", type=_organs, default=list(US_ORGANS), help="comma-separated (default: all three)")
+    pus.add_argument("--model", action="append", default=[], metavar="ORGAN=MODEL_DIR", help="one per organ")
+    pus.add_argument("--out", type=Path, required=True)
+    pus.add_argument("--grid", type=grid_type, default=None, help="montage grid RxC (default: detect)")
+    pus.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pus.set_defaults(func=_cmd_predict)
+
+    eus = evaluate_sub.add_parser("ultrasound", help="U-Nets on held-out series: pixel and instance scores")
+    eus.add_argument("--model", action="append", required=True, metavar="ORGAN=MODEL_DIR")
+    eus.add_argument("--data", type=Path, action="append", required=True,
+                     help="a dataset folder (its test series) or lab-layout series folders (all of them)")
+    eus.add_argument("--out", type=Path, required=True, help="report folder")
+    eus.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    eus.set_defaults(func=_cmd_evaluate)
+
+    roi = sub.add_parser("roi", help="ImageJ/Fiji ROIs to instance labels and back")
+    roi_sub = roi.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rin = roi_sub.add_parser("import", help="a RoiSet zip or .roi file to an instance-label TIFF")
+    rin.add_argument("rois", type=Path)
+    rin.add_argument("--shape", type=_shape, required=True, help="N,H,W of the stack (or H,W)")
+    rin.add_argument("--out", type=Path, required=True, help="labels TIFF to write")
+    rin.set_defaults(func=_cmd_roi_import)
+    rout = roi_sub.add_parser("export", help="an instance-label TIFF (2D or N,H,W) to a RoiSet zip")
+    rout.add_argument("labels", type=Path)
+    rout.add_argument("--out", type=Path, required=True, help="RoiSet zip to write (replaced, never appended)")
+    rout.add_argument("--organ", default="organ", help="name prefix of the ROIs (default: organ)")
+    rout.set_defaults(func=_cmd_roi_export)

@@ -1,0 +1,163 @@
+"""Annotated ultrasound series in the lab's layouts, read into frames plus instance labels.
+
+Folder layout (one folder per series)::
+
+    SERIES/SERIES.tif           the composite: multi-page TIFF, montage (TIFF/PNG/JPEG) or a
+                                `frames/` folder of single frames
+    SERIES/hearts/frame_07.zip  one folder per organ (hearts, heart, Hearts, ...) of RoiSet zips
+    SERIES/livers/07.roi        or single .roi files, one per frame or per instance
+
+Flat layout: the ROI files lie in the series folder itself and name their organ by a keyword in
+the file name (``heart_07.roi``, ``RoiSet_liver_f12.zip``).
+
+An ROI's frame is its stored stack position (or z or t position); without one, the last number in
+its file name, counted from 1 as ImageJ counts slices.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .composites import IMAGE_SUFFIXES, Composite, read_composite
+from .roi import RoiError, read_rois, rois_to_labels
+
+ROI_SUFFIXES = (".zip", ".roi")
+
+
+@dataclass
+class AnnotatedSeries:
+    """Frames of one series and, per annotated organ, a (frames, H, W) instance-label stack."""
+
+    name: str
+    folder: Path
+    composite: Composite
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    roi_files: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self.composite.frames
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z]+", name.lower()) if t]
+
+
+def _names_organ(word: str, organ: str) -> bool:
+    """True when a folder name or file-name token names the organ: heart, hearts, Hearts."""
+    organ = organ.lower()
+    return word in (organ, organ + "s", organ + "es")
+
+
+def _frame_from_name(path: Path) -> int | None:
+    """0-based frame from the last number in a file name (1-based there, as ImageJ's slices)."""
+    numbers = re.findall(r"\d+", path.stem)
+    return int(numbers[-1]) - 1 if numbers else None
+
+
+def find_composite(folder: Path) -> Path:
+    """The composite of a series folder: SERIES.tif first, else the one image or a frames/ folder."""
+    folder = Path(folder)
+    for suffix in IMAGE_SUFFIXES:
+        own = folder / f"{folder.name}{suffix}"
+        if own.is_file():
+            return own
+    if (folder / "frames").is_dir():
+        return folder / "frames"
+    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    stacks = [p for p in images if p.suffix.lower() in (".tif", ".tiff")] or images
+    if len(stacks) == 1:
+        return stacks[0]
+    if not stacks:
+        raise FileNotFoundError(f"{folder}: no composite found (expected {folder.name}.tif, an image or frames/)")
+    raise ValueError(f"{folder}: several images could be the composite ({', '.join(p.name for p in stacks[:4])}); "
+                     f"name it {folder.name}.tif")
+
+
+def organ_roi_files(folder: Path, organ: str) -> list[Path]:
+    """ROI files of one organ: its organ folder (any case, singular or plural), else keyword files."""
+    folder = Path(folder)
+    subdirs = [p for p in folder.iterdir() if p.is_dir() and _names_organ(p.name.lower(), organ)]
+    if len(subdirs) > 1:
+        raise ValueError(f"{folder}: several folders for {organ}: {', '.join(p.name for p in subdirs)}")
+    where = subdirs[0] if subdirs else folder
+    files = sorted((p for p in where.iterdir() if p.is_file() and p.suffix.lower() in ROI_SUFFIXES),
+                   key=lambda p: (_frame_from_name(p) or 0, p.name))
+    if not subdirs:
+        files = [p for p in files if any(_names_organ(t, organ) for t in _tokens(p.stem))]
+    return files
+
+
+def read_series(folder: str | Path, organs: list[str], grid: tuple[int, int] | None = None,
+                composite: str | Path | None = None) -> AnnotatedSeries:
+    """Read a series folder: its composite split into frames and each organ's ROIs as instance labels.
+
+    Organs without any ROI file are left out of ``labels``: unannotated, not empty. Instance ids
+    run 1.. per frame in ROI order. Errors name the file, the ROI and the frame.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a series folder")
+    source = Path(composite) if composite else find_composite(folder)
+    series = AnnotatedSeries(folder.name, folder, read_composite(source, grid=grid))
+    shape = series.frames.shape[:3]
+    for organ in organs:
+        files = organ_roi_files(folder, organ)
+        if not files:
+            continue
+        labels = np.zeros(shape, np.uint16)
+        for path in files:
+            rois = read_rois(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                filled = rois_to_labels(rois, shape, source=str(path), default_frame=_frame_from_name(path))
+            for frame in np.flatnonzero(filled.reshape(len(filled), -1).any(1)):
+                _merge_instances(labels[frame], filled[frame], path, int(frame))
+        series.labels[organ] = labels
+        series.roi_files[organ] = files
+    return series
+
+
+def _merge_instances(target: np.ndarray, new: np.ndarray, path: Path, frame: int) -> None:
+    """Add a file's instances to a frame after those already there, renumbered 1.. in order."""
+    next_id = int(target.max()) + 1
+    for value in np.unique(new[new > 0]):
+        mask = new == value
+        if np.any(target[mask] > 0):
+            overlap = int(np.count_nonzero(target[mask] > 0))
+            warnings.warn(f"{path}: an ROI on frame {frame + 1} overlaps an earlier one by {overlap} pixels; "
+                          "the later ROI wins there", stacklevel=3)
+        target[mask] = next_id
+        next_id += 1
+
+
+def series_folders(roots: list[str | Path]) -> list[Path]:
+    """Series folders given directly, or found one level below each root."""
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder")
+        try:
+            find_composite(root)
+            found.append(root)
+            continue
+        except (FileNotFoundError, ValueError):
+            pass
+        children = [p for p in sorted(root.iterdir()) if p.is_dir()]
+        for child in children:
+            try:
+                find_composite(child)
+            except (FileNotFoundError, ValueError):
+                continue
+            found.append(child)
+        if not any(p.parent == root for p in found):
+            raise FileNotFoundError(f"{root}: neither a series folder nor a folder of series folders")
+    return found
+
+
+__all__ = ["AnnotatedSeries", "RoiError", "find_composite", "organ_roi_files", "read_series", "series_folders"]

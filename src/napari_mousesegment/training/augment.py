@@ -1,0 +1,77 @@
+"""Batch augmentation for ultrasound frames, run on the training device (GPU when there is one).
+
+All geometric changes (rotation, scaling, translation, flips, elastic deformation) are folded into
+one sampling grid per batch, so a batch is resampled once; masks follow the image exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass
+class AugmentSettings:
+    """Each augmentation with its range; 0 (or False) switches it off."""
+
+    rotation: float = 20.0  #: ± degrees (the report used ±10 and ±20)
+    scale: float = 0.15  #: ± relative zoom
+    translation: float = 0.1  #: ± fraction of the frame
+    hflip: bool = True  #: left-right flips (depth stays down, as in B-mode)
+    vflip: bool = False  #: up-down flips (off: they put the probe at the bottom)
+    noise: float = 0.03  #: Gaussian noise σ, in [0, 1] intensity units
+    brightness: float = 0.1  #: ± added intensity
+    contrast: float = 0.2  #: ± relative contrast
+    elastic: float = 0.02  #: largest elastic displacement, as a fraction of the frame
+    crop: float = 0.15  #: up to this fraction of each border cropped away and padded back with black
+
+    @classmethod
+    def off(cls) -> AugmentSettings:
+        return cls(0.0, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _uniform(n: int, spread: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    return (torch.rand(n, device=device, generator=generator) * 2 - 1) * spread
+
+
+def augment(image: torch.Tensor, mask: torch.Tensor, settings: AugmentSettings,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment (B, 1, H, W) images in [0, 1] and their (B, 1, H, W) binary masks together."""
+    b, _, h, w = image.shape
+    dev = image.device
+    angle = _uniform(b, math.radians(settings.rotation), dev, generator)
+    zoom = 1 + _uniform(b, settings.scale, dev, generator)
+    flip_x = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0) if settings.hflip else 1.0
+    flip_y = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0) if settings.vflip else 1.0
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos * flip_y
+    theta[:, :, 2] = torch.stack([_uniform(b, 2 * settings.translation, dev, generator) for _ in range(2)], 1)
+    grid = F.affine_grid(theta, (b, 1, h, w), align_corners=False)
+    if settings.elastic > 0:
+        coarse = torch.randn(b, 2, 5, 5, device=dev, generator=generator)
+        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+        field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+        grid = grid + 2 * settings.elastic * field.permute(0, 2, 3, 1)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mask = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    if settings.contrast or settings.brightness:
+        mean = image.mean(dim=(2, 3), keepdim=True)
+        gain = (1 + _uniform(b, settings.contrast, dev, generator)).view(b, 1, 1, 1)
+        shift = _uniform(b, settings.brightness, dev, generator).view(b, 1, 1, 1)
+        image = (image - mean) * gain + mean + shift
+    if settings.noise > 0:
+        image = image + settings.noise * torch.randn(image.shape, device=dev, generator=generator)
+    if settings.crop > 0:
+        ys = torch.arange(h, device=dev).view(1, h, 1)
+        xs = torch.arange(w, device=dev).view(1, 1, w)
+        cut = (torch.rand(b, 4, device=dev, generator=generator) * settings.crop)
+        keep = ((ys >= (cut[:, 0] * h).view(b, 1, 1)) & (ys < h - (cut[:, 1] * h).view(b, 1, 1))
+                & (xs >= (cut[:, 2] * w).view(b, 1, 1)) & (xs < w - (cut[:, 3] * w).view(b, 1, 1)))
+        image = image * keep[:, None]
+        mask = mask * keep[:, None]
+    return image.clamp(0, 1), mask

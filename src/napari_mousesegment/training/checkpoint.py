@@ -1,0 +1,70 @@
+"""Durable training runs: per-epoch checkpoints written atomically, and resuming from them.
+
+A checkpoint folder holds last.safetensors (weights), optimizer.pt (optimizer and scheduler state,
+tensors and plain values only, loaded with ``weights_only=True``), state.json (epoch, best score,
+history, split) and config.json (the model config, which a resume must match).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class TrainingError(ValueError):
+    """Training cannot go on: a diverged loss, a checkpoint that does not fit, a changed split."""
+
+
+def atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".partial")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def prepare_run(out: Path, config_json: str, resume: bool) -> Path:
+    """The checkpoint folder of a new run, or of the run being resumed (which must match the config)."""
+    checkpoint_dir = out / "checkpoint"
+    state_path = checkpoint_dir / "state.json"
+    if resume and state_path.is_file():
+        saved = json.loads((checkpoint_dir / "config.json").read_text())
+        if saved != json.loads(config_json):
+            raise ValueError(f"{out}: --resume with a different model config than the checkpoint's")
+    elif (out / "weights.safetensors").exists() or state_path.exists():
+        raise FileExistsError(f"{out} already holds a model or checkpoint; pass --resume or choose another --out")
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / "config.json").write_text(config_json)
+    return checkpoint_dir
+
+
+def save_checkpoint(checkpoint_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, state: dict) -> None:
+    """Weights, optimizer and scheduler, then state.json last: a checkpoint is whole or absent."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic(checkpoint_dir / "last.safetensors", lambda p: save_file(weights, str(p)))
+    atomic(checkpoint_dir / "optimizer.pt",
+           lambda p: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, p))
+    atomic(checkpoint_dir / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
+
+
+def load_checkpoint(checkpoint_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, device: torch.device) -> dict | None:
+    """Restore a run in place and return its state, or None when there is no checkpoint."""
+    state_path = checkpoint_dir / "state.json"
+    if not state_path.is_file():
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+        model.load_state_dict(load_file(str(checkpoint_dir / "last.safetensors"), device=str(device)))
+        saved = torch.load(checkpoint_dir / "optimizer.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except Exception as exc:  # safetensors, torch and json raise many types for damaged files
+        raise TrainingError(f"{checkpoint_dir}: cannot resume from this checkpoint ({exc})") from exc
+    return state

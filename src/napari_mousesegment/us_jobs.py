@@ -1,0 +1,176 @@
+"""The ultrasound jobs behind the CLI: predict composites to ROIs, evaluate, import and export ROIs.
+
+    predict:  DIR/<composite stem>/<organ>_labels.tif (N, H, W instance ids)
+              DIR/<composite stem>/<organ>_RoiSet.zip (one ROI per instance, on its frame)
+    evaluate: REPORT_DIR/per_frame.csv, per_series.csv, summary.csv, summary.md
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .io.composites import read_composite, write_stack
+from .io.roi import labels_to_rois, read_rois, rois_to_labels, write_roiset
+from .metrics import match_instances, pixel_counts, segmentation_scores
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    """ORGAN=MODEL_DIR pairs, as given to --model."""
+    models = {}
+    for spec in specs:
+        organ, sep, model = spec.partition("=")
+        if not sep or not organ or not model:
+            raise ValueError(f"--model takes ORGAN=MODEL_DIR, got {spec!r}")
+        models[organ.strip()] = model.strip()
+    return models
+
+
+def write_rois(path: Path, labels: np.ndarray, organ: str, log=print) -> Path:
+    """A RoiSet of the instances, overwriting the file; an empty prediction gives an empty RoiSet."""
+    rois = labels_to_rois(labels, organ)
+    if rois:
+        return write_roiset(path, rois)
+    tmp = path.with_name(path.name + ".partial")
+    with zipfile.ZipFile(tmp, "w"):
+        pass
+    os.replace(tmp, path)
+    log(f"  {organ}: nothing found; wrote an empty RoiSet {path}")
+    return path
+
+
+def load_unets(models: dict[str, str], organs: list[str], device: str = "auto") -> dict:
+    from .models.preprocess import pick_device
+    from .models.store import load_unet
+
+    missing = [o for o in organs if o not in models]
+    if missing:
+        raise ValueError(f"no model for {', '.join(missing)}; pass --model ORGAN=MODEL_DIR for each organ")
+    dev = pick_device(device)
+    loaded = {}
+    for organ in organs:
+        model, config, _ = load_unet(models[organ], dev)
+        if config.organ != organ:
+            warnings.warn(f"model {models[organ]} was trained for {config.organ!r}, used here for {organ!r}",
+                          stacklevel=2)
+        loaded[organ] = model
+    return loaded
+
+
+def segment_frames(model, frames: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and instance labels of (N, H, W) frames with one organ's U-Net."""
+    from .inference.ultrasound import instances, predict_probabilities
+
+    prob = predict_probabilities(model, frames)
+    config = model.config
+    return prob, instances(prob, config.threshold if threshold is None else threshold, config.min_size)
+
+
+def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
+                       out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
+                       log=print) -> list[Path]:
+    """Segment each composite for each organ and write instance labels and RoiSets under ``out``."""
+    loaded = load_unets(models, organs, device)
+    written = []
+    for source in map(Path, composites):
+        composite = read_composite(source, grid=grid)
+        frames = composite.frames
+        if frames.ndim != 3:
+            raise ValueError(f"{source}: frames must be grey (N, H, W), got shape {frames.shape}")
+        target = Path(out) / source.stem
+        target.mkdir(parents=True, exist_ok=True)
+        for organ, model in loaded.items():
+            _, labels = segment_frames(model, frames)
+            write_stack(target / f"{organ}_labels.tif", labels, compress=True)
+            write_rois(target / f"{organ}_RoiSet.zip", labels, organ, log)
+            n = sum(len(np.unique(f[f > 0])) for f in labels)
+            log(f"{source} {organ}: {n} instances in {int(np.any(labels > 0, axis=(1, 2)).sum())} frames")
+        written.append(target)
+    return written
+
+
+def evaluate_ultrasound(models: dict[str, str], data: list[str | os.PathLike], out: str | os.PathLike,
+                        device: str = "auto", log=print) -> dict[str, dict[str, float]]:
+    """Score organ models on held-out series: a dataset folder's test split, or every lab series given."""
+    from .data.us_dataset import load_us_items
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_unets(models, list(models), device)
+    frame_rows, series_rows, summary = [], [], {}
+    for organ, model in loaded.items():
+        items = [i for i in load_us_items(data, organ, lab_split="test") if i.split == "test"]
+        if not items:
+            raise ValueError(f"no held-out (test) series annotated for {organ!r} in {', '.join(map(str, data))}")
+        totals = np.zeros(6, np.int64)
+        for item in items:
+            _, pred = segment_frames(model, item.frames)
+            truth = item.labels[organ]
+            series_totals = np.zeros(6, np.int64)
+            for k, (p, t) in enumerate(zip(pred, truth)):
+                counts = np.array([*pixel_counts(p > 0, t > 0), *match_instances(p, t)])
+                series_totals += counts
+                frame_rows.append({"organ": organ, "series": item.name, "frame": k + 1,
+                                   **segmentation_scores(*counts)})
+            totals += series_totals
+            series_rows.append({"organ": organ, "series": item.name, **segmentation_scores(*series_totals)})
+        summary[organ] = {"series": len(items), **segmentation_scores(*totals)}
+        s = summary[organ]
+        log(f"{organ}: {len(items)} series, Dice {s['dice']:.3f}, precision {s['precision']:.3f}, "
+            f"recall {s['recall']:.3f}, instance F1 {s['instance_f1']:.3f}")
+    _write_csv(out / "per_frame.csv", frame_rows)
+    _write_csv(out / "per_series.csv", series_rows)
+    _write_csv(out / "summary.csv", [{"organ": o, **s} for o, s in summary.items()])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_table(summary))
+    return summary
+
+
+def summary_table(summary: dict[str, dict[str, float]]) -> str:
+    """Pixel and instance scores per organ, over all held-out frames, as Markdown."""
+    lines = ["| organ | series | Dice | precision | recall | IoU | inst. precision | inst. recall | inst. F1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for organ, s in summary.items():
+        lines.append(f"| {organ} | {s['series']} | {s['dice']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | "
+                     f"{s['iou']:.3f} | {s['instance_precision']:.3f} | {s['instance_recall']:.3f} | "
+                     f"{s['instance_f1']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def import_rois(source: str | os.PathLike, shape: tuple[int, int, int], out: str | os.PathLike, log=print) -> Path:
+    """ROIs (zip or .roi) to a (N, H, W) instance-label TIFF, ids 1.. in ROI order."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = rois_to_labels(read_rois(source), shape, source=str(source))
+    for w in caught:
+        log(f"warning: {w.message}")
+    target = write_stack(Path(out), labels if shape[0] > 1 else labels[0], compress=True)
+    log(f"{source}: {len(np.unique(labels[labels > 0]))} ROIs -> {target}")
+    return target
+
+
+def export_rois(labels_path: str | os.PathLike, out: str | os.PathLike, organ: str = "organ", log=print) -> Path:
+    """A 2D or (N, H, W) instance-label image to a RoiSet zip (one ROI per instance per frame)."""
+    labels = tifffile.imread(labels_path)
+    if labels.ndim not in (2, 3) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{labels_path}: expected 2D or (N, H, W) integer instance labels, "
+                         f"got {labels.dtype} {labels.shape}")
+    target = write_rois(Path(out), labels, organ, log)
+    log(f"{labels_path} -> {target}")
+    return target
