@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_mousesegment.io.roi import (
-    RoiSkipped, labels_to_rois, polygon_roi, read_rois, rois_to_labels, write_roiset,
+    RoiSkipped, fill_polygon, labels_to_rois, polygon_roi, read_rois, rois_to_labels, write_roiset,
 )
 from napari_mousesegment.organs import US_ORGANS
 
@@ -80,3 +80,22 @@ def test_exported_instance_labels_open_in_imagej_on_their_frames(tmp_path, image
             ours, theirs = labels[frame] == instance, masks[frame] == value
             iou = np.sum(ours & theirs) / np.sum(ours | theirs)
             assert iou >= 0.98, (frame, instance, iou)
+
+
+@pytest.mark.imagej
+def test_polygons_with_vertices_on_pixel_centres_fill_as_imagej_1_53t(tmp_path, imagej_jar):
+    """Half-integer vertices put pixel centres exactly on edges: ImageJ's tie rule decides."""
+    rng = np.random.default_rng(1)
+    rois, polygons = [], []
+    for k in range(60):
+        n = int(rng.integers(3, 7))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(5, 14, n)
+        centre = rng.uniform(15, 45, 2)
+        xy = np.round(np.stack([centre[0] + radius * np.cos(angles), centre[1] + radius * np.sin(angles)], 1) * 2) / 2
+        rois.append(polygon_roi(xy, f"tie{k}", frame=k))
+        polygons.append(xy)
+    zip_path = write_roiset(tmp_path / "ties.zip", rois)
+    masks, _ = run_imagej_masks(imagej_jar, zip_path, (60, 60, 60), tmp_path / "ij.tif")
+    for k, xy in enumerate(polygons):
+        assert np.array_equal(fill_polygon(xy, (60, 60)), masks[k] == k + 1), k

@@ -134,3 +134,14 @@ def test_rois_to_labels_refuses_roi_off_the_stack_or_outside_the_image():
 def test_single_imagej_roi_files_read(tmp_path):
     (roi,) = read_rois(shared_file("imagej_rois", "polygon_integer.roi"))
     assert roi_polygon(roi).shape[1] == 2
+
+
+def test_duplicate_names_in_a_zip_are_read_with_a_warning(tmp_path):
+    square = np.array([[1, 1], [5, 1], [5, 5], [1, 5]])
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as archive:  # ImageJ would not write this; other tools might
+        for k, frame in enumerate((0, 1)):
+            archive.writestr(f"roi{k}.roi", polygon_roi(square + k, "same", frame).tobytes())
+    with pytest.warns(UserWarning, match="dup.zip.*more than once.*same"):
+        rois = read_rois(path)
+    assert len(rois) == 2

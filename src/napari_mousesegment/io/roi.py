@@ -1,17 +1,15 @@
 """ImageJ/Fiji ROIs: polygon rasterisation in ImageJ's convention, and RoiSet zips via roifile.
 
 ImageJ puts pixel (x, y) in the square [x, x+1) x [y, y+1), so a pixel belongs to a polygon when
-its centre (x+0.5, y+0.5) is inside; ties on a boundary are broken as in ImageJ's PolygonFiller.
-Following that rule exactly is what makes our masks and ImageJ's own fill of the same ROI agree
-pixel for pixel (checked against ImageJ 1.53t in the tests).
+its centre (x+0.5, y+0.5) is inside. A centre exactly on the boundary is inside on the right and
+lower boundaries and outside on the left and upper ones, as ImageJ 1.53t fills. Following that
+rule exactly is what makes our masks and ImageJ's own fill of the same ROI agree pixel for pixel
+(checked against ImageJ 1.53t in the tests, with polygons full of such ties).
 
 Ovals, rectangles (plain or rounded) and composite shapes follow ImageJ 1.53t's own masks: an
 oval or rectangle fills by its integer bounds even when ImageJ stored sub-pixel ones, a pixel is in
 an oval or a rounded corner when its centre is, and a composite is the even-odd fill of its
 outlines (so holes stay holes). Rotated ellipses and rectangles are polygons to ImageJ.
-
-Known edge case: when a vertex lies exactly on a pixel-centre row and is the polygon's top, ImageJ
-1.53t may fill one row less than the newer PolygonFiller rule used here (seen: 2 pixels).
 """
 
 from __future__ import annotations
@@ -66,7 +64,9 @@ def fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     height, width = shape
     x1, y1 = xy[:, 0], xy[:, 1]
     x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
-    r1, r2 = np.ceil(y1 - 0.5), np.ceil(y2 - 0.5)
+    # An edge covers the rows whose centre c = row + 0.5 has y1 < c <= y2: a pixel centre exactly on
+    # a horizontal boundary is outside for the upper boundary and inside for the lower one.
+    r1, r2 = np.floor(y1 - 0.5) + 1, np.floor(y2 - 0.5) + 1
     keep = r1 != r2  # horizontal edges (in pixel rows) never cross a row centre
     x1, y1, x2, y2, r1, r2 = (a[keep] for a in (x1, y1, x2, y2, r1, r2))
     swap = r1 > r2
@@ -249,7 +249,13 @@ def read_rois(path: str | os.PathLike) -> list[ImagejRoi]:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, IndexError) as exc:
         raise RoiError(f"{path}: not a readable ImageJ ROI file ({exc})") from exc
-    return list(rois) if isinstance(rois, list) else [rois]
+    rois = list(rois) if isinstance(rois, list) else [rois]
+    names = [roi.name for roi in rois]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        warnings.warn(f"{path}: ROI names used more than once (each ROI is still read): {repeated[:5]}",
+                      stacklevel=2)
+    return rois
 
 
 def rois_to_labels(
