@@ -22,7 +22,10 @@ def _grid(text: str) -> tuple[int, int]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, overwrite=args.overwrite, seed=args.seed, ct_model=args.ct_model)
+    from .us_jobs import parse_models
+
+    run_demo(args.out, overwrite=args.overwrite, seed=args.seed, ct_model=args.ct_model,
+             us_models=parse_models(args.us_model))
     return 0
 
 
@@ -158,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default 0)")
     demo.add_argument("--ct-model", type=Path, default=None,
                       help="a trained MOSnet model folder: segment the micro-CT samples and score them")
+    demo.add_argument("--us-model", action="append", default=[], metavar="ORGAN=MODEL_DIR",
+                      help="a trained ultrasound U-Net (repeat per organ): segment the series and score it")
     demo.set_defaults(func=_cmd_demo)
 
     split = sub.add_parser("split", help="split an ultrasound composite into a (frames, H, W) stack")

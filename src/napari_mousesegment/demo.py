@@ -107,7 +107,8 @@ def _ct_steps(out: Path, seed: int, log: Callable[[str], None], ct_model: Path |
     return steps
 
 
-def _us_steps(out: Path, seed: int, log: Callable[[str], None]) -> list[Step]:
+def _us_steps(out: Path, seed: int, log: Callable[[str], None], us_models: dict[str, str] | None = None,
+              us_scores: list[dict] | None = None) -> list[Step]:
     t0 = time.perf_counter()
     series_dir = out / "ultrasound" / "series_demo"
     series = ultrasound_series(seed=seed)
@@ -134,14 +135,42 @@ def _us_steps(out: Path, seed: int, log: Callable[[str], None]) -> list[Step]:
         "identical to the 35-page TIFF", [str(split_dir / "frames.tif")], time.perf_counter() - t0,
     ))
     log(f"  {steps[-1].name}: {steps[-1].detail}")
-    steps.append(Step("ultrasound: heart/liver/placenta U-Nets and RoiSet export", "skipped", NO_US_MODEL))
-    log(f"  {steps[-1].name}: SKIPPED, {NO_US_MODEL}")
+    if not us_models:
+        steps.append(Step("ultrasound: heart/liver/placenta U-Nets and RoiSet export", "skipped", NO_US_MODEL))
+        log(f"  {steps[-1].name}: SKIPPED, {NO_US_MODEL}")
+    else:
+        steps.append(_segment_us(series, out / "ultrasound" / "predicted", us_models, us_scores))
+        log(f"  {steps[-1].name}: {steps[-1].detail}")
     return steps
 
 
-def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict]) -> None:
-    report = {"seed": seed, "steps": [asdict(s) for s in steps], "scores": scores or None}
-    if not scores:
+def _segment_us(series, folder: Path, models: dict[str, str], scores: list[dict]) -> Step:
+    """Run the organ U-Nets on the series, write labels and RoiSets, score against the truth."""
+    from .metrics import match_instances, pixel_counts, segmentation_scores
+    from .us_jobs import load_unets, segment_frames, write_rois
+
+    t0 = time.perf_counter()
+    folder.mkdir(parents=True)
+    files = []
+    for organ, model in load_unets(models, list(models)).items():
+        _, labels = segment_frames(model, series.frames)
+        write_stack(folder / f"{organ}_labels.tif", labels, compress=True)
+        write_rois(folder / f"{organ}_RoiSet.zip", labels, organ, log=lambda m: None)
+        files += [str(folder / f"{organ}_labels.tif"), str(folder / f"{organ}_RoiSet.zip")]
+        truth = series.labels[organ] if organ in series.labels else np.zeros_like(labels)
+        totals = np.zeros(6, np.int64)
+        for p, t in zip(labels, truth):
+            totals += np.array([*pixel_counts(p > 0, t > 0), *match_instances(p, t)])
+        scores.append({"sample": "ultrasound series_demo", "organ": organ, **segmentation_scores(*totals)})
+    detail = "; ".join(f"{r['organ']} Dice {r['dice']:.3f}, precision {r['precision']:.3f}, "
+                       f"instance F1 {r['instance_f1']:.3f}" for r in scores)
+    return Step("ultrasound: organ U-Nets and RoiSet export", "done", detail, files, time.perf_counter() - t0)
+
+
+def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict], us_scores: list[dict]) -> None:
+    report = {"seed": seed, "steps": [asdict(s) for s in steps], "scores": scores or None,
+              "ultrasound_scores": us_scores or None}
+    if not scores and not us_scores:
         report["scores_note"] = "no scores: every segmentation step was skipped"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# napari-mousesegment demo report", "", f"Seed {seed}. Synthetic data; see docs/synthetic-data.md.", "",
@@ -153,31 +182,38 @@ def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict]) -
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['sample']} | {r['organ']} | {r['dsc']:.3f} | {r['jsc']:.3f} | {r['hd95_mm']:.2f} | "
                   f"{r['volume_pred_mm3']:.0f} | {r['volume_truth_mm3']:.0f} |" for r in scores]
-    else:
+    if us_scores:
+        lines += ["", "| sample | organ | Dice | precision | recall | instance F1 |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['sample']} | {r['organ']} | {r['dice']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                  f"{r['instance_f1']:.3f} |" for r in us_scores]
+    if not scores and not us_scores:
         lines += ["None yet: no segmentation ran, so there is nothing to score. "
                   "The skipped steps above say which models are missing."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
 def run_demo(out: str | os.PathLike = "mousesegment-demo", *, overwrite: bool = False, seed: int = 0,
-             ct_model: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> list[Step]:
+             ct_model: str | os.PathLike | None = None, us_models: dict[str, str] | None = None,
+             log: Callable[[str], None] = print) -> list[Step]:
     """Run the headless demo into ``out`` and return its steps; writes report.md and report.json.
 
-    With ``ct_model`` (a MOSnet model folder) the micro-CT samples are segmented and scored.
+    With ``ct_model`` (a MOSnet model folder) the micro-CT samples are segmented and scored; with
+    ``us_models`` (organ -> U-Net model folder) the ultrasound series is.
     """
     out = Path(out)
-    if ct_model is not None:
-        from .models.store import read_config
+    from .models.store import read_config
 
-        read_config(ct_model)  # fail before writing anything when the folder is not a model
+    for model in ([ct_model] if ct_model is not None else []) + list((us_models or {}).values()):
+        read_config(model)  # fail before writing anything when a folder is not a model
     prepare_output(out, overwrite)
     scores: list[dict] = []
     log(f"napari-mousesegment demo -> {out.resolve()}")
     log("micro-CT:")
     steps = _ct_steps(out, seed, log, Path(ct_model) if ct_model else None, scores)
     log("fetal ultrasound:")
-    steps += _us_steps(out, seed, log)
-    _write_report(out, steps, seed, scores)
+    us_scores: list[dict] = []
+    steps += _us_steps(out, seed, log, us_models, us_scores)
+    _write_report(out, steps, seed, scores, us_scores)
     skipped = [s for s in steps if s.status == "skipped"]
     log(f"report: {out / 'report.md'}  ({len(steps) - len(skipped)} steps done, {len(skipped)} skipped)")
     return steps
