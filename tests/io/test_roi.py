@@ -145,3 +145,22 @@ def test_duplicate_names_in_a_zip_are_read_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="dup.zip.*more than once.*same"):
         rois = read_rois(path)
     assert len(rois) == 2
+
+
+def test_instance_outlines_fill_back_to_the_instance_exactly(us_series):
+    from napari_mousesegment.io.roi import labels_to_rois, mask_outline
+
+    blob = np.zeros((20, 20), bool)
+    blob[3:9, 4:15] = True
+    blob[8:16, 9:12] = True  # an L shape: concave corners
+    blob[5, 6] = False  # a hole: filled
+    outline = mask_outline(blob)
+    filled = blob.copy()
+    filled[5, 6] = True
+    assert np.array_equal(fill_polygon(outline, blob.shape), filled)
+    assert not np.any(np.isclose(outline % 1, 0.5))  # no vertex on a pixel centre: no ties
+    labels = us_series.labels["liver"][:6]
+    rois = labels_to_rois(labels, "liver")
+    assert len({r.name for r in rois}) == len(rois) and all(r.name.startswith("liver_f0") for r in rois)
+    back = rois_to_labels(rois, labels.shape)
+    assert np.array_equal(back > 0, labels > 0)
