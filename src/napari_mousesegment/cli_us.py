@@ -45,6 +45,31 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _augment(text: str | None):
+    """AugmentSettings from NAME=VALUE,...; 0 or false switches one off."""
+    from dataclasses import fields
+
+    from .training.augment import AugmentSettings
+
+    settings = AugmentSettings()
+    names = {f.name: f.type for f in fields(AugmentSettings)}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise ValueError(f"--augment takes NAME=VALUE with NAME in {', '.join(names)}; got {item!r}")
+        if name in ("hflip", "vflip"):
+            setattr(settings, name, value.strip().lower() in ("1", "true", "yes", "on"))
+        else:
+            try:
+                setattr(settings, name, float(value))
+            except ValueError:
+                raise ValueError(f"--augment {name} needs a number, got {value!r}") from None
+    return settings
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .models.unet import DEFAULT_ARCH, UNetConfig
     from .training.augment import AugmentSettings
@@ -55,8 +80,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = UNetSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             finetune_epochs=args.finetune_epochs, early_stop=args.early_stop,
                             test_series=args.test, max_minutes=args.max_minutes, device=args.device,
-                            seed=args.seed, resume=args.resume,
-                            augment=AugmentSettings() if not args.no_augment else AugmentSettings.off())
+                            seed=args.seed, resume=args.resume, precision_target=args.precision_target,
+                            augment=_augment(args.augment) if not args.no_augment else AugmentSettings.off())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = train_unet(args.data, args.out, config, settings)
@@ -126,7 +151,14 @@ def add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, grid_ty
     unet.add_argument("--batch-size", type=int, default=8)
     unet.add_argument("--lr", type=float, default=1e-4)
     unet.add_argument("--test", type=int, default=5, help="lab-layout data: whole series held out for testing (5)")
+    unet.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
+                      help="augmentation ranges, 0 switches one off: rotation (degrees, 20), scale (0.15), "
+                           "translation (0.1), hflip (true), vflip (false), noise (0.03), brightness (0.1), "
+                           "contrast (0.2), elastic (0.02), crop (0.15)")
     unet.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    unet.add_argument("--precision-target", type=float, default=None,
+                      help="choose the threshold as the lowest reaching this validation precision "
+                           "(default: the largest F0.5)")
     unet.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     unet.add_argument("--seed", type=int, default=0)
     unet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

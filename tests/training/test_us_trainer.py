@@ -50,3 +50,28 @@ def test_resume_continues_and_refuses_a_changed_split(tmp_path, lab):
     with pytest.raises(TrainingError, match="split differs"):
         train_unet([lab], tmp_path / "m", config, settings(epochs=4, seed=7, resume=True),
                    log=lambda m: None, progress=False)
+
+
+def test_threshold_by_f05_or_by_a_precision_target():
+    import torch
+
+    from napari_mousesegment.training.us_trainer import choose_threshold
+
+    truth = torch.zeros(1, 1, 1, 100)
+    truth[..., :50] = 1
+    prob = torch.linspace(1.0, 0.0, 100).view(1, 1, 1, 100)  # confident inside, fading outside
+    prob[..., 40:50] = 0.45  # some organ pixels look doubtful
+    prob[..., 50:60] = 0.6  # and some background looks like organ
+    t, scores = choose_threshold(prob, truth)
+    assert t >= 0.6 and scores["precision"] == 1.0  # F0.5 prefers dropping the false organ pixels
+    t_low, s_low = choose_threshold(prob, truth, precision_target=0.8)
+    assert t_low <= 0.45 and s_low["precision"] >= 0.8 and s_low["recall"] == 1.0
+
+
+def test_augment_option_parses_ranges_and_switches(capsys):
+    from napari_mousesegment.cli_us import _augment
+
+    settings = _augment("rotation=10,vflip=true,noise=0")
+    assert settings.rotation == 10 and settings.vflip and settings.noise == 0 and settings.scale == 0.15
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        _augment("spin=3")

@@ -44,6 +44,7 @@ class UNetSettings:
     early_stop: int = 10
     finetune_epochs: int = 10
     finetune_lr: float = 1e-5
+    precision_target: float | None = None  #: None: threshold by the largest F0.5
     test_series: int = 5
     val_fraction: float = 0.2
     max_minutes: float | None = None
@@ -109,11 +110,24 @@ def _scores(prob: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[s
     return {"dice": dice, "precision": precision, "recall": recall, "f05": f05}
 
 
-def choose_threshold(prob: torch.Tensor, masks: torch.Tensor) -> tuple[float, dict[str, float]]:
-    """The threshold with the largest F0.5 (precision weighted over recall) on validation frames."""
-    best = max((_scores(prob, masks, t) | {"threshold": t} for t in np.arange(0.3, 0.96, 0.05)),
-               key=lambda s: s["f05"])
-    return round(float(best["threshold"]), 2), best
+THRESHOLDS = (*np.round(np.arange(0.3, 0.96, 0.05), 2), 0.97, 0.98, 0.99)
+
+
+def choose_threshold(prob: torch.Tensor, masks: torch.Tensor,
+                     precision_target: float | None = None) -> tuple[float, dict[str, float]]:
+    """The probability threshold for precision, chosen on validation frames.
+
+    By default the one with the largest F0.5 (precision weighted over recall); with a
+    ``precision_target``, the lowest threshold whose precision reaches it (the most recall at that
+    precision), or the most precise one when none does.
+    """
+    scored = [_scores(prob, masks, float(t)) | {"threshold": float(t)} for t in THRESHOLDS]
+    if precision_target is None:
+        best = max(scored, key=lambda s: s["f05"])
+    else:
+        reaching = [s for s in scored if s["precision"] >= precision_target]
+        best = reaching[0] if reaching else max(scored, key=lambda s: s["precision"])
+    return round(best["threshold"], 2), best
 
 
 def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UNetConfig, settings: UNetSettings,
@@ -229,14 +243,15 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
             break
     # The threshold for precision, chosen with the best weights on the validation series.
     model.load_state_dict(_best_weights(out, device))
-    threshold, chosen = choose_threshold(_probabilities(model, val_f, device), val_m)
+    threshold, chosen = choose_threshold(_probabilities(model, val_f, device), val_m, settings.precision_target)
     config.threshold = threshold
     from ..models.store import read_config
 
     saved = read_config(out)
     extra = {k: saved[k] for k in ("training", "metrics") if k in saved}
     save_model(out, model, config, {**extra, "threshold_choice": chosen})
-    log(f"threshold {threshold} (largest F0.5 on validation): Dice {chosen['dice']:.3f}, "
+    rule = "largest F0.5" if settings.precision_target is None else f"precision >= {settings.precision_target}"
+    log(f"threshold {threshold} ({rule} on validation): Dice {chosen['dice']:.3f}, "
         f"precision {chosen['precision']:.3f}, recall {chosen['recall']:.3f}")
     return {"out": str(out), "best_val_dice": best, "epochs_run": len(history), "stopped": stopped,
             "threshold": threshold, **{f"val_{k}": v for k, v in chosen.items()}}
