@@ -69,3 +69,16 @@ def test_instance_matching_against_brute_force_iou():
         assert matched == brute and n_pred == len(np.unique(pred[pred > 0]))
     scores = segmentation_scores(tp=0, fp=0, fn=0, matched=0, n_pred=0, n_true=0)
     assert scores["dice"] == 1.0 and scores["instance_f1"] == 1.0  # nothing to find, nothing found
+
+
+def test_an_iou_tie_matches_one_to_one():
+    from napari_mousesegment.metrics import match_instances
+
+    truth = np.zeros((4, 8), int)
+    truth[:, 0:2], truth[:, 2:4] = 1, 2
+    pred = np.zeros((4, 8), int)
+    pred[:, 1:3] = 1  # IoU 1/3 with each: no match
+    assert match_instances(pred, truth) == (0, 1, 2)
+    pred = np.zeros((4, 8), int)
+    pred[:, 0:4] = 1  # IoU exactly 0.5 with each of two truths: one match, not two
+    assert match_instances(pred, truth) == (1, 1, 2)

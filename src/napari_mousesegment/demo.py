@@ -201,10 +201,12 @@ def run_demo(out: str | os.PathLike = "mousesegment-demo", *, overwrite: bool = 
     ``us_models`` (organ -> U-Net model folder) the ultrasound series is.
     """
     out = Path(out)
-    from .models.store import read_config
+    models = ([ct_model] if ct_model is not None else []) + list((us_models or {}).values())
+    if models:
+        from .models.store import read_config
 
-    for model in ([ct_model] if ct_model is not None else []) + list((us_models or {}).values()):
-        read_config(model)  # fail before writing anything when a folder is not a model
+        for model in models:
+            read_config(model)  # fail before writing anything when a folder is not a model
     prepare_output(out, overwrite)
     scores: list[dict] = []
     log(f"napari-mousesegment demo -> {out.resolve()}")

@@ -85,8 +85,8 @@ def pixel_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
 def match_instances(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
     """Matched, predicted and true instance counts of one frame; a match needs IoU >= ``iou``.
 
-    With IoU above 0.5 a predicted instance can match at most one true one, so counting pairs over
-    the threshold is a one-to-one matching.
+    Pairs are matched one to one, best IoU first (above 0.5 a pair can only compete with itself;
+    at exactly 0.5 ties are possible).
     """
     p_ids = np.unique(pred[pred > 0])
     t_ids = np.unique(truth[truth > 0])
@@ -96,8 +96,12 @@ def match_instances(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tu
         pairs, inter = np.unique(np.stack([pred[both], truth[both]]), axis=1, return_counts=True)
         area_p = dict(zip(*np.unique(pred[pred > 0], return_counts=True)))
         area_t = dict(zip(*np.unique(truth[truth > 0], return_counts=True)))
-        for (p, t), n in zip(pairs.T, inter):
-            if n / (area_p[p] + area_t[t] - n) >= iou:
+        scored = sorted(((n / (area_p[p] + area_t[t] - n), p, t) for (p, t), n in zip(pairs.T, inter)), reverse=True)
+        used_p, used_t = set(), set()
+        for value, p, t in scored:
+            if value >= iou and p not in used_p and t not in used_t:
+                used_p.add(p)
+                used_t.add(t)
                 matched += 1
     return matched, len(p_ids), len(t_ids)
 

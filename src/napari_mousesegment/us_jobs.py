@@ -77,9 +77,15 @@ def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], m
                        out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
                        log=print) -> list[Path]:
     """Segment each composite for each organ and write instance labels and RoiSets under ``out``."""
+    sources = [Path(c) for c in composites]
+    stems = [s.stem for s in sources]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise ValueError(f"several composites are named {clash}: their outputs would overwrite each other "
+                         "under --out; predict them in separate runs")
     loaded = load_unets(models, organs, device)
     written = []
-    for source in map(Path, composites):
+    for source in sources:
         composite = read_composite(source, grid=grid)
         frames = composite.frames
         if frames.ndim != 3:

@@ -41,3 +41,10 @@ def test_nan_frames_are_refused():
         to_unit(np.full((1, 4, 4), np.nan, np.float32))
     assert to_unit(np.full((1, 4, 4), 255, np.uint8)).max() == 1.0
     assert torch.from_numpy(to_unit(np.arange(8, dtype=np.uint16).reshape(2, 2, 2))).max() == 1
+
+
+def test_a_long_organ_stays_one_instance():
+    yy, xx = np.mgrid[:100, :300]
+    for a, b in ((120, 20), (120, 12)):  # a placenta-like band: a flat distance ridge, many local maxima
+        prob = ((((yy - 50) / b) ** 2 + ((xx - 150) / a) ** 2) <= 1).astype(np.float32)
+        assert instances(prob, 0.5, 30).max() == 1

@@ -1,3 +1,4 @@
+import warnings
 import zipfile
 
 import numpy as np
@@ -139,12 +140,32 @@ def test_single_imagej_roi_files_read(tmp_path):
 def test_duplicate_names_in_a_zip_are_read_with_a_warning(tmp_path):
     square = np.array([[1, 1], [5, 1], [5, 5], [1, 5]])
     path = tmp_path / "dup.zip"
-    with zipfile.ZipFile(path, "w") as archive:  # ImageJ would not write this; other tools might
-        for k, frame in enumerate((0, 1)):
-            archive.writestr(f"roi{k}.roi", polygon_roi(square + k, "same", frame).tobytes())
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:  # as appending to a RoiSet leaves it
+        warnings.simplefilter("ignore")  # zipfile may warn about the duplicate member name
+        for k in (0, 1):
+            archive.writestr("same.roi", polygon_roi(square + k, "same", k).tobytes())
+        archive.writestr("__MACOSX/._same.roi", b"resource fork")
     with pytest.warns(UserWarning, match="dup.zip.*more than once.*same"):
         rois = read_rois(path)
-    assert len(rois) == 2
+    assert [roi_frame(r) for r in rois] == [0, 1]  # both members, not the last one twice
+
+
+def test_damaged_roi_members_name_the_file(tmp_path):
+    good = polygon_roi(np.array([[1, 1], [9, 1], [9, 9], [1, 9]]), "a", 0).tobytes()
+    path = tmp_path / "cut.roi"
+    path.write_bytes(good[:70])
+    with pytest.raises(RoiError, match="cut.roi"):
+        read_rois(path)
+
+
+def test_hyperstack_rois_take_their_frame_from_z_or_t():
+    square = np.array([[1, 1], [5, 1], [5, 5]])
+    roi = polygon_roi(square, "t")
+    roi.c_position, roi.z_position, roi.t_position = 1, 1, 12
+    assert roi_frame(roi) == 11
+    roi.z_position = 3
+    with pytest.raises(RoiError, match="ambiguous"):
+        roi_frame(roi)
 
 
 def test_instance_outlines_fill_back_to_the_instance_exactly(us_series):

@@ -65,3 +65,13 @@ def test_series_folders_and_composite_discovery(tmp_path, small_series):
     assert find_composite(tmp_path / "all" / "A").name == "A.tif"
     with pytest.raises(FileNotFoundError, match="neither a series folder"):
         series_folders([tmp_path])
+
+
+def test_frame_numbers_in_file_names():
+    from pathlib import Path
+
+    from napari_mousesegment.io.series import _frame_from_name
+
+    cases = {"frame_07.zip": 6, "heart_f07_2.roi": 6, "0007-0123-0456.roi": 6, "07.roi": 6,
+             "RoiSet_liver_f12.zip": 11, "s01_liver_12.zip": None}
+    assert {name: _frame_from_name(Path(name)) for name in cases} == cases

@@ -29,3 +29,13 @@ def test_intensity_changes_leave_masks_alone():
     out_image, out_mask = augment(image, mask, settings, torch.Generator().manual_seed(1))
     assert torch.equal(out_mask, mask) and not torch.allclose(out_image, image)
     assert out_image.min() >= 0 and out_image.max() <= 1
+
+
+def test_flips_with_rotation_keep_areas():
+    settings = AugmentSettings(rotation=20, scale=0, translation=0, hflip=True, vflip=True, noise=0, brightness=0,
+                               contrast=0, elastic=0, crop=0)
+    mask = torch.zeros(16, 1, 64, 64)
+    mask[:, :, 24:40, 24:40] = 1
+    _, out = augment(mask.clone(), mask, settings, torch.Generator().manual_seed(2))
+    areas = out.sum(dim=(1, 2, 3))
+    assert torch.all((areas - 256).abs() < 256 * 0.08)  # a rotation or mirror, never a shear

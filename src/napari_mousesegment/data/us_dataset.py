@@ -48,6 +48,7 @@ def split_series(names: list[str], test: int = 5, val_fraction: float = 0.2, see
     if len(names) - test < 2:
         raise ValueError(f"{len(names)} series cannot give {test} test series and still train and validate; "
                          "pass a smaller --test")
+    names = sorted(names)  # the same series get the same split whatever order they were given in
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     rest = order[test:]
     n_val = max(1, round(len(rest) * val_fraction)) if val_fraction > 0 else 0

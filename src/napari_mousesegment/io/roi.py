@@ -146,11 +146,18 @@ def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
 
 
 def roi_frame(roi: ImagejRoi) -> int | None:
-    """0-based frame of an ROI: its stack position, else its z or t position; None if unset."""
-    for value in (roi.position, roi.z_position, roi.t_position):
-        if value:
-            return int(value) - 1
-    return None
+    """0-based frame of an ROI: its stack position, else its z or t position; None if unset.
+
+    A hyperstack ROI stores c, z and t; a series is a run of z slices or of time points, so the
+    one of z and t that is above 1 is the frame (both above 1 is ambiguous and refused).
+    """
+    if roi.position:
+        return int(roi.position) - 1
+    z, t = int(roi.z_position or 0), int(roi.t_position or 0)
+    if z > 1 and t > 1:
+        raise RoiError(f"ROI {roi.name!r} has both z={z} and t={t}; which one is the frame is ambiguous")
+    value = max(z, t)
+    return value - 1 if value else None
 
 
 def roi_polygon(roi: ImagejRoi) -> np.ndarray:
@@ -233,23 +240,41 @@ def write_roiset(path: str | os.PathLike, rois: Sequence[ImagejRoi]) -> Path:
     return path
 
 
+def _named(roi: ImagejRoi, fallback: str) -> ImagejRoi:
+    """ImageJ names an ROI without a stored name after its file, as the ROI Manager does."""
+    if not roi.name:
+        roi.name = fallback
+    return roi
+
+
 def read_rois(path: str | os.PathLike) -> list[ImagejRoi]:
-    """Read a RoiSet ``.zip`` or a single ``.roi`` file, with errors that name the file."""
+    """Read a RoiSet ``.zip`` or a single ``.roi`` file, with errors that name the file.
+
+    Zip members are read one by one, so members that share a name are all kept (with a warning);
+    folders and macOS resource forks (``__MACOSX/``, ``._*``) inside a zip are ignored.
+    """
     path = Path(path)
     if not path.is_file():
         raise RoiError(f"{path}: no such ROI file")
     try:
-        if path.suffix.lower() == ".zip":
-            with zipfile.ZipFile(path) as archive:
-                bad = [n for n in archive.namelist() if not n.lower().endswith(".roi")]
+        if path.suffix.lower() != ".zip":
+            return [_named(ImagejRoi.frombytes(path.read_bytes()), path.stem)]
+        rois = []
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")
+                       and not Path(m.filename).name.startswith("._")]
+            bad = [m.filename for m in members if not m.filename.lower().endswith(".roi")]
             if bad:
                 raise RoiError(f"{path}: zip members that are not ImageJ ROIs: {bad[:5]}")
-        rois = roifile.roiread(path)
+            for member in members:
+                try:
+                    rois.append(_named(ImagejRoi.frombytes(archive.read(member)), Path(member.filename).stem))
+                except Exception as exc:  # roifile raises many types for damaged members
+                    raise RoiError(f"{path}: member {member.filename} is not a readable ImageJ ROI ({exc})") from exc
     except RoiError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, IndexError) as exc:
+    except Exception as exc:  # zipfile, zlib and roifile raise many types for damaged files
         raise RoiError(f"{path}: not a readable ImageJ ROI file ({exc})") from exc
-    rois = list(rois) if isinstance(rois, list) else [rois]
     names = [roi.name for roi in rois]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

@@ -55,9 +55,21 @@ def _names_organ(word: str, organ: str) -> bool:
 
 
 def _frame_from_name(path: Path) -> int | None:
-    """0-based frame from the last number in a file name (1-based there, as ImageJ's slices)."""
-    numbers = re.findall(r"\d+", path.stem)
-    return int(numbers[-1]) - 1 if numbers else None
+    """0-based frame from a file name, where it is 1-based as ImageJ's slices.
+
+    In order: ImageJ's own ``SSSS-YYYY-XXXX`` names (the slice comes first), a number after
+    ``f``/``frame``/``slice`` (``heart_f07_2``, ``frame_07``), else the only number in the name.
+    Several bare numbers are ambiguous: None.
+    """
+    stem = path.stem
+    imagej = re.fullmatch(r"(\d{4})-\d{4}-\d{4}(?:-\d+)?", stem)
+    if imagej:
+        return int(imagej.group(1)) - 1
+    tagged = re.search(r"(?:^|[^a-z])(?:f|frame|slice)[_-]?(\d+)", stem.lower())
+    if tagged:
+        return int(tagged.group(1)) - 1
+    numbers = re.findall(r"\d+", stem)
+    return int(numbers[0]) - 1 if len(numbers) == 1 else None
 
 
 def find_composite(folder: Path) -> Path:

@@ -24,7 +24,7 @@ class UNetConfig:
     organ: str = "heart"
     arch: str = "standard"
     width: int = 16
-    image_size: int = 256  #: frames are resized to image_size x image_size
+    image_size: int = 128  #: training crop size; prediction runs on whole frames at their own size
     dropout: float = 0.1  #: before the bottleneck; also gives MC-dropout uncertainty
     threshold: float = 0.5  #: probability threshold, chosen on validation for precision (F0.5)
     min_size: int = 30  #: instances smaller than this many pixels (at frame size) are dropped

@@ -47,9 +47,9 @@ def augment(image: torch.Tensor, mask: torch.Tensor, settings: AugmentSettings,
     flip_x = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0) if settings.hflip else 1.0
     flip_y = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0) if settings.vflip else 1.0
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * h / w
-    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos * flip_y
+    theta = torch.zeros(b, 2, 3, device=dev)  # rotation (aspect-corrected) times the flips: no shear
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * h / w * flip_y
+    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h * flip_x, cos * flip_y
     theta[:, :, 2] = torch.stack([_uniform(b, 2 * settings.translation, dev, generator) for _ in range(2)], 1)
     grid = F.affine_grid(theta, (b, 1, h, w), align_corners=False)
     if settings.elastic > 0:

@@ -122,6 +122,8 @@ def choose_threshold(prob: torch.Tensor, masks: torch.Tensor,
     precision), or the most precise one when none does.
     """
     scored = [_scores(prob, masks, float(t)) | {"threshold": float(t)} for t in THRESHOLDS]
+    if masks.any():  # predicting nothing is not precise, it is empty
+        scored = [s for s in scored if s["recall"] > 0] or scored[:1]
     if precision_target is None:
         best = max(scored, key=lambda s: s["f05"])
     else:
@@ -160,7 +162,7 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
             raise TrainingError(f"{checkpoint_dir}: the series split differs from the checkpoint's; "
                                 "resume with the same --data, --seed and split settings")
         start_epoch, best, since_best = state["epoch"] + 1, state["best"], state["since_best"]
-        history = state["history"]
+        history = [row for row in state["history"] if row["complete"]]  # a cut epoch runs again
         log(f"resumed after epoch {start_epoch} (best validation Dice {best:.3f})")
     total = settings.epochs + settings.finetune_epochs
     summary = {"training": {"organ": organ, "train_series": train_names, "val_series": val_names,
@@ -227,7 +229,7 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
             best, since_best = scores["dice"], 0
             config.threshold = 0.5
             save_model(out, model, config, {**summary, "metrics": row})
-        else:
+        elif stopped is None:
             since_best += 1
         done = epoch if stopped is None else epoch - 1
         save_checkpoint(checkpoint_dir, model, optimizer, scheduler,
