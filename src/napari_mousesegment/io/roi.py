@@ -137,11 +137,18 @@ def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
     stack = labels[None] if labels.ndim == 2 else labels
     if stack.ndim != 3:
         raise RoiError(f"labels must be 2D or (frames, height, width), got shape {labels.shape}")
+    from scipy import ndimage as ndi
+
     rois = []
     for frame, plane in enumerate(stack):
         for k, value in enumerate(np.unique(plane[plane > 0]), start=1):
-            rois.append(polygon_roi(mask_outline(plane == value), f"{organ}_f{frame + 1:02d}_{k}",
-                                    frame=frame if labels.ndim == 3 else None))
+            mask = plane == value
+            name = f"{organ}_f{frame + 1:02d}_{k}"
+            pieces = ndi.label(mask)[1]
+            if pieces > 1:
+                warnings.warn(f"instance {value} on frame {frame + 1} has {pieces} separate pieces; ROI {name} "
+                              "outlines the largest", stacklevel=2)
+            rois.append(polygon_roi(mask_outline(mask), name, frame=frame if labels.ndim == 3 else None))
     return rois
 
 

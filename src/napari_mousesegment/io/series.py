@@ -125,9 +125,7 @@ def read_series(folder: str | Path, organs: list[str], grid: tuple[int, int] | N
         labels = np.zeros(shape, np.uint16)
         for path in files:
             rois = read_rois(path)
-            with warnings.catch_warnings():
-                warnings.simplefilter("default")
-                filled = rois_to_labels(rois, shape, source=str(path), default_frame=_frame_from_name(path))
+            filled = rois_to_labels(rois, shape, source=str(path), default_frame=_frame_from_name(path))
             for frame in np.flatnonzero(filled.reshape(len(filled), -1).any(1)):
                 _merge_instances(labels[frame], filled[frame], path, int(frame))
         series.labels[organ] = labels
