@@ -48,3 +48,10 @@ def test_a_long_organ_stays_one_instance():
     for a, b in ((120, 20), (120, 12)):  # a placenta-like band: a flat distance ridge, many local maxima
         prob = ((((yy - 50) / b) ** 2 + ((xx - 150) / a) ** 2) <= 1).astype(np.float32)
         assert instances(prob, 0.5, 30).max() == 1
+
+
+def test_a_curved_thin_organ_stays_one_instance():
+    yy, xx = np.mgrid[:200, :300]
+    r = np.hypot(yy - 180, xx - 150)
+    crescent = (r > 80) & (r < 80 + 4 + 4 * np.clip(1 - np.abs(xx - 150) / 90, 0, 1)) & (yy < 170)  # thick middle
+    assert instances(crescent.astype(np.float32), 0.5, 30).max() == 1

@@ -70,13 +70,44 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(small[labels], 0, labels)
 
 
-def instances(probability: np.ndarray, threshold: float, min_size: int, depth: float = 2.0) -> np.ndarray:
+def _merge_wide_necks(regions: np.ndarray, distance: np.ndarray, neck: float) -> np.ndarray:
+    """Merge neighbouring regions whose shared border is wider than ``neck`` times the thinner one.
+
+    The width of a border is the largest distance-to-background along it (the saddle); a region's
+    is its largest distance (its peak). A saddle near the peaks means no real neck between them.
+    """
+    n = int(regions.max())
+    if n < 2:
+        return regions
+    saddle = np.zeros((n + 1, n + 1))
+    for a, b, da, db in ((regions[:, :-1], regions[:, 1:], distance[:, :-1], distance[:, 1:]),
+                         (regions[:-1], regions[1:], distance[:-1], distance[1:])):
+        touch = (a != b) & (a > 0) & (b > 0)
+        for i, j, d in zip(a[touch], b[touch], np.minimum(da[touch], db[touch])):
+            saddle[i, j] = saddle[j, i] = max(saddle[i, j], d)
+    peak = ndi.maximum(distance, regions, index=np.arange(n + 1))
+    parent = list(range(n + 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(saddle))):
+        if saddle[i, j] >= neck * min(peak[i], peak[j]):
+            parent[root(j)] = root(i)
+    return np.array([root(i) for i in range(n + 1)])[regions]
+
+
+def instances(probability: np.ndarray, threshold: float, min_size: int, depth: float = 2.0,
+              neck: float = 0.6) -> np.ndarray:
     """Instance ids 1.. per frame from (N, H, W) probabilities (or one (H, W) frame).
 
-    Touching organs are split where the mask narrows by more than ``depth`` pixels of radius.
+    Touching organs are split where the mask narrows by more than ``depth`` pixels of radius and
+    to less than ``neck`` times the thinner organ's half-width.
     """
     if probability.ndim == 2:
-        return instances(probability[None], threshold, min_size, depth)[0]
+        return instances(probability[None], threshold, min_size, depth, neck)[0]
     labels = np.zeros(probability.shape, np.uint16)
     for k, prob in enumerate(probability):
         blobs = _drop_small(ndi.label(ndi.binary_fill_holes(prob > threshold))[0], min_size)
@@ -84,10 +115,11 @@ def instances(probability: np.ndarray, threshold: float, min_size: int, depth: f
         if not mask.any():
             continue
         distance = ndi.distance_transform_edt(mask)
-        # One marker per distance maximum that stands out by more than `depth` pixels: a neck
-        # between two organs splits them, a long organ's flat ridge does not.
+        # One marker per distance maximum that stands out by more than `depth` pixels, then
+        # regions joined by a wide neck merged again: two organs touching at a narrow neck stay
+        # apart, a long or curved organ (a placenta's crescent) stays whole.
         markers, _ = ndi.label(h_maxima(distance, depth))
-        split = watershed(-distance, markers, mask=mask)
+        split = _merge_wide_necks(watershed(-distance, markers, mask=mask), distance, neck)
         split = _drop_small(split, min_size)
         values = np.unique(split[split > 0])
         lookup = np.zeros(int(split.max()) + 1, np.uint16)
