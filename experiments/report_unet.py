@@ -27,7 +27,7 @@ def _model_line(organ: str, model: Path) -> str:
     meta = json.loads((model / "config.json").read_text())
     rows = (model / "history.csv").read_text().strip().splitlines()[1:]
     t, chosen = meta["training"], meta.get("threshold_choice", {})
-    seconds = sum(float(r.split(",")[-3]) for r in rows)
+    seconds = sum(float(r.split(",")[-2]) for r in rows)
     return (f"| {organ} | {meta['arch']} | {meta['width']} | {t['parameters'] / 1e6:.2f} M | {len(rows)} "
             f"({seconds / 60:.0f} min) | {meta['metrics']['epoch']} | {meta['threshold']} | "
             f"{chosen.get('dice', float('nan')):.3f} | {chosen.get('precision', float('nan')):.3f} |")
