@@ -76,3 +76,11 @@ def test_black_gutters_do_not_crop_frames_with_black_edges(frames, gap_value):
 def test_given_grid_that_does_not_fit_is_refused(frames):
     with pytest.raises(CompositeError, match="does not fit"):
         split_montage(montage(frames, (5, 7))[:-1], grid=(4, 7))
+
+
+def test_undetectable_grid_names_the_file_and_asks_for_grid(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 255, (120, 160), dtype=np.uint8)
+    path = tmp_path / "plain.png"
+    iio.imwrite(path, noise)
+    with pytest.raises(CompositeError, match="plain.png.*--grid"):
+        read_composite(path)

@@ -166,7 +166,10 @@ def read_composite(path: str | os.PathLike, grid: tuple[int, int] | None = None)
         if data.ndim == 3 and data.shape[-1] not in (3, 4):
             result = Composite(data, tuple(f"{path}#{k}" for k in range(len(data))))
         else:
-            frames, (rows, cols) = split_montage(data, grid)
+            try:
+                frames, (rows, cols) = split_montage(data, grid)
+            except CompositeError as exc:
+                raise CompositeError(f"{path}: {exc}" + ("" if grid else " (pass --grid RxC)")) from exc
             sources = tuple(f"{path}[{k // cols},{k % cols}]" for k in range(len(frames)))
             result = Composite(frames, sources, (rows, cols))
     if len(result.frames) != US_FRAMES:
