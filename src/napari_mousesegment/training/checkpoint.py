@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ def atomic(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = path.with_name(path.name + ".partial")
     write(tmp)
     os.replace(tmp, path)
+
+
+def stop_reason(should_stop: Callable[[], bool], started: float, max_minutes: float | None) -> str | None:
+    """Why a run should stop now (a cancel, or the --max-minutes budget spent), or None."""
+    if should_stop():
+        return "cancelled"
+    if max_minutes and time.monotonic() - started > max_minutes * 60:
+        return f"--max-minutes {max_minutes} reached"
+    return None
 
 
 def prepare_run(out: Path, config_json: str, resume: bool) -> Path:

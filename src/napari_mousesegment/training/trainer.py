@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..models.mosnet import MOSnet, MOSnetConfig, count_parameters
 from ..models.preprocess import pick_device
 from ..models.store import save_model
-from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint
+from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint, stop_reason
 from .ct_data import SliceSet, build_slices, read_ct_dataset, split_by_scan
 from .curves import plot_history, write_history
 from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
@@ -177,10 +177,7 @@ def train_mosnet(
             for k, v in parts.items():
                 sums[k] += v * len(idx)
             bar.set_postfix(loss=f"{value:.4f}")
-            if should_stop():
-                stopped = "cancelled"
-            elif settings.max_minutes and time.monotonic() - t_start > settings.max_minutes * 60:
-                stopped = f"--max-minutes {settings.max_minutes} reached"
+            stopped = stop_reason(should_stop, t_start, settings.max_minutes)
             if stopped:
                 break
         if stopped is None:

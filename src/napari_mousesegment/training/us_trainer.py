@@ -26,7 +26,7 @@ from ..models.preprocess import pick_device
 from ..models.store import save_model
 from ..models.unet import UNet, UNetConfig
 from .augment import AugmentSettings, augment
-from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint
+from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint, stop_reason
 from .curves import plot_history, write_history
 from .losses import dice_bce_loss
 
@@ -208,10 +208,7 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
             loss_sum += value * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{value:.4f}")
-            if should_stop():
-                stopped = "cancelled"
-            elif settings.max_minutes and time.monotonic() - t_start > settings.max_minutes * 60:
-                stopped = f"--max-minutes {settings.max_minutes} reached"
+            stopped = stop_reason(should_stop, t_start, settings.max_minutes)
             if stopped:
                 break
         prob = _probabilities(model, val_f, device)
