@@ -39,6 +39,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, pw, 0, ph)), (h, w)
 
 
+def batch_probabilities(model: UNet, x: torch.Tensor) -> torch.Tensor:
+    """Probabilities (on the CPU) of a (B, 1, H, W) batch of [0, 1] frames already on the model's device."""
+    x, (h, w) = pad_to_multiple(x, 2 ** (model.config.levels - 1))
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits = model(x)
+    return torch.sigmoid(logits.float())[:, :, :h, :w].cpu()
+
+
 def predict_probabilities(model: UNet, frames: np.ndarray, batch_size: int = 8,
                           progress: Callable[[int, int], None] | None = None,
                           should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
@@ -47,18 +55,13 @@ def predict_probabilities(model: UNet, frames: np.ndarray, batch_size: int = 8,
     model.eval()
     unit = to_unit(frames)
     out = np.empty(unit.shape, np.float32)
-    multiple = 2 ** (model.config.levels - 1)
-    with torch.inference_mode():
-        for start in range(0, len(unit), batch_size):
-            if should_stop():
-                raise InterruptedError("prediction cancelled")
-            x = torch.from_numpy(unit[start:start + batch_size])[:, None].to(device)
-            x, (h, w) = pad_to_multiple(x, multiple)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(x)
-            out[start:start + len(x)] = torch.sigmoid(logits.float())[:, 0, :h, :w].cpu().numpy()
-            if progress:
-                progress(min(start + batch_size, len(unit)), len(unit))
+    for start in range(0, len(unit), batch_size):
+        if should_stop():
+            raise InterruptedError("prediction cancelled")
+        x = torch.from_numpy(unit[start:start + batch_size])[:, None].to(device)
+        out[start:start + len(x)] = batch_probabilities(model, x)[:, 0].numpy()
+        if progress:
+            progress(min(start + batch_size, len(unit)), len(unit))
     return out
 
 

@@ -20,7 +20,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..data.us_dataset import USItem, load_us_items
-from ..inference.ultrasound import pad_to_multiple, to_unit
+from ..inference.ultrasound import batch_probabilities, to_unit
+from ..metrics import segmentation_scores
 from ..models.mosnet import count_parameters
 from ..models.preprocess import pick_device
 from ..models.store import save_model
@@ -90,24 +91,17 @@ def _crops(frames: torch.Tensor, masks: torch.Tensor, idx: np.ndarray, size: int
 
 def _probabilities(model: UNet, frames: torch.Tensor, device: torch.device, batch: int = 8) -> torch.Tensor:
     model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(frames), batch):
-            x, (h, w) = pad_to_multiple(frames[start:start + batch].to(device), 2 ** (model.config.levels - 1))
-            out.append(torch.sigmoid(model(x).float())[:, :, :h, :w].cpu())
-    return torch.cat(out)
+    return torch.cat([batch_probabilities(model, frames[s:s + batch].to(device)) for s in range(0, len(frames), batch)])
 
 
 def _scores(prob: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[str, float]:
-    pred = prob > threshold
-    truth = masks > 0.5
-    tp = float((pred & truth).sum())
-    fp, fn = float((pred & ~truth).sum()), float((~pred & truth).sum())
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    """Pixel Dice, precision, recall (as :func:`segmentation_scores`) and F0.5 at one threshold."""
+    pred, truth = prob > threshold, masks > 0.5
+    counts = (int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum()))
+    s = segmentation_scores(*counts, 0, 0, 0)
+    precision, recall = s["precision"], s["recall"]
     f05 = 1.25 * precision * recall / (0.25 * precision + recall) if precision + recall else 0.0
-    return {"dice": dice, "precision": precision, "recall": recall, "f05": f05}
+    return {"dice": s["dice"], "precision": precision, "recall": recall, "f05": f05}
 
 
 THRESHOLDS = (*np.round(np.arange(0.3, 0.96, 0.05), 2), 0.97, 0.98, 0.99)
