@@ -67,11 +67,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spacing(text: str) -> tuple[float, float, float]:
+def numbers(text: str, cast: type, what: str, example: str) -> tuple:
+    """Comma-separated numbers of an option, or an argparse error that shows the expected form."""
     try:
-        values = tuple(float(v) for v in text.split(","))
+        return tuple(cast(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"spacing must look like 0.28,0.28,0.28, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{what} must look like {example}, got {text!r}") from None
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    values = numbers(text, float, "spacing", "0.28,0.28,0.28")
     if len(values) == 1:
         values = values * 3
     if len(values) != 3 or min(values) <= 0:

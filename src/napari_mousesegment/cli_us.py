@@ -7,14 +7,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from .cli import numbers
 from .organs import US_ORGANS
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 35,240,320, got {text!r}") from None
+    values = numbers(text, int, "shape", "35,240,320")
     if len(values) == 2:
         values = (1, *values)
     if len(values) != 3 or min(values) < 1:
