@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.volumes import case_name, write_tiff
-from .metrics import write_volumes_csv
+from .metrics import write_rows, write_volumes_csv
 
 
 def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str, int],
@@ -83,10 +83,7 @@ def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str 
         for row in organ_scores(pred.labels, labels, organs, dataset.organs, spacing):
             rows.append({"scan": case, **row})
         log(f"  {case}: " + ", ".join(f"{r['organ']} {r['dsc']:.3f}" for r in rows if r["scan"] == case))
-    with open(out / "per_scan.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(out / "per_scan.csv", rows)
     summary = summarise(rows)
     write_summary(out, summary, f"{Path(model_dir).name} on {dataset.name} ({dataset.condition})")
     return summary

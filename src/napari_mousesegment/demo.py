@@ -146,7 +146,7 @@ def _us_steps(out: Path, seed: int, log: Callable[[str], None], us_models: dict[
 
 def _segment_us(series, folder: Path, models: dict[str, str], scores: list[dict]) -> Step:
     """Run the organ U-Nets on the series, write labels and RoiSets, score against the truth."""
-    from .metrics import match_instances, pixel_counts, segmentation_scores
+    from .metrics import frame_counts, segmentation_scores
     from .us_jobs import load_unets, segment_frames, write_rois
 
     t0 = time.perf_counter()
@@ -158,9 +158,7 @@ def _segment_us(series, folder: Path, models: dict[str, str], scores: list[dict]
         write_rois(folder / f"{organ}_RoiSet.zip", labels, organ, log=lambda m: None)
         files += [str(folder / f"{organ}_labels.tif"), str(folder / f"{organ}_RoiSet.zip")]
         truth = series.labels[organ] if organ in series.labels else np.zeros_like(labels)
-        totals = np.zeros(6, np.int64)
-        for p, t in zip(labels, truth):
-            totals += np.array([*pixel_counts(p > 0, t > 0), *match_instances(p, t)])
+        totals = frame_counts(labels, truth).sum(0)
         scores.append({"sample": "ultrasound series_demo", "organ": organ, **segmentation_scores(*totals)})
     detail = "; ".join(f"{r['organ']} Dice {r['dice']:.3f}, precision {r['precision']:.3f}, "
                        f"instance F1 {r['instance_f1']:.3f}" for r in scores)

@@ -119,3 +119,21 @@ def segmentation_scores(tp: int, fp: int, fn: int, matched: int, n_pred: int, n_
             "iou": ratio(tp, tp + fp + fn), "instance_precision": inst_p, "instance_recall": inst_r,
             "instance_f1": ratio(2 * matched, n_pred + n_true),
             "instances_pred": int(n_pred), "instances_true": int(n_true)}
+
+
+def frame_counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per frame of (N, H, W) instance labels: tp, fp, fn pixels and matched, predicted, true
+    instances, as an (N, 6) array whose sums feed :func:`segmentation_scores`."""
+    return np.array([[*pixel_counts(p > 0, t > 0), *match_instances(p, t)] for p, t in zip(pred, truth)],
+                    np.int64).reshape(-1, 6)
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Rows of dicts as CSV, columns in first-seen order; nothing is written for no rows."""
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)

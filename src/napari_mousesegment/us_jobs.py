@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import warnings
@@ -19,7 +18,7 @@ import tifffile
 
 from .io.composites import read_composite, write_stack
 from .io.roi import labels_to_rois, read_rois, rois_to_labels, write_roiset
-from .metrics import match_instances, pixel_counts, segmentation_scores
+from .metrics import frame_counts, segmentation_scores, write_rows
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -118,22 +117,19 @@ def evaluate_ultrasound(models: dict[str, str], data: list[str | os.PathLike], o
         totals = np.zeros(6, np.int64)
         for item in items:
             _, pred = segment_frames(model, item.frames)
-            truth = item.labels[organ]
-            series_totals = np.zeros(6, np.int64)
-            for k, (p, t) in enumerate(zip(pred, truth)):
-                counts = np.array([*pixel_counts(p > 0, t > 0), *match_instances(p, t)])
-                series_totals += counts
-                frame_rows.append({"organ": organ, "series": item.name, "frame": k + 1,
-                                   **segmentation_scores(*counts)})
+            counts = frame_counts(pred, item.labels[organ])
+            frame_rows += [{"organ": organ, "series": item.name, "frame": k + 1, **segmentation_scores(*c)}
+                           for k, c in enumerate(counts)]
+            series_totals = counts.sum(0)
             totals += series_totals
             series_rows.append({"organ": organ, "series": item.name, **segmentation_scores(*series_totals)})
         summary[organ] = {"series": len(items), **segmentation_scores(*totals)}
         s = summary[organ]
         log(f"{organ}: {len(items)} series, Dice {s['dice']:.3f}, precision {s['precision']:.3f}, "
             f"recall {s['recall']:.3f}, instance F1 {s['instance_f1']:.3f}")
-    _write_csv(out / "per_frame.csv", frame_rows)
-    _write_csv(out / "per_series.csv", series_rows)
-    _write_csv(out / "summary.csv", [{"organ": o, **s} for o, s in summary.items()])
+    write_rows(out / "per_frame.csv", frame_rows)
+    write_rows(out / "per_series.csv", series_rows)
+    write_rows(out / "summary.csv", [{"organ": o, **s} for o, s in summary.items()])
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_table(summary))
     return summary
@@ -148,15 +144,6 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
                      f"{s['iou']:.3f} | {s['instance_precision']:.3f} | {s['instance_recall']:.3f} | "
                      f"{s['instance_f1']:.3f} |")
     return "\n".join(lines) + "\n"
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def import_rois(source: str | os.PathLike, shape: tuple[int, int, int], out: str | os.PathLike, log=print) -> Path:

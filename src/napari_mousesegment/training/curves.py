@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+
+from ..metrics import write_rows
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
     """All epochs so far as CSV (one row per epoch)."""
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(path, rows)
 
 
 def plot_history(path: Path, rows: list[dict], title: str) -> None:
