@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .composites import IMAGE_SUFFIXES, Composite, read_composite
-from .roi import RoiError, read_rois, rois_to_labels
+from .roi import read_rois, rois_to_labels
 
 ROI_SUFFIXES = (".zip", ".roi")
 
@@ -37,7 +37,6 @@ class AnnotatedSeries:
     folder: Path
     composite: Composite
     labels: dict[str, np.ndarray] = field(default_factory=dict)
-    roi_files: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def frames(self) -> np.ndarray:
@@ -105,8 +104,7 @@ def organ_roi_files(folder: Path, organ: str) -> list[Path]:
     return files
 
 
-def read_series(folder: str | Path, organs: list[str], grid: tuple[int, int] | None = None,
-                composite: str | Path | None = None) -> AnnotatedSeries:
+def read_series(folder: str | Path, organs: list[str], grid: tuple[int, int] | None = None) -> AnnotatedSeries:
     """Read a series folder: its composite split into frames and each organ's ROIs as instance labels.
 
     Organs without any ROI file are left out of ``labels``: unannotated, not empty. Instance ids
@@ -115,8 +113,7 @@ def read_series(folder: str | Path, organs: list[str], grid: tuple[int, int] | N
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a series folder")
-    source = Path(composite) if composite else find_composite(folder)
-    series = AnnotatedSeries(folder.name, folder, read_composite(source, grid=grid))
+    series = AnnotatedSeries(folder.name, folder, read_composite(find_composite(folder), grid=grid))
     shape = series.frames.shape[:3]
     for organ in organs:
         files = organ_roi_files(folder, organ)
@@ -129,7 +126,6 @@ def read_series(folder: str | Path, organs: list[str], grid: tuple[int, int] | N
             for frame in np.flatnonzero(filled.reshape(len(filled), -1).any(1)):
                 _merge_instances(labels[frame], filled[frame], path, int(frame))
         series.labels[organ] = labels
-        series.roi_files[organ] = files
     return series
 
 
@@ -168,6 +164,3 @@ def series_folders(roots: list[str | Path]) -> list[Path]:
         if not any(p.parent == root for p in found):
             raise FileNotFoundError(f"{root}: neither a series folder nor a folder of series folders")
     return found
-
-
-__all__ = ["AnnotatedSeries", "RoiError", "find_composite", "organ_roi_files", "read_series", "series_folders"]
