@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,9 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 def write_rois(path: Path, labels: np.ndarray, organ: str, log=print) -> Path:
     """A RoiSet of the instances, overwriting the file; an empty prediction gives an empty RoiSet."""
     rois = labels_to_rois(labels, organ)
-    if rois:
-        return write_roiset(path, rois)
-    tmp = path.with_name(path.name + ".partial")
-    with zipfile.ZipFile(tmp, "w"):
-        pass
-    os.replace(tmp, path)
-    log(f"  {organ}: nothing found; wrote an empty RoiSet {path}")
-    return path
+    if not rois:
+        log(f"  {organ}: nothing found; wrote an empty RoiSet {path}")
+    return write_roiset(path, rois, allow_empty=True)
 
 
 def load_unets(models: dict[str, str], organs: list[str], device: str = "auto") -> dict:

@@ -229,20 +229,24 @@ def roi_mask(roi: ImagejRoi, shape: tuple[int, int]) -> np.ndarray:
     raise RoiNoArea(f"ROI {roi.name!r} is a {_type_name(roi)}, which encloses no area")
 
 
-def write_roiset(path: str | os.PathLike, rois: Sequence[ImagejRoi]) -> Path:
+def write_roiset(path: str | os.PathLike, rois: Sequence[ImagejRoi], allow_empty: bool = False) -> Path:
     """Write ROIs to an ImageJ RoiSet zip, replacing the file (roifile appends by default).
 
     The zip is written to a temporary name and renamed, so an interrupted write never leaves a
-    half-written RoiSet in place of a good one.
+    half-written RoiSet in place of a good one. No ROIs is an error unless ``allow_empty`` (an
+    organ found nowhere): ImageJ 1.53t then reports the zip as holding no ROIs instead of opening it.
     """
     path = Path(path)
-    if not rois:
+    if not rois and not allow_empty:
         raise RoiError(f"{path}: no ROIs to write (ImageJ cannot open an empty RoiSet)")
     names = [roi.name for roi in rois]
     if len(set(names)) != len(names):
         raise RoiError(f"{path}: ROI names must be unique within a RoiSet")
     tmp = path.with_name(path.name + ".partial")
-    roifile.roiwrite(tmp, rois, mode="w")
+    if rois:
+        roifile.roiwrite(tmp, rois, mode="w")
+    else:
+        zipfile.ZipFile(tmp, "w").close()
     os.replace(tmp, path)
     return path
 
