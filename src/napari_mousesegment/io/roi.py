@@ -234,7 +234,7 @@ def write_roiset(path: str | os.PathLike, rois: Sequence[ImagejRoi], allow_empty
 
     The zip is written to a temporary name and renamed, so an interrupted write never leaves a
     half-written RoiSet in place of a good one. No ROIs is an error unless ``allow_empty`` (an
-    organ found nowhere): ImageJ 1.53t then reports the zip as holding no ROIs instead of opening it.
+    organ found nowhere): ImageJ 1.53t will not load such a zip (a batch macro waits on its dialog).
     """
     path = Path(path)
     if not rois and not allow_empty:
