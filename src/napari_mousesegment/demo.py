@@ -26,7 +26,8 @@ from .organs import US_FRAMES
 
 NO_CT_MODEL = ("no MOSnet weights ship with the plugin yet (model-store issue); train one with "
                "`mousesegment train mosnet` and pass it as --ct-model")
-NO_US_MODEL = "no trained ultrasound U-Nets are available yet (fetal-ultrasound and model-store issues)"
+NO_US_MODEL = ("no ultrasound U-Net weights ship with the plugin yet (model-store issue); train them with "
+               "`mousesegment train unet` and pass --us-model ORGAN=DIR")
 
 
 @dataclass
