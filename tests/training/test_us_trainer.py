@@ -75,3 +75,9 @@ def test_augment_option_parses_ranges_and_switches(capsys):
     assert settings.rotation == 10 and settings.vflip and settings.noise == 0 and settings.scale == 0.15
     with pytest.raises(ValueError, match="NAME=VALUE"):
         _augment("spin=3")
+
+
+@pytest.mark.parametrize("bad", [{"alpha": 1.5}, {"plateau_factor": 1.0}, {"lr": 0}, {"finetune_lr": -1e-5}])
+def test_settings_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+        UNetSettings(**bad)

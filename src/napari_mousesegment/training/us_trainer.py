@@ -54,6 +54,15 @@ class UNetSettings:
     resume: bool = False
     augment: AugmentSettings = field(default_factory=AugmentSettings)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha weighs Dice against BCE and must lie in [0, 1], got {self.alpha}")
+        if not 0.0 < self.plateau_factor < 1.0:
+            raise ValueError(f"the plateau factor must lie between 0 and 1, got {self.plateau_factor}")
+        for name in ("lr", "finetune_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
 
 def _stack(items: list[USItem], organ: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     chosen = [i for i in items if i.split == split]
