@@ -15,7 +15,7 @@ from napari_mousesegment.io.volumes import read_tiff
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--no-models"]) == 0
     return out
 
 
@@ -47,9 +47,9 @@ def test_demo_refuses_non_empty_out_unless_overwrite(demo_out, tmp_path, capsys)
 
 def test_demo_overwrite_replaces_an_earlier_demo(tmp_path):
     out = tmp_path / "again"
-    assert main(["demo", "--out", str(out), "--seed", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--seed", "1", "--no-models"]) == 0
     (out / "stale.txt").write_text("old")
-    assert main(["demo", "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--overwrite", "--seed", "1", "--no-models"]) == 0
     assert not (out / "stale.txt").exists() and (out / "report.json").exists()
 
 

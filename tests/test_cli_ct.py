@@ -92,7 +92,7 @@ def test_dataset_ct_converts_and_renumbers(tmp_path):
 
 def test_demo_segments_and_scores_with_a_trained_model(trained, tmp_path):
     _, model = trained
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--ct-model", str(model)]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--ct-model", str(model), "--no-models"]) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     done = [s for s in report["steps"] if s["name"].endswith("MOSnet segmentation and organ volumes")]
     assert [s["status"] for s in done] == ["done", "done"]

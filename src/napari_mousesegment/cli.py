@@ -24,8 +24,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .us_jobs import parse_models
 
-    run_demo(args.out, overwrite=args.overwrite, seed=args.seed, ct_model=args.ct_model,
-             us_models=parse_models(args.us_model))
+    from .demo import SHIPPED_CT
+
+    us_models = parse_models(args.us_model) if args.us_model else ({} if args.no_models else None)
+    ct_model = args.ct_model or (None if args.no_models else SHIPPED_CT)
+    run_demo(args.out, overwrite=args.overwrite, seed=args.seed, ct_model=ct_model, us_models=us_models)
     return 0
 
 
@@ -164,10 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true",
                       help="replace an earlier demo output in --out (never a folder the demo did not write)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default 0)")
-    demo.add_argument("--ct-model", type=Path, default=None,
-                      help="a trained MOSnet model folder: segment the micro-CT samples and score them")
-    demo.add_argument("--us-model", action="append", default=[], metavar="ORGAN=MODEL_DIR",
-                      help="a trained ultrasound U-Net (repeat per organ): segment the series and score it")
+    demo.add_argument("--ct-model", default=None,
+                      help="MOSnet name or folder that segments the micro-CT samples (default: mosnet-synthetic)")
+    demo.add_argument("--us-model", action="append", default=[], metavar="[ORGAN=]MODEL",
+                      help="U-Net name or folder (repeat per organ); replaces the built-in "
+                           "unet-{heart,liver,placenta}-synthetic")
+    demo.add_argument("--no-models", action="store_true",
+                      help="do not use the built-in models: segment only with the models given, if any")
     demo.set_defaults(func=_cmd_demo)
 
     split = sub.add_parser("split", help="split an ultrasound composite into a (frames, H, W) stack")
@@ -224,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     pct = predict_sub.add_parser("ct", help="micro-CT scans with MOSnet")
     pct.add_argument("scans", type=Path, nargs="+",
                      help="scans in HU: TIFF, NIfTI, Analyze, GFF or Rosenhain scan folders")
-    pct.add_argument("--model", required=True, help="model folder")
+    pct.add_argument("--model", required=True, help="model name (see `mousesegment models list`) or folder")
     pct.add_argument("--condition", required=True, help="native or contrast (or a condition the model knows)")
     pct.add_argument("--out", type=Path, required=True)
     pct.add_argument("--spacing", type=_spacing, default=None, help="voxel size Z,Y,X in mm when the file lacks it")
@@ -236,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a trained model against a dataset's truth")
     evaluate_sub = evaluate.add_subparsers(dest="modality", required=True, metavar="MODALITY")
     ect = evaluate_sub.add_parser("ct", help="MOSnet on a micro-CT dataset folder")
-    ect.add_argument("--model", required=True, help="model folder")
+    ect.add_argument("--model", required=True, help="model name or folder")
     ect.add_argument("--data", type=Path, required=True, help="dataset folder")
     ect.add_argument("--out", type=Path, required=True, help="report folder")
     ect.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -251,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_us import add_commands
 
     add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, _grid)
+    from .cli_models import add_commands as add_model_commands
+
+    add_model_commands(sub)
     return parser
 
 

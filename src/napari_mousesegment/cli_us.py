@@ -76,7 +76,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     arch = args.arch or DEFAULT_ARCH.get(args.organ, "standard")
     config = UNetConfig(organ=args.organ, arch=arch, width=args.width, image_size=args.image_size)
     settings = UNetSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            finetune_epochs=args.finetune_epochs, early_stop=args.early_stop,
+                            finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                            plateau_patience=args.plateau_patience, plateau_factor=args.plateau_factor,
+                            alpha=args.alpha, early_stop=args.early_stop,
                             test_series=args.test, max_minutes=args.max_minutes, device=args.device,
                             seed=args.seed, resume=args.resume, precision_target=args.precision_target,
                             augment=_augment(args.augment) if not args.no_augment else AugmentSettings.off())
@@ -143,11 +145,16 @@ def add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, grid_ty
     unet.add_argument("--width", type=int, default=16, help="channels of the first level (default 16)")
     unet.add_argument("--image-size", type=int, default=128, help="training crop size in pixels (default 128)")
     unet.add_argument("--epochs", type=int, default=100, help="before fine-tuning (early stopping may end sooner)")
-    unet.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs at 1e-5 (default 10)")
+    unet.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    unet.add_argument("--finetune-lr", type=float, default=1e-5, help="learning rate of fine-tuning (1e-5)")
     unet.add_argument("--early-stop", type=int, default=10, help="epochs without a better validation Dice (10)")
     unet.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
     unet.add_argument("--batch-size", type=int, default=8)
     unet.add_argument("--lr", type=float, default=1e-4)
+    unet.add_argument("--plateau-patience", type=int, default=5,
+                      help="epochs without a lower validation loss before the lr drops (5)")
+    unet.add_argument("--plateau-factor", type=float, default=0.1, help="the lr drop on a plateau (0.1)")
+    unet.add_argument("--alpha", type=float, default=0.5, help="weight of Dice in alpha*Dice + (1-alpha)*BCE (0.5)")
     unet.add_argument("--test", type=int, default=5, help="lab-layout data: whole series held out for testing (5)")
     unet.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
                       help="augmentation ranges, 0 switches one off: rotation (degrees, 20), scale (0.15), "
@@ -165,14 +172,16 @@ def add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, grid_ty
     pus = predict_sub.add_parser("ultrasound", help="composites to instance labels and RoiSets with the U-Nets")
     pus.add_argument("composites", type=Path, nargs="+", help="multi-page TIFF, montage image or folder of frames")
     pus.add_argument("--organs", type=_organs, default=list(US_ORGANS), help="comma-separated (default: all three)")
-    pus.add_argument("--model", action="append", default=[], metavar="ORGAN=MODEL_DIR", help="one per organ")
+    pus.add_argument("--model", action="append", default=[], metavar="[ORGAN=]MODEL",
+                     help="one per organ: a model name or folder, optionally prefixed by its organ")
     pus.add_argument("--out", type=Path, required=True)
     pus.add_argument("--grid", type=grid_type, default=None, help="montage grid RxC (default: detect)")
     pus.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pus.set_defaults(func=_cmd_predict)
 
     eus = evaluate_sub.add_parser("ultrasound", help="U-Nets on held-out series: pixel and instance scores")
-    eus.add_argument("--model", action="append", required=True, metavar="ORGAN=MODEL_DIR")
+    eus.add_argument("--model", action="append", required=True, metavar="[ORGAN=]MODEL",
+                     help="one per organ: a model name or folder, optionally prefixed by its organ")
     eus.add_argument("--data", type=Path, action="append", required=True,
                      help="a dataset folder (its test series) or lab-layout series folders (all of them)")
     eus.add_argument("--out", type=Path, required=True, help="report folder")

@@ -1,7 +1,9 @@
 """The main job, headless, on the synthetic samples: what ``mousesegment demo`` runs.
 
-Each step writes real files or is reported as skipped with the reason; nothing is faked. Steps
-that need trained models (MOSnet, the ultrasound U-Nets) are skipped until those models exist.
+Each step writes real files or is reported as skipped with the reason; nothing is faked. By
+default the segmentation steps use the built-in models trained on synthetic data
+(``mosnet-synthetic``, ``unet-<organ>-synthetic``); other models can be named instead, and
+``--no-models`` skips those steps.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from .io.composites import read_composite, write_stack
 from .io.volumes import write_tiff
 from .organs import US_FRAMES
 
-NO_CT_MODEL = ("no MOSnet weights ship with the plugin yet (model-store issue); train one with "
-               "`mousesegment train mosnet` and pass it as --ct-model")
-NO_US_MODEL = ("no ultrasound U-Net weights ship with the plugin yet (model-store issue); train them with "
-               "`mousesegment train unet` and pass --us-model ORGAN=DIR")
+#: The built-in models the demo (and the napari sample data) use unless told otherwise.
+SHIPPED_CT = "mosnet-synthetic"
+SHIPPED_US = {organ: f"unet-{organ}-synthetic" for organ in ("heart", "liver", "placenta")}
+NO_CT_MODEL = "no MOSnet model given (--no-models); pass --ct-model NAME|DIR to segment the samples"
+NO_US_MODEL = "no U-Nets given (--no-models); pass --us-model ORGAN=NAME|DIR to segment the series"
 
 
 @dataclass
@@ -59,7 +62,7 @@ def prepare_output(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _segment_ct(scan, folder: Path, model_dir: Path, log: Callable[[str], None]) -> tuple[Step, list[dict]]:
+def _segment_ct(scan, folder: Path, model_dir: str, log: Callable[[str], None]) -> tuple[Step, list[dict]]:
     """Run a trained MOSnet on the phantom and score it against the phantom's truth."""
     from .inference.ct import predict_volume
     from .metrics import organ_scores
@@ -78,7 +81,7 @@ def _segment_ct(scan, folder: Path, model_dir: Path, log: Callable[[str], None])
     return step, rows
 
 
-def _ct_steps(out: Path, seed: int, log: Callable[[str], None], ct_model: Path | None = None,
+def _ct_steps(out: Path, seed: int, log: Callable[[str], None], ct_model: str | None = None,
               scores: list[dict] | None = None) -> list[Step]:
     steps = []
     for condition in CONDITIONS:
@@ -166,16 +169,40 @@ def _segment_us(series, folder: Path, models: dict[str, str], scores: list[dict]
     return Step("ultrasound: organ U-Nets and RoiSet export", "done", detail, files, time.perf_counter() - t0)
 
 
-def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict], us_scores: list[dict]) -> None:
+def _training_seeds(model: str) -> set[int]:
+    """Seeds of the synthetic scans or series a model was trained or validated on (from its config)."""
+    import re
+
+    from .models.registry import resolve
+    from .models.store import read_config
+
+    training = read_config(resolve(model)).get("training", {})
+    names = [*training.get("train_scans", []), *training.get("val_scans", []),
+             *training.get("train_series", []), *training.get("val_series", [])]
+    return {int(m.group(1)) for n in names if (m := re.search(r"(?:phantom|series)_(\d+)$", str(n)))}
+
+
+def _seen_note(seed: int, ct_model: str | None, us_models: dict[str, str]) -> list[str]:
+    """Which models saw this seed's sample during training: their scores here are not held-out scores."""
+    seen = [m for m in ([ct_model] if ct_model else []) + list(us_models.values()) if seed in _training_seeds(m)]
+    if not seen:
+        return [f"No model here was trained on seed {seed}'s samples: these are held-out scores."]
+    return [f"Seed {seed}'s samples were among the training data of {', '.join(seen)}, so their scores here "
+            "are not held-out scores; docs/results-mosnet.md and docs/results-ultrasound.md give those "
+            "(or rerun with a seed the models never saw, e.g. --seed 250)."]
+
+
+def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict], us_scores: list[dict],
+                  note: list[str] | None = None) -> None:
     report = {"seed": seed, "steps": [asdict(s) for s in steps], "scores": scores or None,
-              "ultrasound_scores": us_scores or None}
+              "ultrasound_scores": us_scores or None, "training_note": " ".join(note or []) or None}
     if not scores and not us_scores:
         report["scores_note"] = "no scores: every segmentation step was skipped"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# napari-mousesegment demo report", "", f"Seed {seed}. Synthetic data; see docs/synthetic-data.md.", "",
              "| step | status | detail |", "| --- | --- | --- |"]
     lines += [f"| {s.name} | {s.status} | {s.detail} |" for s in steps]
-    lines += ["", "## Scores against the samples' truth", ""]
+    lines += ["", "## Scores against the samples' truth", "", *(note or []), ""]
     if scores:
         lines += ["| sample | organ | DSC | JSC | HD95 (mm) | volume (mm³) | truth volume (mm³) |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -192,29 +219,33 @@ def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict], u
 
 
 def run_demo(out: str | os.PathLike = "mousesegment-demo", *, overwrite: bool = False, seed: int = 0,
-             ct_model: str | os.PathLike | None = None, us_models: dict[str, str] | None = None,
+             ct_model: str | os.PathLike | None = SHIPPED_CT, us_models: dict[str, str] | None = None,
              log: Callable[[str], None] = print) -> list[Step]:
     """Run the headless demo into ``out`` and return its steps; writes report.md and report.json.
 
-    With ``ct_model`` (a MOSnet model folder) the micro-CT samples are segmented and scored; with
-    ``us_models`` (organ -> U-Net model folder) the ultrasound series is.
+    ``ct_model`` (a MOSnet name or folder) segments and scores the micro-CT samples, ``us_models``
+    (organ -> U-Net name or folder; None: the built-in ones) the ultrasound series. None for
+    ``ct_model`` and an empty dict for ``us_models`` skip those steps.
     """
     out = Path(out)
-    models = ([ct_model] if ct_model is not None else []) + list((us_models or {}).values())
+    us_models = dict(SHIPPED_US) if us_models is None else us_models
+    ct_model = None if ct_model is None else str(ct_model)
+    models = ([ct_model] if ct_model is not None else []) + list(us_models.values())
     if models:
+        from .models.registry import resolve
         from .models.store import read_config
 
         for model in models:
-            read_config(model)  # fail before writing anything when a folder is not a model
+            read_config(resolve(model))  # fail before writing anything when a model is missing
     prepare_output(out, overwrite)
     scores: list[dict] = []
     log(f"napari-mousesegment demo -> {out.resolve()}")
     log("micro-CT:")
-    steps = _ct_steps(out, seed, log, Path(ct_model) if ct_model else None, scores)
+    steps = _ct_steps(out, seed, log, ct_model, scores)
     log("fetal ultrasound:")
     us_scores: list[dict] = []
     steps += _us_steps(out, seed, log, us_models, us_scores)
-    _write_report(out, steps, seed, scores, us_scores)
+    _write_report(out, steps, seed, scores, us_scores, _seen_note(seed, ct_model, us_models) if models else None)
     skipped = [s for s in steps if s.status == "skipped"]
     log(f"report: {out / 'report.md'}  ({len(steps) - len(skipped)} steps done, {len(skipped)} skipped)")
     return steps

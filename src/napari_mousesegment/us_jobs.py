@@ -21,12 +21,22 @@ from .metrics import frame_counts, segmentation_scores, write_rows
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
-    """ORGAN=MODEL_DIR pairs, as given to --model."""
+    """Organ -> model, from --model values: ORGAN=MODEL, or a bare MODEL whose config names its organ.
+
+    MODEL is a model folder or an installed model's name (``mousesegment models list``).
+    """
     models = {}
     for spec in specs:
         organ, sep, model = spec.partition("=")
-        if not sep or not organ or not model:
-            raise ValueError(f"--model takes ORGAN=MODEL_DIR, got {spec!r}")
+        if not sep:
+            from .models.registry import resolve
+            from .models.store import read_config
+
+            organ, model = read_config(resolve(spec)).get("organ", ""), spec
+            if not organ:
+                raise ValueError(f"--model {spec}: not an ultrasound U-Net (its config names no organ)")
+        if not organ or not model:
+            raise ValueError(f"--model takes ORGAN=MODEL or MODEL (a name or folder), got {spec!r}")
         models[organ.strip()] = model.strip()
     return models
 
@@ -45,7 +55,8 @@ def load_unets(models: dict[str, str], organs: list[str], device: str = "auto") 
 
     missing = [o for o in organs if o not in models]
     if missing:
-        raise ValueError(f"no model for {', '.join(missing)}; pass --model ORGAN=MODEL_DIR for each organ")
+        raise ValueError(f"no model for {', '.join(missing)}; pass --model ORGAN=MODEL for each organ "
+                         "(a model folder, or a name such as unet-heart-synthetic: see `mousesegment models list`)")
     dev = pick_device(device)
     loaded = {}
     for organ in organs:

@@ -71,9 +71,12 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu",
                kind: str | None = None) -> tuple[torch.nn.Module, Any, dict]:
     """Rebuild a model from its folder, checking the hash and that the weights fit the config.
 
+    ``folder`` is a model folder or the name of an installed model (see :mod:`.registry`).
     ``kind`` ("mosnet" or "unet") refuses a folder holding the other kind, by name.
     """
-    folder = Path(folder)
+    from .registry import resolve
+
+    folder = resolve(folder)
     meta = read_config(folder)
     found = meta.get("kind", "mosnet")
     if found not in KINDS:
@@ -88,7 +91,9 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu",
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ModelError(f"model {folder}: no {WEIGHTS}")
-    if meta.get("sha256") and sha256(weights) != meta["sha256"]:
+    if not meta.get("sha256"):
+        raise ModelError(f"model {folder}: {CONFIG} records no sha256 of {WEIGHTS}, so the weights cannot be verified")
+    if sha256(weights) != meta["sha256"]:
         raise ModelError(f"model {folder}: {WEIGHTS} does not match the sha256 in {CONFIG} (tampered or truncated)")
     try:
         state = load_file(str(weights))

@@ -1,0 +1,256 @@
+"""Named models: built-in ones shipped in the package, user ones in a cache folder, published ones by URL.
+
+- **Built-in** models live in ``napari_mousesegment/models/builtin/NAME/`` and are installed with
+  the package.
+- **User** models live in ``MODELS_HOME/NAME/``: ``$MOUSESEGMENT_HOME/models`` when that is set,
+  else the platform's user data folder (platformdirs). ``mousesegment models import`` puts them
+  there after checking that they load.
+- **Published** models are registry entries (a URL to a zip of a model folder plus the zip's
+  sha256) in ``registry.json`` beside the user models. Asking for such a name downloads the zip
+  through pooch, checks its hash, and imports it as a user model.
+
+Every model folder is loaded with :func:`..store.load_model`, so its weights' sha256 is checked
+and nothing is unpickled, whatever its source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .store import CONFIG, WEIGHTS, ModelError, load_model, read_config
+
+BUILTIN = Path(__file__).parent / "builtin"
+REGISTRY = "registry.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: Files a model folder may carry beside its weights and config (kept on import and export).
+EXTRAS = ("history.csv", "curves.png", "README.md")
+
+
+@dataclass
+class ModelInfo:
+    """One row of ``mousesegment models list``."""
+
+    name: str
+    kind: str
+    organs: list[str]
+    version: str
+    source: str  #: "builtin", "user" or "registry" (published, not downloaded yet)
+    size_bytes: int
+    path: str  #: the folder, or the URL of a registry entry
+
+
+def home() -> Path:
+    """The folder of user models (created on first use)."""
+    root = os.environ.get("MOUSESEGMENT_HOME")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        import platformdirs
+
+        base = platformdirs.user_data_path("napari-mousesegment", appauthor=False)
+    return base / "models"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise ModelError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), "
+                         "starting with a letter or digit")
+    return name
+
+
+def _is_model(folder: Path) -> bool:
+    return (folder / CONFIG).is_file()
+
+
+def _folders(root: Path) -> dict[str, Path]:
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and _is_model(p)}
+
+
+def registry() -> dict[str, dict]:
+    """Published models: name -> {"url", "sha256", and optionally "kind", "organs", "version"}."""
+    path = home() / REGISTRY
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from exc
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or not entry.get("url") or not entry.get("sha256"):
+            raise ModelError(f"{path}: entry {name!r} needs a \"url\" and the \"sha256\" of its zip")
+    return entries
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _info(name: str, folder: Path, source: str) -> ModelInfo:
+    try:
+        meta = read_config(folder)
+    except ModelError:
+        meta = {}
+    organs = meta.get("organs") or ([meta["organ"]] if meta.get("organ") else [])
+    return ModelInfo(name, meta.get("kind", "?"), organs, str(meta.get("version", "?")), source,
+                     _size(folder), str(folder))
+
+
+def list_models() -> list[ModelInfo]:
+    """Built-in, user and published models; a name found in two places is listed twice."""
+    rows = [_info(n, p, "builtin") for n, p in _folders(BUILTIN).items()]
+    user = _folders(home())
+    rows += [_info(n, p, "user") for n, p in user.items()]
+    for name, entry in registry().items():
+        if name not in user:
+            rows.append(ModelInfo(name, entry.get("kind", "?"), list(entry.get("organs", [])),
+                                  str(entry.get("version", "?")), "registry", 0, entry["url"]))
+    return rows
+
+
+def _locations(name: str) -> list[tuple[str, Path]]:
+    found = []
+    for source, root in (("builtin", BUILTIN), ("user", home())):
+        if _is_model(root / name):
+            found.append((source, root / name))
+    return found
+
+
+def resolve(spec: str | os.PathLike) -> Path:
+    """The model folder meant by ``spec``: a folder path, or the name of an installed or published model."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not _is_model(path):
+            raise ModelError(f"model {path}: no {CONFIG} in this folder")
+        return path
+    name = str(spec)
+    if not _NAME.match(name):
+        raise ModelError(f"model {spec}: no such folder, and not a model name")
+    found = _locations(name)
+    if len(found) > 1:
+        where = "; ".join(f"{s} at {p}" for s, p in found)
+        raise ModelError(f"model name {name!r} exists twice ({where}); remove the user copy with "
+                         f"`mousesegment models remove {name}` or import it under another name")
+    if found:
+        return found[0][1]
+    entry = registry().get(name)
+    if entry is not None:
+        return fetch(entry["url"], entry["sha256"], name)
+    known = ", ".join(m.name for m in list_models()) or "none"
+    raise ModelError(f"model {name!r}: no such folder or model name (installed: {known})")
+
+
+def _copy_model(src: Path, dest: Path, force: bool) -> Path:
+    """Copy a model folder's files into ``dest`` through a temporary folder, replacing only when ``force``."""
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()  # an empty folder given as the destination
+    if dest.exists() and not force:
+        raise ModelError(f"{dest} exists and is not empty; pass --force to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        for file in (CONFIG, WEIGHTS, *EXTRAS):
+            if (src / file).is_file():
+                shutil.copy2(src / file, tmp / file)
+        load_model(tmp)  # the copy itself must load: hash, kind and shapes
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _unpack(archive: Path, into: Path) -> Path:
+    """The model folder inside a downloaded zip, unpacked without trusting its member names."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            wanted = {CONFIG, WEIGHTS, *EXTRAS}
+            members = [m for m in zf.infolist() if not m.is_dir() and Path(m.filename).name in wanted]
+            configs = [m for m in members if Path(m.filename).name == CONFIG]
+            if len(configs) != 1:
+                raise ModelError(f"{archive}: expected one model folder (one {CONFIG}) in the zip, "
+                                 f"found {len(configs)}")
+            prefix = str(Path(configs[0].filename).parent)
+            into.mkdir(parents=True, exist_ok=True)
+            for m in members:
+                if str(Path(m.filename).parent) == prefix:  # files of that one folder, by base name only
+                    (into / Path(m.filename).name).write_bytes(zf.read(m))
+    except zipfile.BadZipFile as exc:
+        raise ModelError(f"{archive}: not a zip of a model folder ({exc})") from exc
+    return into
+
+
+def fetch(url: str, sha256: str | None, name: str) -> Path:
+    """Download a published model zip through pooch, check its hash, and import it as ``name``."""
+    import pooch
+
+    check_name(name)
+    downloads = home().parent / "downloads"
+    try:
+        archive = Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
+                                      path=downloads, progressbar=False))
+    except ValueError as exc:  # pooch's hash mismatch
+        raise ModelError(f"model {name} from {url}: {exc}") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _unpack(archive, Path(tmp) / name)
+        return _copy_model(folder, home() / name, force=True)
+
+
+def import_model(source: str | os.PathLike, name: str | None = None, force: bool = False,
+                 sha256: str | None = None) -> Path:
+    """Install a model folder, or a zip of one at a URL, as a user model called ``name``."""
+    text = str(source)
+    is_url = re.match(r"^[a-z][a-z0-9+.-]*://", text) is not None
+    if name is None:
+        name = Path(text.rstrip("/")).name
+        name = name[:-4] if name.endswith(".zip") else name
+    check_name(name)
+    if _is_model(BUILTIN / name):
+        raise ModelError(f"model name {name!r} is a built-in model's; choose another with --name")
+    dest = home() / name
+    if dest.exists() and not force:
+        raise ModelError(f"a user model named {name!r} exists ({dest}); pass --force to replace it")
+    if is_url:
+        return fetch(text, sha256, name)
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: no such model folder")
+    if not _is_model(folder):
+        raise ModelError(f"model {folder}: no {CONFIG} in this folder")
+    return _copy_model(folder, dest, force)
+
+
+def export_model(spec: str, dest: str | os.PathLike, force: bool = False) -> Path:
+    """Copy a named (or folder) model to ``dest``, ready to share or to import elsewhere."""
+    return _copy_model(resolve(spec), Path(dest).expanduser(), force)
+
+
+def remove_model(name: str) -> Path:
+    """Delete a user model; built-in models cannot be removed."""
+    check_name(name)
+    folder = home() / name
+    if not _is_model(folder):
+        if _is_model(BUILTIN / name):
+            raise ModelError(f"model {name!r} is built in and cannot be removed")
+        raise ModelError(f"no user model named {name!r} in {home()}")
+    shutil.rmtree(folder)
+    return folder
+
+
+def as_dicts(rows: list[ModelInfo]) -> list[dict]:
+    return [asdict(r) for r in rows]
