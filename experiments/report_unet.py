@@ -78,9 +78,9 @@ def main(work: Path) -> None:
             shutil.copy(model / "curves.png", images / f"unet_{organ}_curves.png")
     out = ["# Fetal ultrasound U-Nets: measured results", "",
            "Produced by `bash experiments/unet_synthetic.sh WORK` (then `python experiments/report_unet.py WORK`) "
-           f"on a 2-core {platform.machine()} CPU without GPU (torch {torch.__version__}), up to four training "
+           f"on a 2-core {platform.machine()} CPU without GPU (torch {torch.__version__}), two training "
            "runs side by side with OMP_NUM_THREADS=1 each. Data: 25 synthetic series (seeds 0-24, 35 frames of "
-           "240x320) in the lab's layout, turned into a dataset by `mousesegment dataset ultrasound`: 5 series "
+           "240x320, phantom v2: see below) in the lab's layout, turned into a dataset by `mousesegment dataset ultrasound`: 5 series "
            "held out for testing, 16 for training and 4 for validation, split by series.", "",
            "Recipe for the CPU budget: width 8, 128-px training crops, Adam at **1e-3** (the report's 1e-4 is the "
            "CLI default; at 1e-4 the CPU budget ends before the models converge), up to 40 epochs with early "

@@ -70,7 +70,7 @@ def ultrasound_figures() -> None:
 
 
 def napari_figure() -> None:
-    """napari with the contrast micro-CT sample open, 3D rendering of the organ truth."""
+    """napari with the contrast micro-CT sample open: 3D rendering of mosnet-synthetic's organs."""
     import napari
 
     viewer = napari.Viewer(show=True)
@@ -78,7 +78,7 @@ def napari_figure() -> None:
     viewer.open_sample("napari-mousesegment", "ct_contrast")
     viewer.dims.ndisplay = 3
     viewer.layers[0].visible = False
-    viewer.layers[1].opacity = 1.0
+    viewer.layers["organs (mosnet-synthetic)"].opacity = 1.0
     viewer.scene.camera.angles = (0, 20, 80)
     viewer.scene.camera.zoom *= 1.3
     iio.imwrite(OUT / "napari_samples.png", viewer.screenshot(canvas_only=False, flash=False))

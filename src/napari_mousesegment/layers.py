@@ -26,23 +26,27 @@ def organ_features(organs: dict[str, int]) -> dict[str, list]:
 
 def ct_layers(scan: CTPhantom, truth_name: str = "organs (truth)") -> list[LayerData]:
     """An HU image layer and an organ labels layer, in mm, with organ names and colours."""
-    common = {"scale": scan.spacing, "units": ("mm",) * 3, "axis_labels": ("z", "y", "x")}
     image = (
         scan.image,
-        {**common, "name": f"micro-CT {scan.condition} (synthetic, seed {scan.seed})",
+        {**_ct_axes(scan.spacing), "name": f"micro-CT {scan.condition} (synthetic, seed {scan.seed})",
          "colormap": "gray", "contrast_limits": (-500, 1200),
          "metadata": {"condition": scan.condition, "spacing_mm": scan.spacing, "seed": scan.seed}},
         "image",
     )
+    return [image, ct_labels_layer(scan.labels, scan.organs, scan.spacing, truth_name)]
+
+
+def _ct_axes(spacing) -> dict:
+    return {"scale": tuple(spacing), "units": ("mm",) * 3, "axis_labels": ("z", "y", "x")}
+
+
+def ct_labels_layer(labels: np.ndarray, organs: dict[str, int], spacing, name: str,
+                    visible: bool = True) -> LayerData:
+    """Organ labels in mm with the organ names in the features and each organ's colour."""
     colors = {None: "transparent", 0: "transparent"}
-    colors.update({v: CT_COLORS[o] for o, v in scan.organs.items()})
-    labels = (
-        scan.labels,
-        {**common, "name": truth_name, "features": organ_features(scan.organs), "colormap": colors,
-         "opacity": 0.5, "metadata": {"organs": dict(scan.organs)}},
-        "labels",
-    )
-    return [image, labels]
+    colors.update({v: CT_COLORS[o] for o, v in organs.items() if o in CT_COLORS})
+    return (labels, {**_ct_axes(spacing), "name": name, "features": organ_features(organs), "colormap": colors,
+                     "opacity": 0.5, "visible": visible, "metadata": {"organs": dict(organs)}}, "labels")
 
 
 def ultrasound_layers(series: USSeries) -> list[LayerData]:
@@ -53,9 +57,15 @@ def ultrasound_layers(series: USSeries) -> list[LayerData]:
                          "colormap": "gray", "contrast_limits": (0, 255)}, "image")
     ]
     for organ in US_ORGANS:
-        color = np.array([int(_US_COLORS[organ][i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0])
-        n = int(series.labels[organ].max())
-        colormap = {None: "transparent", 0: "transparent", **{k: color for k in range(1, n + 1)}}
-        layers.append((series.labels[organ], {**axes, "name": f"{organ} (truth)", "colormap": colormap,
-                                              "opacity": 0.6, "metadata": {"organ": organ}}, "labels"))
+        layers.append(us_labels_layer(series.labels[organ], organ, f"{organ} (truth)"))
     return layers
+
+
+def us_labels_layer(labels: np.ndarray, organ: str, name: str, visible: bool = True) -> LayerData:
+    """One organ's instance labels over the frame stack, all instances in the organ's colour."""
+    hex_color = _US_COLORS.get(organ, "#f58231")
+    color = np.array([int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0])
+    n = int(labels.max())
+    colormap = {None: "transparent", 0: "transparent", **{k: color for k in range(1, n + 1)}}
+    return (labels, {"axis_labels": ("frame", "y", "x"), "name": name, "colormap": colormap, "opacity": 0.6,
+                     "visible": visible, "metadata": {"organ": organ}}, "labels")

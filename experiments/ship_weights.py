@@ -1,0 +1,80 @@
+"""Install trained model folders as the plugin's built-in models, with honest names and their test scores.
+
+Usage (after experiments/mosnet_synthetic.sh and experiments/unet_synthetic.sh; see ship_weights.sh):
+    python experiments/ship_weights.py CT_WORK US_WORK
+
+Copies CT_WORK/models/full as ``mosnet-synthetic`` and US_WORK/models/unet-ORGAN as
+``unet-ORGAN-synthetic`` into src/napari_mousesegment/models/builtin/, adding to each config a
+name, a version, a plain description and the held-out test scores from the evaluation reports.
+The weights are copied byte for byte, so the sha256 recorded at training still verifies them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from napari_mousesegment.models.store import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN = ROOT / "src" / "napari_mousesegment" / "models" / "builtin"
+VERSION = "1"
+CT_NOTE = ("MOSnet trained on synthetic micro-CT phantoms (10 native + 10 contrast, "
+           "experiments/mosnet_synthetic.sh). For demonstration and testing: train on real scans "
+           "(e.g. the Rosenhain database) before measuring real mice.")
+US_NOTE = ("{organ} U-Net trained on 20 synthetic fetal-ultrasound series (experiments/unet_synthetic.sh). "
+           "For demonstration and testing: train on your lab's annotated series before measuring real litters.")
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _ct_scores(work: Path) -> dict:
+    scores = {}
+    for condition in ("native", "contrast"):
+        summary = work / "reports" / "full" / condition / "summary.csv"
+        if summary.is_file():
+            scores[condition] = {r["organ"]: round(float(r["mean"]), 3) for r in _rows(summary) if r["metric"] == "dsc"}
+    return {"metric": "DSC on held-out phantoms", **scores}
+
+
+def _us_scores(work: Path, organ: str) -> dict:
+    summary = work / "reports" / organ / "summary.csv"
+    row = _rows(summary)[0] if summary.is_file() else {}
+    keys = ("dice", "precision", "recall", "instance_f1")
+    return {"metric": "pixel and instance scores on 5 held-out series", **{k: round(float(row[k]), 3)
+                                                                            for k in keys if k in row}}
+
+
+def ship(source: Path, name: str, description: str, test_scores: dict) -> Path:
+    load_model(source)  # refuse to ship anything that does not verify and load
+    dest = BUILTIN / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    shutil.copy2(source / "weights.safetensors", dest / "weights.safetensors")
+    shutil.copy2(source / "history.csv", dest / "history.csv")
+    meta = json.loads((source / "config.json").read_text())
+    meta.update({"name": name, "version": VERSION, "description": description, "test_scores": test_scores})
+    (dest / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    load_model(dest)
+    size = sum(p.stat().st_size for p in dest.iterdir())
+    print(f"{name}: {size / 1e6:.2f} MB -> {dest}")
+    return dest
+
+
+def main(ct_work: Path, us_work: Path) -> None:
+    ship(ct_work / "models" / "full", "mosnet-synthetic", CT_NOTE, _ct_scores(ct_work))
+    for organ in ("heart", "liver", "placenta"):
+        ship(us_work / "models" / f"unet-{organ}", f"unet-{organ}-synthetic", US_NOTE.format(organ=organ.capitalize()),
+             _us_scores(us_work, organ))
+    total = sum(p.stat().st_size for p in BUILTIN.rglob("*") if p.is_file())
+    print(f"built-in models: {total / 1e6:.2f} MB in all")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

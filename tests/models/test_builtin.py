@@ -1,0 +1,51 @@
+"""The models shipped inside the package: present, verified, small, honestly named and good on held-out data."""
+
+import json
+
+import pytest
+
+from napari_mousesegment.cli import main
+from napari_mousesegment.demo import SHIPPED_CT, SHIPPED_US
+from napari_mousesegment.models.registry import BUILTIN, list_models
+from napari_mousesegment.models.store import load_model
+
+NAMES = {SHIPPED_CT, *SHIPPED_US.values()}
+
+
+def test_the_four_synthetic_models_ship_verified_and_within_20_mb():
+    rows = {r.name: r for r in list_models() if r.source == "builtin"}
+    assert set(rows) == NAMES
+    assert all(name.endswith("-synthetic") for name in rows)
+    assert sum(r.size_bytes for r in rows.values()) <= 20e6
+    for name in NAMES:
+        _, config, meta = load_model(name)  # sha256 checked
+        assert meta["version"] == "1" and "synthetic" in meta["description"]
+        assert meta["test_scores"]["metric"]
+
+
+def test_shipped_unets_met_the_target_on_held_out_series():
+    for organ, name in SHIPPED_US.items():
+        scores = json.loads((BUILTIN / name / "config.json").read_text())["test_scores"]
+        assert scores["dice"] >= 0.85 and scores["precision"] >= 0.9, (organ, scores)
+
+
+def test_cli_lists_the_shipped_models(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOUSESEGMENT_HOME", str(tmp_path))
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in NAMES:
+        assert name in out and "builtin" in out
+
+
+@pytest.mark.slow
+def test_default_demo_segments_the_samples_with_the_shipped_models(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--seed", "250"]) == 0
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert all(s["status"] == "done" for s in report["steps"])
+    ct = {(r["sample"], r["organ"]): r["dsc"] for r in report["scores"]}
+    for condition in ("native", "contrast"):
+        for organ in ("heart", "lungs", "liver", "kidneys"):
+            assert ct[(f"ct {condition}", organ)] > 0.8, (condition, organ, ct[(f"ct {condition}", organ)])
+    us = {r["organ"]: r for r in report["ultrasound_scores"]}
+    assert set(us) == {"heart", "liver", "placenta"} and all(r["dice"] > 0.8 for r in us.values())
+    assert "held-out scores" in report["training_note"]
