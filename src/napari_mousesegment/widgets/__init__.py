@@ -1,0 +1,1 @@
+"""napari widgets: thin Qt front-ends over the core; long work runs in worker threads or processes."""
