@@ -119,7 +119,7 @@ def split_montage(image: np.ndarray, grid: tuple[int, int] | None = None) -> tup
     """Cut a montage into (n, H, W) frames, row by row; the grid is detected when not given."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
-        image = _to_gray(image)
+        image = to_gray(image)
     if image.ndim != 2:
         raise CompositeError(f"a montage must be a 2D image, got shape {image.shape}")
     if grid is None:
@@ -137,7 +137,7 @@ def split_montage(image: np.ndarray, grid: tuple[int, int] | None = None) -> tup
     return frames, (len(rows), len(cols))
 
 
-def _to_gray(image: np.ndarray) -> np.ndarray:
+def to_gray(image: np.ndarray) -> np.ndarray:
     """RGB(A) to gray; exact when the channels are equal, as in exported B-mode images."""
     rgb = image[..., :3]
     if np.all(rgb == rgb[..., :1]):
@@ -189,7 +189,7 @@ def _read_any(path: Path) -> np.ndarray:
 def _read_2d(path: Path) -> np.ndarray:
     image = _read_any(path)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
-        image = _to_gray(image)
+        image = to_gray(image)
     if image.ndim != 2:
         raise CompositeError(f"{path}: expected one 2D frame, got shape {image.shape}")
     return image

@@ -36,8 +36,9 @@ def run_reporting(fn: Callable[..., Any], stop: threading.Event, *args: Any,
     try:
         while (item := events.get()) is not _DONE:
             yield item
-    finally:
-        stop.set()  # also when the generator is closed early (viewer closed, worker quit)
+    except GeneratorExit:  # closed early (worker quit, viewer closed): stop the core call too
+        stop.set()
+        raise
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
