@@ -73,3 +73,30 @@ def test_viewer_opens_an_imagej_roiset_and_saves_labels_back_as_one(make_napari_
     assert layer.features["roi"].tolist()[1:] == [r.name for r in read_rois(source)]
     saved = viewer.layers.save(str(tmp_path / "again.zip"), selected=False, plugin=PLUGIN)
     assert saved and len(read_rois(tmp_path / "again.zip")) == len(np.unique(layer.data)) - 1
+
+
+def test_docs_script_segments_from_code_and_exports_rois(make_napari_viewer, qtbot, tmp_path):
+    import runpy
+
+    from napari_mousesegment.io.roi import read_rois
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "scripts" / "segment_in_napari.py"
+    main = runpy.run_path(str(script))["main"]
+    viewer = make_napari_viewer()
+    widgets = main(viewer, tmp_path / "rois")
+    qtbot.waitUntil(lambda: widgets["ct"].result_layer is not None and widgets["ultrasound"]._run.enabled
+                    and (tmp_path / "rois" / "placenta_RoiSet.zip").exists(), timeout=180_000)
+    assert "organs" in widgets["ct"].result_layer.name
+    assert {p.name for p in (tmp_path / "rois").iterdir()} == {f"{o}_RoiSet.zip" for o in ("heart", "liver", "placenta")}
+    assert len(read_rois(tmp_path / "rois" / "heart_RoiSet.zip")) > 10
+
+
+def test_widgets_appear_under_layers_segment(make_napari_viewer):
+    from app_model.types import MenuItem
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    titles = [item.command.title for item in get_app_model().menus.get_menu("napari/layers/segment")
+              if isinstance(item, MenuItem)]
+    assert "Micro-CT segmentation (napari-mousesegment)" in titles
+    assert "Fetal ultrasound (napari-mousesegment)" in titles

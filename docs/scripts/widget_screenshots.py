@@ -1,0 +1,62 @@
+"""Screenshots of the widgets at work, for the docs: ``xvfb-run -a python docs/scripts/widget_screenshots.py``.
+
+Runs docs/scripts/segment_in_napari.py's ``main`` in a real viewer, waits for both runs, and
+saves docs/images/widget_ct.png and docs/images/widget_ultrasound.png.
+"""
+
+from __future__ import annotations
+
+import runpy
+import tempfile
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import napari
+from qtpy.QtWidgets import QApplication
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "images"
+
+
+def _wait(condition, seconds: float = 300) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the widgets did not finish")
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> None:
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    widgets = runpy.run_path(str(HERE / "segment_in_napari.py"))["main"](viewer, Path(tempfile.mkdtemp()))
+    ct, us = widgets["ct"], widgets["ultrasound"]
+    _wait(lambda: ct.result_layer is not None and us._run.enabled and us.organ_layers)
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith(("micro-CT", "organs")) or "organs (" in layer.name
+    viewer.dims.set_point(0, ct.result_layer.data.shape[0] * 0.28 * 0.45)
+    viewer.window._dock_widgets["Fetal ultrasound (napari-mousesegment)"].hide()
+    _settle()
+    iio.imwrite(OUT / "widget_ct.png", viewer.screenshot(canvas_only=False, flash=False))
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith("series 3") or layer.name.endswith("instances")
+    viewer.window._dock_widgets["Fetal ultrasound (napari-mousesegment)"].show()
+    viewer.window._dock_widgets["Micro-CT segmentation (napari-mousesegment)"].hide()
+    viewer.reset_view()
+    viewer.dims.set_point(0, 10)
+    _settle()
+    iio.imwrite(OUT / "widget_ultrasound.png", viewer.screenshot(canvas_only=False, flash=False))
+    viewer.close()
+    print(f"screenshots written to {OUT}")
+
+
+def _settle() -> None:
+    for _ in range(30):
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    main()
