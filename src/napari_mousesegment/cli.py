@@ -259,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, _grid)
     from .cli_models import add_commands as add_model_commands
 
-    add_model_commands(sub)
+    models_sub = add_model_commands(sub)
+    from .cli_active import add_commands as add_active_commands
+
+    add_active_commands(sub, models_sub)
     return parser
 
 

@@ -50,7 +50,8 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
+def add_commands(sub):
+    """Add `models ...`; returns its sub-parsers so that others can add actions (versions)."""
     models = sub.add_parser("models", help="list, import, export and remove named models")
     models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = models_sub.add_parser("list", help="built-in, user and published models")
@@ -70,3 +71,4 @@ def add_commands(sub) -> None:
     rm = models_sub.add_parser("remove", help="delete a user model")
     rm.add_argument("name")
     rm.set_defaults(func=_cmd_remove)
+    return models_sub

@@ -1,0 +1,1 @@
+"""Active learning: the queue of corrections, what to correct next, and retraining rounds."""

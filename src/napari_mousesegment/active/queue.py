@@ -1,0 +1,283 @@
+"""The durable queue of corrections: arrays on disk, the manifest in SQLite (WAL).
+
+Layout of a queue folder::
+
+    queue.sqlite            items (id, kind, organ, condition, model, state, used_in, ...) and rounds
+    items/<id>/             image.tif, labels.tif, prediction.tif (optional), item.json
+    tmp/                    items being written; whatever is left here after a crash is deleted
+
+An item is written in full under ``tmp/``, then renamed to ``items/<id>`` inside the SQLite
+transaction that records it, so a crash leaves either the whole item or nothing. The viewer and
+a worker (even on another machine sharing the folder) can use the queue at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+KINDS = ("ct", "ultrasound")
+STATES = ("pending", "used")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL, organ TEXT, condition TEXT, model TEXT, model_version TEXT,
+    shape TEXT NOT NULL, touched TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+    used_in TEXT NOT NULL DEFAULT '[]', created TEXT NOT NULL, source TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT, version TEXT, state TEXT NOT NULL,
+    started TEXT NOT NULL, heartbeat REAL, epoch INTEGER, epochs INTEGER, loss REAL, eta_s REAL,
+    items TEXT, metrics TEXT, message TEXT
+);
+"""
+
+
+class QueueError(ValueError):
+    """Bad input to the queue (shapes, empty corrections, unknown items); nothing was changed."""
+
+
+@dataclass
+class Item:
+    """One queued correction and what it came from."""
+
+    id: int
+    kind: str
+    organ: str | None
+    condition: str | None
+    model: str | None
+    model_version: str | None
+    shape: tuple[int, ...]
+    touched: list[int]  #: frames (ultrasound) or slices (ct) where the labels differ from the prediction
+    state: str
+    used_in: list[str] = field(default_factory=list)
+    created: str = ""
+    source: str | None = None
+    folder: Path | None = None
+
+    def image(self) -> np.ndarray:
+        return tifffile.imread(self.folder / "image.tif")
+
+    def labels(self) -> np.ndarray:
+        return tifffile.imread(self.folder / "labels.tif")
+
+
+def touched_planes(labels: np.ndarray, prediction: np.ndarray | None) -> list[int]:
+    """Frames or slices (first axis) where the correction differs from the prediction; without a
+    prediction, those with any label."""
+    if prediction is None:
+        return [int(k) for k in np.nonzero(labels.reshape(len(labels), -1).any(1))[0]]
+    diff = (labels != prediction).reshape(len(labels), -1).any(1)
+    return [int(k) for k in np.nonzero(diff)[0]]
+
+
+class Queue:
+    """A queue folder; created on first use."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        (self.root / "items").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(exist_ok=True)
+        with closing(self._connect()) as db:
+            db.executescript(_SCHEMA)
+        self._clean()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / "queue.sqlite", timeout=60, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=60000")
+        db.row_factory = sqlite3.Row
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so writers queue up, never interleave."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _clean(self) -> None:
+        """Delete what a crash left: half-written items in tmp/, and item folders with no record."""
+        for leftover in (self.root / "tmp").iterdir():
+            if time.time() - leftover.stat().st_mtime > 600:  # another process may be writing a fresh one
+                shutil.rmtree(leftover, ignore_errors=True)
+        with closing(self._connect()) as db:
+            known = {str(r["id"]) for r in db.execute("SELECT id FROM items")}
+        for folder in (self.root / "items").iterdir():
+            if folder.name not in known and time.time() - folder.stat().st_mtime > 600:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def add(self, image: np.ndarray, labels: np.ndarray, kind: str, *, organ: str | None = None,
+            condition: str | None = None, model: str | None = None, model_version: str | None = None,
+            prediction: np.ndarray | None = None, source: str | None = None) -> Item:
+        """Store one correction durably and return it; bad input raises :class:`QueueError`."""
+        image, labels = np.asarray(image), np.asarray(labels)
+        if kind not in KINDS:
+            raise QueueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if (organ is None) == (condition is None):
+            raise QueueError("give exactly one of organ (ultrasound) or condition (ct)")
+        if kind == "ultrasound" and organ is None or kind == "ct" and condition is None:
+            raise QueueError(f"a {kind} correction needs {'--organ' if kind == 'ultrasound' else '--condition'}")
+        if image.ndim != 3:
+            raise QueueError(f"the image must be a (frames or slices, y, x) stack, got shape {image.shape}")
+        if labels.shape != image.shape:
+            raise QueueError(f"labels of shape {labels.shape} do not match the image's {image.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise QueueError(f"labels must be integers, got {labels.dtype}")
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise QueueError("the image contains NaN or infinite values")
+        if prediction is not None and np.asarray(prediction).shape != labels.shape:
+            raise QueueError(f"the prediction's shape {np.asarray(prediction).shape} differs from the labels' {labels.shape}")
+        touched = touched_planes(labels, None if prediction is None else np.asarray(prediction))
+        if not labels.any() or not touched:
+            raise QueueError("the correction is empty (no labels, or identical to the prediction): nothing to learn")
+        staging = self.root / "tmp" / uuid.uuid4().hex
+        staging.mkdir()
+        try:
+            arrays = {"image": image, "labels": labels, "prediction": prediction}
+            for name, array in arrays.items():  # one gray page per frame, even for 3 or 4 frames
+                if array is not None:
+                    tifffile.imwrite(staging / f"{name}.tif", np.asarray(array), compression="zlib",
+                                     photometric="minisblack")
+            created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            meta = {"kind": kind, "organ": organ, "condition": condition, "model": model,
+                    "model_version": model_version, "shape": list(image.shape), "touched": touched,
+                    "created": created, "source": source}
+            (staging / "item.json").write_text(json.dumps(meta, indent=2))
+            for f in staging.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            with self._transaction() as db:
+                cur = db.execute(
+                    "INSERT INTO items (kind, organ, condition, model, model_version, shape, touched, created, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (kind, organ, condition, model, model_version, json.dumps(list(image.shape)),
+                     json.dumps(touched), created, source))
+                target = self.root / "items" / str(cur.lastrowid)
+                if target.exists():  # left by a crash between this rename and its commit: no record names it
+                    shutil.rmtree(target)
+                os.replace(staging, target)
+        except OSError as exc:  # a full disk, a read-only folder: the queue is left as it was
+            shutil.rmtree(staging, ignore_errors=True)
+            raise QueueError(f"{self.root}: could not store the correction ({exc}); the queue is unchanged") from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.get(cur.lastrowid)
+
+    def _item(self, row: sqlite3.Row) -> Item:
+        return Item(row["id"], row["kind"], row["organ"], row["condition"], row["model"], row["model_version"],
+                    tuple(json.loads(row["shape"])), json.loads(row["touched"]), row["state"],
+                    json.loads(row["used_in"]), row["created"], row["source"], self.root / "items" / str(row["id"]))
+
+    def get(self, item_id: int) -> Item:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM items WHERE id = ?", (int(item_id),)).fetchone()
+        if row is None:
+            raise QueueError(f"{self.root}: no item {item_id}")
+        return self._item(row)
+
+    def items(self, state: str | None = None) -> list[Item]:
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT * FROM items" + (" WHERE state = ?" if state else "") + " ORDER BY id",
+                              (state,) if state else ()).fetchall()
+        return [self._item(r) for r in rows]
+
+    def status(self) -> dict:
+        """Counts by state, and the last training round."""
+        with closing(self._connect()) as db:
+            counts = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+            last = db.execute("SELECT * FROM rounds ORDER BY id DESC LIMIT 1").fetchone()
+        out = {"items": sum(counts.values()), **{s: counts.get(s, 0) for s in STATES}}
+        out["last_round"] = dict(last) if last else None
+        return out
+
+    def remove(self, item_id: int) -> None:
+        """Delete an item: its record first, then its files."""
+        with self._transaction() as db:
+            if db.execute("DELETE FROM items WHERE id = ?", (int(item_id),)).rowcount == 0:
+                raise QueueError(f"{self.root}: no item {item_id}")
+        shutil.rmtree(self.root / "items" / str(int(item_id)), ignore_errors=True)
+
+    def mark_used(self, item_ids: list[int], version: str) -> None:
+        with self._transaction() as db:
+            for item_id in item_ids:
+                row = db.execute("SELECT used_in FROM items WHERE id = ?", (item_id,)).fetchone()
+                if row is not None:
+                    used = json.loads(row["used_in"]) + [version]
+                    db.execute("UPDATE items SET state = 'used', used_in = ? WHERE id = ?", (json.dumps(used), item_id))
+
+    # Training rounds: the worker records its progress here; the widget and `queue status` read it.
+    def start_round(self, model: str, items: list[int]) -> int:
+        with self._transaction() as db:
+            cur = db.execute("INSERT INTO rounds (model, state, started, heartbeat, items) VALUES (?, 'running', ?, ?, ?)",
+                             (model, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time(), json.dumps(items)))
+            return int(cur.lastrowid)
+
+    def update_round(self, round_id: int, **fields) -> None:
+        fields["heartbeat"] = time.time()
+        for key in ("metrics",):
+            if key in fields and not isinstance(fields[key], str):
+                fields[key] = json.dumps(fields[key])
+        names = ", ".join(f"{k} = ?" for k in fields)
+        with self._transaction() as db:
+            db.execute(f"UPDATE rounds SET {names} WHERE id = ?", (*fields.values(), round_id))
+
+    def rounds(self) -> list[dict]:
+        with closing(self._connect()) as db:
+            return [dict(r) for r in db.execute("SELECT * FROM rounds ORDER BY id")]
+
+
+def export_dataset(queue: Queue, out: str | os.PathLike, val_fraction: float = 0.2) -> Path:
+    """The queued ultrasound corrections as a dataset folder (the `dataset ultrasound` contract).
+
+    Each item becomes one series of its touched frames, with that organ's labels; items are split
+    into training and validation by item, so `mousesegment train unet --data OUT` can use it.
+    """
+    from ..data.us_dataset import split_series
+    from ..io.composites import write_stack
+
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise QueueError(f"{root} is not empty; choose another --out")
+    items = queue.items()
+    skipped = [i.id for i in items if i.kind != "ultrasound"]
+    if skipped:
+        raise QueueError(f"items {skipped} are micro-CT corrections; exporting them as a micro-CT dataset "
+                         "is not available yet (remove them or export another queue)")
+    if len(items) < 2:
+        raise QueueError(f"{queue.root}: {len(items)} item(s); a dataset needs at least 2 (training and validation)")
+    names = {i.id: f"item_{i.id:05d}" for i in items}
+    split = split_series(list(names.values()), test=0, val_fraction=val_fraction)
+    staging = root.with_name(root.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    meta: dict = {"kind": "ultrasound", "organs": sorted({i.organ for i in items}), "test": 0,
+                  "val_fraction": val_fraction, "seed": 0, "series": {}, "source": f"queue {queue.root}"}
+    for item in items:
+        folder = staging / "series" / names[item.id]
+        folder.mkdir(parents=True)
+        write_stack(folder / "frames.tif", item.image()[item.touched])
+        write_stack(folder / f"{item.organ}_labels.tif", item.labels()[item.touched], compress=True)
+        meta["series"][names[item.id]] = {"split": split[names[item.id]], "frames": len(item.touched),
+                                          "organs": [item.organ], "source": f"queue item {item.id}"}
+    (staging / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if root.exists():
+        root.rmdir()
+    os.replace(staging, root)
+    return root

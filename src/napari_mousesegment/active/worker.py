@@ -1,0 +1,174 @@
+"""Retraining rounds: queued corrections -> fine-tuned model -> a new version, promoted if not worse.
+
+One worker at a time per queue (an OS file lock, released even when the process is killed). A
+round marks its items used only after its version is published, so a killed round leaves them
+pending and the next run does the whole round again; the store keeps serving the last good
+version throughout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .queue import Item, Queue, QueueError
+
+
+@contextmanager
+def worker_lock(root: Path) -> Iterator[None]:
+    """Hold the queue's worker lock, or refuse at once if another worker has it."""
+    path = Path(root) / "worker.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise QueueError(f"{root}: another worker is running a round on this queue "
+                             f"(pid {fh.read().strip() or '?'}); wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def split_frames(items: list[Item], every: int = 4) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(item, frame) pairs of the touched frames for training and for the held-out guard.
+
+    Every ``every``-th touched frame (at least one, when there are two or more) is held out to
+    check that a new version is not worse; the rest are trained on.
+    """
+    pairs = [(item.id, frame) for item in items for frame in item.touched]
+    held = [p for k, p in enumerate(pairs) if k % every == every - 1]
+    if not held and len(pairs) >= 2:
+        held = [pairs[-1]]
+    train = [p for p in pairs if p not in held]
+    return train, held
+
+
+def _gather(items: list[Item], pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    by_id = {item.id: item for item in items}
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    frames, masks = [], []
+    for item_id, frame in pairs:
+        if item_id not in cache:
+            cache[item_id] = by_id[item_id].image(), by_id[item_id].labels()
+        frames.append(cache[item_id][0][frame])
+        masks.append(cache[item_id][1][frame])
+    return np.stack(frames), np.stack(masks)
+
+
+def pixel_dice(model, frames: np.ndarray, masks: np.ndarray) -> float:
+    """Pixel Dice of the model's thresholded probability against ``masks`` over all frames."""
+    from ..inference.ultrasound import predict_probabilities
+
+    pred = predict_probabilities(model, frames) > model.config.threshold
+    truth = masks > 0
+    denom = pred.sum() + truth.sum()
+    return 1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom)
+
+
+def _replay(data: str | None, organ: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A random sample of ``n`` training frames of the original dataset, when one is given."""
+    if not data:
+        return None
+    from ..data.us_dataset import load_us_items
+
+    items = [i for i in load_us_items([data], organ) if i.split == "train"]
+    if not items:
+        return None
+    frames = np.concatenate([i.frames for i in items])
+    masks = np.concatenate([i.labels[organ] for i in items])
+    pick = np.random.default_rng(seed).choice(len(frames), size=min(n, len(frames)), replace=False)
+    return frames[pick], masks[pick]
+
+
+def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto",
+                     guard: float = 0.0, replay: str | None = None, settings=None,
+                     log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Fine-tune one organ's U-Net on its queued corrections and publish the result as a version."""
+    from ..models import versions
+    from ..models.preprocess import pick_device
+    from ..models.store import load_unet
+    from ..training.finetune import FineTuneSettings, fine_tune_unet
+
+    organ = items[0].organ
+    name = versions.lab_name(model_spec)
+    versions.ensure_base(name, model_spec)
+    current = next(v["version"] for v in versions.versions(name) if v["current"])
+    dev = pick_device(device)
+    model, config, _ = load_unet(name, dev)
+    train_pairs, held_pairs = split_frames(items)
+    if not train_pairs:
+        raise QueueError(f"{organ}: corrections touch {len(held_pairs)} frame(s); need at least 2 (1 held out)")
+    frames, masks = _gather(items, train_pairs)
+    held_f, held_m = _gather(items, held_pairs) if held_pairs else (frames[:0], masks[:0])
+    settings = settings or FineTuneSettings()
+    round_id = queue.start_round(name, [i.id for i in items])
+    log(f"round {round_id}: {name} (v{current}) on {len(train_pairs)} corrected frames of {len(items)} item(s), "
+        f"{len(held_pairs)} held out; device {dev}")
+
+    def report(event: dict) -> None:
+        queue.update_round(round_id, epoch=event["epoch"], epochs=event["epochs"], loss=event["loss"],
+                           eta_s=event["eta_s"])
+        log(f"  epoch {event['epoch']}/{event['epochs']}: loss {event['loss']:.4f}, eta {event['eta_s']:.0f} s")
+
+    try:
+        tuned = fine_tune_unet(model, frames, masks, settings, _replay(replay, organ, len(frames), settings.seed),
+                               progress=report, should_stop=should_stop)
+        before = pixel_dice(model, held_f, held_m) if len(held_f) else float("nan")
+        after = pixel_dice(tuned, held_f, held_m) if len(held_f) else float("nan")
+        metrics = {"held_out_frames": len(held_pairs), "dice_before": before, "dice_after": after,
+                   "train_frames": len(train_pairs)}
+        version = versions.publish(name, tuned, config, current, [i.id for i in items], metrics)
+        promoted = bool(len(held_f)) and after >= before - guard  # no held-out frame: never promoted blind
+        if promoted:
+            versions.promote(name, version)
+        queue.mark_used([i.id for i in items], f"{name}:v{version}")
+        verdict = ("promoted" if promoted else "kept, not promoted ("
+                   + ("worse on the held-out frames)" if len(held_f) else "no held-out frame to check it on)"))
+        queue.update_round(round_id, state="done", version=version,
+                           metrics={**metrics, "promoted": promoted}, message=verdict)
+        log(f"round {round_id}: held-out Dice {before:.3f} -> {after:.3f}; version {version} {verdict}")
+        return {"model": name, "version": version, "promoted": promoted, **metrics}
+    except BaseException as exc:
+        queue.update_round(round_id, state="cancelled" if isinstance(exc, InterruptedError) else "failed",
+                           message=str(exc))
+        raise
+
+
+def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: float = 0.0,
+               replay: str | None = None, settings=None, log: Callable[[str], None] = print,
+               should_stop: Callable[[], bool] = lambda: False) -> list[dict]:
+    """One round per (model, organ) group of pending items; returns what each round did."""
+    queue = Queue(queue_dir)
+    results = []
+    with worker_lock(queue.root):
+        for stale in (r for r in queue.rounds() if r["state"] == "running"):  # we hold the lock: it died
+            queue.update_round(stale["id"], state="interrupted", message="the worker stopped mid-round; rerun")
+        pending = queue.items("pending")
+        if not pending:
+            log("no pending corrections")
+            return []
+        groups: dict[tuple, list[Item]] = {}
+        for item in pending:
+            groups.setdefault((item.kind, item.model, item.organ, item.condition), []).append(item)
+        for (kind, model, organ, condition), items in groups.items():
+            if kind != "ultrasound":
+                log(f"{len(items)} micro-CT correction(s) for {model} stay pending: micro-CT retraining "
+                    "rounds are not available yet")
+                continue
+            if not model:
+                log(f"{len(items)} {organ} correction(s) name no model; add them with --model")
+                continue
+            results.append(ultrasound_round(queue, items, model, device=device, guard=guard, replay=replay,
+                                            settings=settings, log=log, should_stop=should_stop))
+    return results

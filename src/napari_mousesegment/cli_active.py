@@ -1,0 +1,193 @@
+"""``mousesegment queue ...`` and ``mousesegment worker``: the active-learning loop from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _read_array(path: Path):
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise ValueError(f"{path}: not a readable TIFF ({exc})") from exc
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    from .active.queue import Queue
+
+    model_version = None
+    if args.model:
+        from .models.registry import resolve
+        from .models.store import read_config
+
+        meta = read_config(resolve(args.model))  # an unknown model is refused before anything is written
+        model_version = str(meta.get("version", ""))
+        if args.kind == "ultrasound" and meta.get("organ") not in (None, args.organ):
+            raise ValueError(f"--model {args.model} segments {meta.get('organ')!r}, not {args.organ!r}")
+        if args.kind == "ct" and args.condition not in meta.get("conditions", [args.condition]):
+            raise ValueError(f"--model {args.model} knows conditions {meta.get('conditions')}, not {args.condition!r}")
+    image, labels = _read_array(args.image), _read_array(args.labels)
+    prediction = _read_array(args.prediction) if args.prediction else None
+    item = Queue(args.queue).add(image, labels, args.kind, organ=args.organ, condition=args.condition,
+                                 model=args.model, model_version=model_version, prediction=prediction,
+                                 source=str(args.labels))
+    print(f"added item {item.id}: {item.kind} {item.organ or item.condition}, "
+          f"{len(item.touched)} corrected frame(s)/slice(s)")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .active.queue import Queue
+
+    items = Queue(args.queue).items()
+    if args.json:
+        print(json.dumps([{k: (str(v) if k == "folder" else v) for k, v in asdict(i).items()} for i in items],
+                         indent=2))
+        return 0
+    for i in items:
+        used = f" used in {', '.join(i.used_in)}" if i.used_in else ""
+        print(f"{i.id:>5}  {i.state:<8} {i.kind:<10} {i.organ or i.condition:<10} model {i.model or '-'}  "
+              f"{len(i.touched)} touched{used}  {i.created}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .active.queue import Queue
+
+    status = Queue(args.queue).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"{status['items']} items: {status['pending']} pending, {status['used']} used")
+        last = status["last_round"]
+        if last:
+            print(f"last round {last['id']}: {last['model']} {last['state']}"
+                  f"{' -> version ' + str(last['version']) if last['version'] else ''} {last['message'] or ''}")
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    from .active.queue import Queue
+
+    Queue(args.queue).remove(args.id)
+    print(f"removed item {args.id}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .active.queue import Queue, export_dataset
+
+    print(f"dataset -> {export_dataset(Queue(args.queue), args.out)}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import time
+
+    from .active.worker import run_rounds
+    from .training.finetune import FineTuneSettings
+
+    settings = FineTuneSettings(epochs=args.epochs, lr=args.lr)
+    start = time.monotonic()
+    stop = (lambda: time.monotonic() - start > args.max_minutes * 60) if args.max_minutes else (lambda: False)
+    while True:
+        results = run_rounds(args.queue, device=args.device, guard=args.guard, replay=args.replay,
+                             settings=settings, should_stop=stop)
+        for r in results:
+            print(f"{r['model']} v{r['version']}: held-out Dice {r['dice_before']:.3f} -> {r['dice_after']:.3f}, "
+                  f"{'promoted' if r['promoted'] else 'not promoted'}")
+        if args.once or stop():
+            return 0
+        time.sleep(args.poll)
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    from .models.versions import versions
+
+    rows = versions(args.name)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"{args.name}: no versions (no retraining round has published one)")
+    for r in rows:
+        m = r.get("metrics") or {}
+        score = f"held-out Dice {m['dice_before']:.3f} -> {m['dice_after']:.3f}" if "dice_after" in m else ""
+        print(f"{'*' if r['current'] else ' '} v{r['version']:<4} {r['created']}  parent {r['parent']}  "
+              f"items {r['items']}  {score}")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from .models.versions import promote
+
+    print(f"{args.name}: version {args.version} is current ({promote(args.name, args.version)})")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from .models.versions import rollback
+
+    print(f"{args.name}: rolled back to version {rollback(args.name)}")
+    return 0
+
+
+def add_commands(sub, models_sub) -> None:
+    queue = sub.add_parser("queue", help="the active-learning queue of corrections")
+    qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = qsub.add_parser("add", help="queue a corrected labels stack with its image")
+    add.add_argument("--queue", type=Path, required=True)
+    add.add_argument("--image", type=Path, required=True, help="(frames or slices, y, x) TIFF")
+    add.add_argument("--labels", type=Path, required=True, help="the corrected labels, same shape")
+    add.add_argument("--kind", choices=["ct", "ultrasound"], required=True)
+    who = add.add_mutually_exclusive_group(required=True)
+    who.add_argument("--organ", help="ultrasound: the organ the labels are of")
+    who.add_argument("--condition", help="ct: native, contrast or another condition of the model")
+    add.add_argument("--model", default=None, help="the model (name or folder) whose prediction was corrected")
+    add.add_argument("--prediction", type=Path, default=None, help="that prediction: touched frames are where they differ")
+    add.set_defaults(func=_cmd_add)
+    for action, helptext, func in (("list", "every item", _cmd_list), ("status", "counts and the last round", _cmd_status)):
+        p = qsub.add_parser(action, help=helptext)
+        p.add_argument("--queue", type=Path, required=True)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    rm = qsub.add_parser("remove", help="delete one item")
+    rm.add_argument("--queue", type=Path, required=True)
+    rm.add_argument("id", type=int)
+    rm.set_defaults(func=_cmd_remove)
+    ex = qsub.add_parser("export", help="the corrections as a dataset folder for `train unet`")
+    ex.add_argument("--queue", type=Path, required=True)
+    ex.add_argument("--out", type=Path, required=True)
+    ex.set_defaults(func=_cmd_export)
+
+    worker = sub.add_parser("worker", help="retrain on the queued corrections and publish model versions")
+    worker.add_argument("--queue", type=Path, required=True)
+    worker.add_argument("--once", action="store_true", help="one pass over the pending items, then exit")
+    worker.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    worker.add_argument("--max-minutes", type=float, default=None, help="stop (cleanly) after this long")
+    worker.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs per round (40)")
+    worker.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (3e-4)")
+    worker.add_argument("--guard", type=float, default=0.0,
+                        help="promote when held-out Dice drops by at most this much (0: must not get worse)")
+    worker.add_argument("--replay", default=None, metavar="DATASET",
+                        help="the model's original dataset folder: half of each batch is replayed from it")
+    worker.add_argument("--poll", type=float, default=30.0, help="seconds between passes without --once (30)")
+    worker.set_defaults(func=_cmd_worker)
+
+    ver = models_sub.add_parser("versions", help="the versions of a retrained model")
+    ver.add_argument("name")
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(func=_cmd_versions)
+    pro = models_sub.add_parser("promote", help="make a version the current one")
+    pro.add_argument("name")
+    pro.add_argument("version")
+    pro.set_defaults(func=_cmd_promote)
+    rb = models_sub.add_parser("rollback", help="return to the version that was current before")
+    rb.add_argument("name")
+    rb.set_defaults(func=_cmd_rollback)

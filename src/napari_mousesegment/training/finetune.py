@@ -1,0 +1,88 @@
+"""Fine-tune a trained U-Net on a few corrected frames, with replay of its original data when available."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..inference.ultrasound import to_unit
+from ..models.unet import UNet
+from .augment import AugmentSettings, augment
+from .losses import dice_bce_loss
+from .us_trainer import _crops
+
+
+@dataclass
+class FineTuneSettings:
+    """A short, gentle round: few epochs at a low learning rate, so the model adapts without forgetting."""
+
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 3e-4
+    steps_per_epoch: int = 4
+    replay_fraction: float = 0.5  #: share of each batch drawn from the original data, when given
+    seed: int = 0
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("epochs, steps per epoch and batch size must be at least 1")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ValueError(f"the replay fraction must lie in [0, 1), got {self.replay_fraction}")
+
+
+def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings: FineTuneSettings,
+                   replay: tuple[np.ndarray, np.ndarray] | None = None,
+                   progress: Callable[[dict], None] | None = None,
+                   should_stop: Callable[[], bool] = lambda: False) -> UNet:
+    """A fine-tuned copy of ``model`` (the original is left untouched).
+
+    ``frames`` and ``masks`` are the corrected (n, H, W) frames and their organ masks; ``replay``
+    the same for a sample of the original training data. ``progress`` gets one dict per epoch
+    (epoch, epochs, loss, eta_s); ``should_stop`` is checked between steps.
+    """
+    if len(frames) == 0:
+        raise ValueError("no corrected frames to learn from")
+    device = next(model.parameters()).device
+    tuned = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(settings.seed)
+    own_f = torch.from_numpy(to_unit(frames))[:, None]
+    own_m = torch.from_numpy((masks > 0).astype(np.float32))[:, None]
+    if replay is not None and len(replay[0]):
+        old_f = torch.from_numpy(to_unit(replay[0]))[:, None]
+        old_m = torch.from_numpy((replay[1] > 0).astype(np.float32))[:, None]
+    else:
+        old_f = old_m = None
+    n_old = int(round(settings.batch_size * settings.replay_fraction)) if old_f is not None else 0
+    size = tuned.config.image_size
+    t0 = time.monotonic()
+    for epoch in range(settings.epochs):
+        total = 0.0
+        for _ in range(settings.steps_per_epoch):
+            if should_stop():
+                raise InterruptedError("retraining cancelled")
+            f, m = _crops(own_f, own_m, rng.integers(0, len(own_f), settings.batch_size - n_old), size, rng)
+            if n_old:
+                rf, rm = _crops(old_f, old_m, rng.integers(0, len(old_f), n_old), size, rng)
+                f, m = torch.cat([f, rf]), torch.cat([m, rm])
+            f, m = augment(f.to(device), m.to(device), settings.augment, generator)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = tuned(f)
+            loss = dice_bce_loss(logits.float(), m)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        if progress:
+            elapsed = time.monotonic() - t0
+            progress({"epoch": epoch + 1, "epochs": settings.epochs, "loss": total / settings.steps_per_epoch,
+                      "eta_s": elapsed / (epoch + 1) * (settings.epochs - epoch - 1)})
+    return tuned.eval()

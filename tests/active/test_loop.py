@@ -1,0 +1,115 @@
+"""The active-learning loop end to end on synthetic data, and the worker's crash safety."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from napari_mousesegment.active.queue import Queue, QueueError
+from napari_mousesegment.active.worker import pixel_dice, run_rounds, worker_lock
+from napari_mousesegment.cli import main
+from napari_mousesegment.data.phantom_us import ultrasound_series
+from napari_mousesegment.models import versions
+from napari_mousesegment.models.store import load_unet
+from napari_mousesegment.training.finetune import FineTuneSettings
+from napari_mousesegment.us_jobs import segment_frames
+
+BASE = "unet-heart-synthetic"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOUSESEGMENT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / "models"
+
+
+def _new_scanner(frames: np.ndarray) -> np.ndarray:
+    """The lab's new scanner: lower gain and a raised floor, where the shipped model is weak."""
+    return (np.clip(frames.astype(float) * 0.5 + 70, 0, 255).astype(np.uint8) * (frames > 0)).astype(np.uint8)
+
+
+def _queue_corrections(root, seed=270, n_frames=8):
+    series = ultrasound_series(seed=seed)
+    frames, truth = _new_scanner(series.frames), series.labels["heart"]
+    model, _, _ = load_unet(BASE)
+    _, pred = segment_frames(model, frames)
+    with_hearts = [k for k in range(len(truth)) if truth[k].any()]
+    corrected = pred.copy()
+    corrected[with_hearts[:n_frames]] = truth[with_hearts[:n_frames]]  # the user fixes a handful of frames
+    queue = Queue(root)
+    queue.add(frames, corrected, "ultrasound", organ="heart", model=BASE, prediction=pred)
+    rest = [k for k in range(len(truth)) if k not in with_hearts[:n_frames]]
+    return queue, model, frames[rest], truth[rest]
+
+
+def test_corrections_make_the_model_better_and_the_new_version_is_promoted(home, tmp_path):
+    queue, weak, other_frames, other_truth = _queue_corrections(tmp_path / "q")
+    t0 = time.monotonic()
+    [result] = run_rounds(queue.root, settings=FineTuneSettings(epochs=15), log=lambda m: None)
+    seconds = time.monotonic() - t0
+    assert seconds < 180
+    assert result["model"] == f"{BASE}-lab" and result["promoted"]
+    assert result["dice_after"] > result["dice_before"] + 0.2  # on the held-out corrected frames
+    better, config, meta = load_unet(f"{BASE}-lab")  # the promoted version is what the name loads
+    assert meta["version"] == result["version"] == "1" and meta["parent_version"] == "0"
+    assert pixel_dice(better, other_frames, other_truth) > pixel_dice(weak, other_frames, other_truth) + 0.2
+    assert [i.state for i in queue.items()] == ["used"] and queue.items()[0].used_in == [f"{BASE}-lab:v1"]
+    assert queue.status()["last_round"]["state"] == "done"
+    assert run_rounds(queue.root, log=lambda m: None) == []  # nothing pending: no round runs twice
+
+
+def test_versions_promote_and_rollback_from_the_cli(home, tmp_path, capsys):
+    queue, *_ = _queue_corrections(tmp_path / "q")
+    assert main(["worker", "--queue", str(queue.root), "--once", "--epochs", "5"]) == 0
+    name = f"{BASE}-lab"
+    capsys.readouterr()
+    assert main(["models", "versions", name, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in rows] == ["0", "1"] and rows[0]["parent"] is None and rows[1]["parent"] == "0"
+    assert rows[1]["items"] == [1] and "dice_after" in rows[1]["metrics"]
+    if rows[1]["current"]:  # promoted: roll back to the shipped weights, then forward again
+        assert main(["models", "rollback", name]) == 0
+        assert load_unet(name)[2]["version"] == "0"
+    assert main(["models", "promote", name, "1"]) == 0 and load_unet(name)[2]["version"] == "1"
+    assert main(["models", "promote", name, "9"]) == 2
+
+
+def test_a_second_worker_on_the_same_queue_refuses(home, tmp_path):
+    queue = Queue(tmp_path / "q")
+    with worker_lock(queue.root):
+        with pytest.raises(QueueError, match="another worker"):
+            run_rounds(queue.root, log=lambda m: None)
+
+
+def test_kill_9_mid_round_keeps_the_queue_and_the_last_good_version(home, tmp_path):
+    queue, *_ = _queue_corrections(tmp_path / "q")
+    env = {**os.environ, "MOUSESEGMENT_HOME": str(home.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_mousesegment.cli", "worker", "--queue", str(queue.root),
+                             "--once", "--epochs", "400"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        last = queue.status()["last_round"]
+        if last and (last["epoch"] or 0) >= 2:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [i.state for i in queue.items()] == ["pending"]  # nothing lost, nothing marked used
+    served = load_unet(f"{BASE}-lab")[2]
+    assert served["version"] == "0"  # the last good version still loads, hash verified
+    [result] = run_rounds(queue.root, settings=FineTuneSettings(epochs=5), log=lambda m: None)  # lock was released
+    assert result["version"] == "1" and [i.state for i in queue.items()] == ["used"]
+    assert [r["state"] for r in queue.rounds()] == ["interrupted", "done"]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_a_round_runs_on_the_gpu_when_there_is_one(home, tmp_path):
+    queue, *_ = _queue_corrections(tmp_path / "q")
+    logs = []
+    [result] = run_rounds(queue.root, device="cuda", settings=FineTuneSettings(epochs=5), log=logs.append)
+    assert "device cuda" in logs[0] and result["version"] == "1"
