@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 LayerData = tuple[Any, dict, str]
 Reader = Callable[[Any], list[LayerData]]

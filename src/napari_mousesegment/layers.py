@@ -65,7 +65,6 @@ def us_labels_layer(labels: np.ndarray, organ: str, name: str, visible: bool = T
     """One organ's instance labels over the frame stack, all instances in the organ's colour."""
     hex_color = _US_COLORS.get(organ, "#f58231")
     color = np.array([int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0])
-    n = int(labels.max())
-    colormap = {None: "transparent", 0: "transparent", **{k: color for k in range(1, n + 1)}}
+    colormap = {None: color, 0: "transparent"}  # every instance, also ones painted later, in the organ's colour
     return (labels, {"axis_labels": ("frame", "y", "x"), "name": name, "colormap": colormap, "opacity": 0.6,
                      "visible": visible, "metadata": {"organ": organ}}, "labels")

@@ -14,7 +14,6 @@ from napari_mousesegment.active.queue import Queue, QueueError
 from napari_mousesegment.active.worker import pixel_dice, run_rounds, worker_lock
 from napari_mousesegment.cli import main
 from napari_mousesegment.data.phantom_us import ultrasound_series
-from napari_mousesegment.models import versions
 from napari_mousesegment.models.store import load_unet
 from napari_mousesegment.training.finetune import FineTuneSettings
 from napari_mousesegment.us_jobs import segment_frames

@@ -3,7 +3,8 @@
 The core (no napari, no Qt) takes ``progress(done, total)`` and ``should_stop()``; napari's
 ``thread_worker`` wants a generator that yields. :func:`run_reporting` bridges the two: the core
 call runs in a helper thread and its progress events are yielded to the GUI thread as they come.
-Cancelling sets ``stop``, which the core checks between batches.
+Cancelling sets ``stop``, which the core checks between batches. :func:`stop_and_wait` is what a
+widget does when the viewer closes under a running job.
 """
 
 from __future__ import annotations
@@ -43,3 +44,23 @@ def run_reporting(fn: Callable[..., Any], stop: threading.Event, *args: Any,
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def stop_and_wait(job: dict, *_) -> None:
+    """The viewer is closing: stop the running job, detach it from the widgets about to be
+    deleted, and let its thread end before Qt tears the worker's signals down."""
+    from superqt.utils._qthreading import WorkerBase
+
+    worker, stop = job.get("worker"), job.get("stop")
+    if worker is None or stop is None:
+        return
+    stop.set()
+    for name in ("yielded", "returned", "errored", "finished"):
+        signal = getattr(worker, name, None)  # a function worker has no `yielded`
+        if signal is None:
+            continue
+        try:
+            signal.disconnect()
+        except (TypeError, RuntimeError):
+            pass
+    WorkerBase.await_workers(msecs=30_000)

@@ -21,7 +21,7 @@ from ..metrics import volume_mm3
 from ..models.preprocess import pick_device
 from ..models.registry import list_models, resolve
 from ..models.store import ModelError, load_mosnet, read_config
-from ._worker import run_reporting
+from ._worker import run_reporting, stop_and_wait
 
 if TYPE_CHECKING:
     import napari
@@ -45,23 +45,6 @@ def check_ct_layer(layer) -> tuple[np.ndarray, tuple[float, float, float]]:
         raise ValueError(f"{layer.name}: the layer has no voxel size in mm (units {units or 'unset'}); set "
                          "layer.scale in mm and layer.units = 'mm', or open the scan with this plugin's reader")
     return data, tuple(float(s) for s in layer.scale)
-
-
-def _stop_and_wait(job: dict, *_) -> None:
-    """The viewer is closing: stop the running job, detach it from the widgets about to be
-    deleted, and let its thread end before Qt tears the worker's signals down."""
-    from superqt.utils._qthreading import WorkerBase
-
-    worker, stop = job.get("worker"), job.get("stop")
-    if worker is None or stop is None:
-        return
-    stop.set()
-    for signal in (worker.yielded, worker.returned, worker.errored, worker.finished):
-        try:
-            signal.disconnect()
-        except (TypeError, RuntimeError):
-            pass
-    WorkerBase.await_workers(msecs=30_000)
 
 
 class CTWidget(Container):
@@ -94,7 +77,7 @@ class CTWidget(Container):
         napari_viewer.layers.events.removed.connect(self._image.reset_choices)
         self._stop: threading.Event | None = None
         self._job: dict = {}  # the running worker and its stop flag, for when the viewer closes
-        self.native.destroyed.connect(partial(_stop_and_wait, self._job))
+        self.native.destroyed.connect(partial(stop_and_wait, self._job))
         self.worker = None
         self.result_layer = None
         self._volumes: list[dict] = []

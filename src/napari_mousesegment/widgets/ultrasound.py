@@ -26,8 +26,7 @@ from ..models.registry import list_models
 from ..models.store import load_unet
 from ..organs import US_ORGANS
 from ..us_jobs import write_rois
-from ._worker import run_reporting
-from .ct import _stop_and_wait
+from ._worker import run_reporting, stop_and_wait
 
 if TYPE_CHECKING:
     import napari
@@ -90,7 +89,7 @@ class UltrasoundWidget(Container):
         napari_viewer.layers.events.inserted.connect(self._source.reset_choices)
         napari_viewer.layers.events.removed.connect(self._source.reset_choices)
         self._job: dict = {}
-        self.native.destroyed.connect(partial(_stop_and_wait, self._job))
+        self.native.destroyed.connect(partial(stop_and_wait, self._job))
         self._stop: threading.Event | None = None
         self.worker = None
         self.frames_layer = None
@@ -202,6 +201,8 @@ class UltrasoundWidget(Container):
             self._probabilities[organ], self._min_size[organ] = prob, min_size
             self.thresholds[organ] = threshold
             data, kwargs, _ = us_labels_layer(labels, organ, f"{organ} instances")
+            # What the correction starts from: the active-learning widget sends only the frames that differ.
+            kwargs["metadata"].update(model=self._models[organ].value, prediction=labels.copy())
             old = self.organ_layers.get(organ)
             if old is not None and old in self.viewer.layers:
                 self.viewer.layers.remove(old)
@@ -226,6 +227,7 @@ class UltrasoundWidget(Container):
             return
         self.thresholds[organ] = float(value)
         layer.data = instances(self._probabilities[organ], float(value), self._min_size[organ])
+        layer.metadata["prediction"] = np.array(layer.data, copy=True)
         self._status.value = f"{organ}: threshold {value:.2f}"
 
     def _rethreshold(self, value: float) -> None:
