@@ -58,6 +58,8 @@ def test_widget_segments_the_scan_into_a_labels_layer_with_organ_names(viewer_wi
     dice = 2 * (liver & (scan.labels == scan.organs["liver"])).sum() / (liver.sum() + (scan.labels == scan.organs["liver"]).sum())
     assert dice > 0.8
     assert len(gaps) > 5 and max(gaps) < 0.2, f"GUI thread stalled {max(gaps) * 1000:.0f} ms"
+    qtbot.waitUntil(lambda: widget._run.enabled, timeout=10_000)
+    assert widget._progress.value == widget._progress.max > 0 and widget._activity.bar is None  # napari bar closed
     rows = widget.export_volumes(tmp_path / "volumes.csv").read_text().splitlines()
     assert rows[0] == "organ,volume_mm3,voxels" and any(r.startswith("liver,") for r in rows[1:])
 

@@ -45,3 +45,17 @@ def test_closing_the_generator_early_stops_the_core_call():
     next(gen)
     gen.close()
     assert stop.is_set()
+
+
+def test_activity_progress_follows_events_and_starts_a_new_bar_per_total(qtbot):
+    from napari_mousesegment.widgets._worker import ActivityProgress
+
+    activity = ActivityProgress("test")
+    activity.update(2, 10)
+    first = activity.bar
+    activity.update(7, 10)
+    assert activity.bar is first and first.n == 7 and first.total == 10
+    activity.update(1, 35)  # the next organ
+    assert activity.bar is not first and activity.bar.n == 1 and activity.bar.total == 35
+    activity.close()
+    assert activity.bar is None

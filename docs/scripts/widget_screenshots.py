@@ -48,8 +48,40 @@ def main() -> None:
     viewer.dims.set_point(0, 10)
     _settle()
     iio.imwrite(OUT / "widget_ultrasound.png", viewer.screenshot(canvas_only=False, flash=False))
+    _active_learning(viewer, us)
     viewer.close()
     print(f"screenshots written to {OUT}")
+
+
+def _active_learning(viewer, us) -> None:
+    """Correct the hearts of a few frames from the truth, queue them, rank, retrain, screenshot."""
+    import os
+
+    from napari_mousesegment import ultrasound_series
+
+    os.environ["MOUSESEGMENT_HOME"] = tempfile.mkdtemp()  # leave the user's models alone
+    truth = ultrasound_series(seed=3).labels["heart"]
+    hearts = us.organ_layers["heart"]
+    for k in [k for k in range(35) if truth[k].any()][:6]:
+        hearts.data[k] = truth[k]
+    viewer.window._dock_widgets["Fetal ultrasound (napari-mousesegment)"].hide()
+    _, al = viewer.window.add_plugin_dock_widget("napari-mousesegment", "Annotation & active learning")
+    al._queue_dir.value = tempfile.mkdtemp()
+    al._image.value, al._labels.value = viewer.layers["series 3"], hearts
+    al.send()
+    al.rank_frames()
+    _wait(lambda: bool(al._next.choices))
+    al.retrain()
+    _wait(lambda: al.process is None)
+    print("round:", al._round.value)
+    if al.last_round and al.last_round.get("message") == "promoted":
+        _wait(lambda: al.repredicted is not None, 120)
+    al._version_model.value = al.last_round["model"]
+    shown = ("series 3", al.repredicted.name if al.repredicted is not None else hearts.name)
+    for layer in viewer.layers:
+        layer.visible = layer.name in shown
+    _settle()
+    iio.imwrite(OUT / "widget_active.png", viewer.screenshot(canvas_only=False, flash=False))
 
 
 def _settle() -> None:

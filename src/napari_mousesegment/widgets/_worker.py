@@ -64,3 +64,25 @@ def stop_and_wait(job: dict, *_) -> None:
         except (TypeError, RuntimeError):
             pass
     WorkerBase.await_workers(msecs=30_000)
+
+
+class ActivityProgress:
+    """napari's ``progress`` (shown in the activity dock), fed with ``(done, total)`` events on the GUI
+    thread; a new total (the next organ) starts a new bar."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar = None
+
+    def update(self, done: int, total: int) -> None:
+        from napari.utils import progress
+
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            self.close()
+            self.bar = progress(total=total, desc=self.desc)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

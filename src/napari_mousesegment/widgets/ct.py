@@ -21,7 +21,7 @@ from ..metrics import volume_mm3
 from ..models.preprocess import pick_device
 from ..models.registry import list_models, resolve
 from ..models.store import ModelError, load_mosnet, read_config
-from ._worker import run_reporting, stop_and_wait
+from ._worker import ActivityProgress, run_reporting, stop_and_wait
 
 if TYPE_CHECKING:
     import napari
@@ -76,6 +76,7 @@ class CTWidget(Container):
         napari_viewer.layers.events.inserted.connect(self._image.reset_choices)
         napari_viewer.layers.events.removed.connect(self._image.reset_choices)
         self._stop: threading.Event | None = None
+        self._activity = ActivityProgress("micro-CT segmentation")
         self._job: dict = {}  # the running worker and its stop flag, for when the viewer closes
         self.native.destroyed.connect(partial(stop_and_wait, self._job))
         self.worker = None
@@ -145,6 +146,7 @@ class CTWidget(Container):
     def _on_progress(self, event: tuple[int, int]) -> None:
         done, total = event
         self._progress.max, self._progress.value = total, done
+        self._activity.update(done, total)
 
     def _on_done(self, result) -> None:
         labels, organs, spacing, source = result
@@ -168,6 +170,7 @@ class CTWidget(Container):
             show_error(f"micro-CT segmentation failed: {exc}")
 
     def _on_finished(self) -> None:
+        self._activity.close()
         self._run.enabled, self._cancel.enabled = True, False
 
     def export_volumes(self, path: str | Path) -> Path:

@@ -26,7 +26,7 @@ from ..models.registry import list_models
 from ..models.store import load_unet
 from ..organs import US_ORGANS
 from ..us_jobs import write_rois
-from ._worker import run_reporting, stop_and_wait
+from ._worker import ActivityProgress, run_reporting, stop_and_wait
 
 if TYPE_CHECKING:
     import napari
@@ -88,6 +88,7 @@ class UltrasoundWidget(Container):
         self._import.clicked.connect(lambda: self.import_rois(self._import_file.value))
         napari_viewer.layers.events.inserted.connect(self._source.reset_choices)
         napari_viewer.layers.events.removed.connect(self._source.reset_choices)
+        self._activity = ActivityProgress("ultrasound U-Nets")
         self._job: dict = {}
         self.native.destroyed.connect(partial(stop_and_wait, self._job))
         self._stop: threading.Event | None = None
@@ -194,6 +195,7 @@ class UltrasoundWidget(Container):
     def _on_progress(self, event: tuple[int, int]) -> None:
         done, total = event
         self._progress.max, self._progress.value = total, done
+        self._activity.update(done, total)
 
     def _on_done(self, result) -> None:
         results, _ = result
@@ -243,6 +245,7 @@ class UltrasoundWidget(Container):
             show_error(f"ultrasound segmentation failed: {exc}")
 
     def _on_finished(self) -> None:
+        self._activity.close()
         self._run.enabled, self._cancel.enabled = True, False
 
     def export_rois(self, folder) -> list[Path]:
