@@ -16,6 +16,15 @@ def _read_array(path: Path):
         raise ValueError(f"{path}: not a readable TIFF ({exc})") from exc
 
 
+def _spacing(text: str) -> tuple[float, float, float]:
+    from .cli import numbers
+
+    values = numbers(text, float, "spacing", "0.28,0.28,0.28")
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"spacing must be three positive numbers Z,Y,X in mm, got {text!r}")
+    return values
+
+
 def _cmd_add(args: argparse.Namespace) -> int:
     from .active.queue import Queue
 
@@ -26,15 +35,26 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
         meta = read_config(resolve(args.model))  # an unknown model is refused before anything is written
         model_version = str(meta.get("version", ""))
+        wanted = {"ct": "mosnet", "ultrasound": "unet"}[args.kind]
+        if meta.get("kind") != wanted:
+            raise ValueError(f"--model {args.model} is a {meta.get('kind')} model; {args.kind} corrections "
+                             f"need a {wanted} model")
         if args.kind == "ultrasound" and meta.get("organ") not in (None, args.organ):
             raise ValueError(f"--model {args.model} segments {meta.get('organ')!r}, not {args.organ!r}")
         if args.kind == "ct" and args.condition not in meta.get("conditions", [args.condition]):
             raise ValueError(f"--model {args.model} knows conditions {meta.get('conditions')}, not {args.condition!r}")
     image, labels = _read_array(args.image), _read_array(args.labels)
+    spacing = None
+    if args.kind == "ct":
+        from .io.volumes import read_tiff
+
+        spacing = args.spacing or read_tiff(args.image)[1]
+        if spacing is None:
+            raise ValueError(f"{args.image}: the file has no voxel size; give --spacing Z,Y,X in mm")
     prediction = _read_array(args.prediction) if args.prediction else None
     item = Queue(args.queue).add(image, labels, args.kind, organ=args.organ, condition=args.condition,
                                  model=args.model, model_version=model_version, prediction=prediction,
-                                 source=str(args.labels))
+                                 source=str(args.labels), spacing=spacing)
     print(f"added item {item.id}: {item.kind} {item.organ or item.condition}, "
           f"{len(item.touched)} corrected frame(s)/slice(s)")
     return 0
@@ -151,6 +171,7 @@ def add_commands(sub, models_sub) -> None:
     who.add_argument("--condition", help="ct: native, contrast or another condition of the model")
     add.add_argument("--model", default=None, help="the model (name or folder) whose prediction was corrected")
     add.add_argument("--prediction", type=Path, default=None, help="that prediction: touched frames are where they differ")
+    add.add_argument("--spacing", type=_spacing, default=None, help="ct: voxel size Z,Y,X in mm when the TIFF lacks it")
     add.set_defaults(func=_cmd_add)
     for action, helptext, func in (("list", "every item", _cmd_list), ("status", "counts and the last round", _cmd_status)):
         p = qsub.add_parser(action, help=helptext)

@@ -167,3 +167,22 @@ def test_touched_planes_and_uncertainty_ranking():
     scores = mean_entropy(prob)
     assert scores[1] == pytest.approx(1.0) and scores[0] < scores[2] < scores[1]
     assert [k for k, _ in rank(scores)] == [1, 2, 0] and [k for k, _ in rank(scores, exclude={1})] == [2, 0]
+
+
+def test_cli_ct_items_take_the_voxel_size_from_the_tiff_or_refuse(tmp_path, capsys):
+    from napari_mousesegment.io.volumes import write_tiff
+
+    image, labels = _pair()
+    write_tiff(tmp_path / "scan.tif", image.astype(np.int16), (0.28, 0.28, 0.28))
+    write_tiff(tmp_path / "lab.tif", labels.astype(np.uint8), (0.28, 0.28, 0.28))
+    tifffile.imwrite(tmp_path / "bare.tif", image.astype(np.int16), photometric="minisblack")
+    common = ["queue", "add", "--queue", str(tmp_path / "q"), "--labels", str(tmp_path / "lab.tif"), "--kind", "ct",
+              "--condition", "native", "--model", "mosnet-synthetic"]
+    assert main([*common, "--image", str(tmp_path / "scan.tif")]) == 0
+    assert Queue(tmp_path / "q").items()[0].spacing == pytest.approx((0.28,) * 3)
+    assert main([*common, "--image", str(tmp_path / "bare.tif")]) == 2
+    assert "no voxel size" in capsys.readouterr().err
+    assert main([*common, "--image", str(tmp_path / "bare.tif"), "--spacing", "0.5,0.3,0.3"]) == 0
+    assert Queue(tmp_path / "q").items()[1].spacing == pytest.approx((0.5, 0.3, 0.3))
+    assert main([*common[:-2], "--model", "unet-heart-synthetic", "--image", str(tmp_path / "scan.tif")]) == 2
+    assert "need a mosnet model" in capsys.readouterr().err

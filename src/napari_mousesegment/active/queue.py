@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL, organ TEXT, condition TEXT, model TEXT, model_version TEXT,
     shape TEXT NOT NULL, touched TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
-    used_in TEXT NOT NULL DEFAULT '[]', created TEXT NOT NULL, source TEXT
+    used_in TEXT NOT NULL DEFAULT '[]', created TEXT NOT NULL, source TEXT, spacing TEXT
 );
 CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT, version TEXT, state TEXT NOT NULL,
@@ -65,6 +65,7 @@ class Item:
     created: str = ""
     source: str | None = None
     folder: Path | None = None
+    spacing: tuple[float, float, float] | None = None  #: mm, micro-CT items
 
     def image(self) -> np.ndarray:
         return tifffile.imread(self.folder / "image.tif")
@@ -89,14 +90,21 @@ class Queue:
         self.root = Path(root)
         (self.root / "items").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
-        with closing(self._connect()) as db:
-            db.executescript(_SCHEMA)
+        for attempt in range(100):  # two processes creating the same new queue: one waits for the other
+            try:
+                with closing(self._connect()) as db:
+                    db.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05 + 0.01 * attempt)
         self._clean()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "queue.sqlite", timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA busy_timeout=60000")
+        db.execute("PRAGMA journal_mode=WAL")  # switching a new file to WAL can still report "locked": see __init__
         db.row_factory = sqlite3.Row
         return db
 
@@ -125,7 +133,8 @@ class Queue:
 
     def add(self, image: np.ndarray, labels: np.ndarray, kind: str, *, organ: str | None = None,
             condition: str | None = None, model: str | None = None, model_version: str | None = None,
-            prediction: np.ndarray | None = None, source: str | None = None) -> Item:
+            prediction: np.ndarray | None = None, source: str | None = None,
+            spacing: tuple[float, float, float] | None = None) -> Item:
         """Store one correction durably and return it; bad input raises :class:`QueueError`."""
         image, labels = np.asarray(image), np.asarray(labels)
         if kind not in KINDS:
@@ -134,6 +143,8 @@ class Queue:
             raise QueueError("give exactly one of organ (ultrasound) or condition (ct)")
         if kind == "ultrasound" and organ is None or kind == "ct" and condition is None:
             raise QueueError(f"a {kind} correction needs {'--organ' if kind == 'ultrasound' else '--condition'}")
+        if kind == "ct" and (spacing is None or len(spacing) != 3 or min(spacing) <= 0):
+            raise QueueError(f"a micro-CT correction needs the voxel size (z, y, x) in mm, got {spacing!r}")
         if image.ndim != 3:
             raise QueueError(f"the image must be a (frames or slices, y, x) stack, got shape {image.shape}")
         if labels.shape != image.shape:
@@ -158,17 +169,17 @@ class Queue:
             created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             meta = {"kind": kind, "organ": organ, "condition": condition, "model": model,
                     "model_version": model_version, "shape": list(image.shape), "touched": touched,
-                    "created": created, "source": source}
+                    "created": created, "source": source, "spacing": spacing and list(map(float, spacing))}
             (staging / "item.json").write_text(json.dumps(meta, indent=2))
             for f in staging.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             with self._transaction() as db:
                 cur = db.execute(
-                    "INSERT INTO items (kind, organ, condition, model, model_version, shape, touched, created, source)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO items (kind, organ, condition, model, model_version, shape, touched, created, source,"
+                    " spacing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (kind, organ, condition, model, model_version, json.dumps(list(image.shape)),
-                     json.dumps(touched), created, source))
+                     json.dumps(touched), created, source, json.dumps(meta["spacing"])))
                 target = self.root / "items" / str(cur.lastrowid)
                 if target.exists():  # left by a crash between this rename and its commit: no record names it
                     shutil.rmtree(target)
@@ -184,7 +195,8 @@ class Queue:
     def _item(self, row: sqlite3.Row) -> Item:
         return Item(row["id"], row["kind"], row["organ"], row["condition"], row["model"], row["model_version"],
                     tuple(json.loads(row["shape"])), json.loads(row["touched"]), row["state"],
-                    json.loads(row["used_in"]), row["created"], row["source"], self.root / "items" / str(row["id"]))
+                    json.loads(row["used_in"]), row["created"], row["source"], self.root / "items" / str(row["id"]),
+                    tuple(json.loads(row["spacing"])) if row["spacing"] and row["spacing"] != "null" else None)
 
     def get(self, item_id: int) -> Item:
         with closing(self._connect()) as db:
@@ -245,39 +257,82 @@ class Queue:
 
 
 def export_dataset(queue: Queue, out: str | os.PathLike, val_fraction: float = 0.2) -> Path:
-    """The queued ultrasound corrections as a dataset folder (the `dataset ultrasound` contract).
+    """The queued corrections as dataset folder(s) that the CLI trainers read.
 
-    Each item becomes one series of its touched frames, with that organ's labels; items are split
-    into training and validation by item, so `mousesegment train unet --data OUT` can use it.
+    Ultrasound items (the `dataset ultrasound` contract): one series per item, of its touched
+    frames, split into training and validation by item. Micro-CT items (the `dataset ct` contract):
+    one dataset per condition under OUT/ct_<condition>/, each run of consecutive touched slices a
+    case, labels numbered as the model's organs. With both kinds, ultrasound goes to OUT/ultrasound/.
     """
-    from ..data.us_dataset import split_series
-    from ..io.composites import write_stack
-
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         raise QueueError(f"{root} is not empty; choose another --out")
     items = queue.items()
-    skipped = [i.id for i in items if i.kind != "ultrasound"]
-    if skipped:
-        raise QueueError(f"items {skipped} are micro-CT corrections; exporting them as a micro-CT dataset "
-                         "is not available yet (remove them or export another queue)")
-    if len(items) < 2:
-        raise QueueError(f"{queue.root}: {len(items)} item(s); a dataset needs at least 2 (training and validation)")
-    names = {i.id: f"item_{i.id:05d}" for i in items}
-    split = split_series(list(names.values()), test=0, val_fraction=val_fraction)
+    if not items:
+        raise QueueError(f"{queue.root}: the queue is empty")
+    us = [i for i in items if i.kind == "ultrasound"]
+    ct = [i for i in items if i.kind == "ct"]
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    if us:
+        _export_ultrasound(us, staging / "ultrasound" if ct else staging, val_fraction, queue.root)
+    for condition in sorted({i.condition for i in ct}):
+        _export_ct([i for i in ct if i.condition == condition], staging / f"ct_{condition}", condition)
+    if root.exists():
+        root.rmdir()
+    os.replace(staging, root)
+    return root
+
+
+def _export_ultrasound(items: list[Item], root: Path, val_fraction: float, source: Path) -> None:
+    from ..data.us_dataset import split_series
+    from ..io.composites import write_stack
+
+    if len(items) < 2:
+        raise QueueError(f"{len(items)} ultrasound item(s); a dataset needs at least 2 (training and validation)")
+    names = {i.id: f"item_{i.id:05d}" for i in items}
+    split = split_series(list(names.values()), test=0, val_fraction=val_fraction)
     meta: dict = {"kind": "ultrasound", "organs": sorted({i.organ for i in items}), "test": 0,
-                  "val_fraction": val_fraction, "seed": 0, "series": {}, "source": f"queue {queue.root}"}
+                  "val_fraction": val_fraction, "seed": 0, "series": {}, "source": f"queue {source}"}
     for item in items:
-        folder = staging / "series" / names[item.id]
+        folder = root / "series" / names[item.id]
         folder.mkdir(parents=True)
         write_stack(folder / "frames.tif", item.image()[item.touched])
         write_stack(folder / f"{item.organ}_labels.tif", item.labels()[item.touched], compress=True)
         meta["series"][names[item.id]] = {"split": split[names[item.id]], "frames": len(item.touched),
                                           "organs": [item.organ], "source": f"queue item {item.id}"}
-    (staging / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if root.exists():
-        root.rmdir()
-    os.replace(staging, root)
-    return root
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for k in sorted(indices):
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
+def _export_ct(items: list[Item], root: Path, condition: str) -> None:
+    from ..io.volumes import write_tiff
+    from ..models.registry import resolve
+    from ..models.store import read_config
+
+    models = {i.model for i in items}
+    if None in models or len(models) != 1:
+        raise QueueError(f"micro-CT items of condition {condition!r} must name one model (to number the "
+                         f"organs); they name {sorted(map(str, models))}")
+    organs = read_config(resolve(next(iter(models))))["organs"]
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    spacings = {i.spacing for i in items}
+    meta = {"name": root.name, "condition": condition, "organs": {o: k + 1 for k, o in enumerate(organs)},
+            "spacing_mm": list(next(iter(spacings)))}
+    for item in items:
+        image, labels = item.image(), item.labels()
+        for run in _runs(item.touched):  # consecutive slices: resampling in z stays between real neighbours
+            case = f"item_{item.id:05d}_z{run[0]:04d}-{run[-1]:04d}"
+            write_tiff(root / "images" / f"{case}.tif", image[run], item.spacing)
+            write_tiff(root / "labels" / f"{case}.tif", labels[run].astype(np.uint8), item.spacing)
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -91,30 +91,29 @@ def _replay(data: str | None, organ: str, n: int, seed: int) -> tuple[np.ndarray
     return frames[pick], masks[pick]
 
 
-def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto",
-                     guard: float = 0.0, replay: str | None = None, settings=None,
-                     log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Fine-tune one organ's U-Net on its queued corrections and publish the result as a version."""
+def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare, *, device: str, guard: float,
+           settings, log: Callable[[str], None], should_stop: Callable[[], bool]) -> dict:
+    """The round both modalities share: base version, fine-tune, score on held-out data, publish,
+    promote when not worse, and only then mark the items used.
+
+    ``prepare(model, config, items)`` returns ``(fine_tune(model, progress) -> tuned, score(model) -> Dice,
+    n_train, n_held)``.
+    """
     from ..models import versions
     from ..models.preprocess import pick_device
-    from ..models.store import load_unet
-    from ..training.finetune import FineTuneSettings, fine_tune_unet
+    from ..models.store import load_model
+    from ..training.finetune import FineTuneSettings
 
-    organ = items[0].organ
     name = versions.lab_name(model_spec)
     versions.ensure_base(name, model_spec)
     current = next(v["version"] for v in versions.versions(name) if v["current"])
     dev = pick_device(device)
-    model, config, _ = load_unet(name, dev)
-    train_pairs, held_pairs = split_frames(items)
-    if not train_pairs:
-        raise QueueError(f"{organ}: corrections touch {len(held_pairs)} frame(s); need at least 2 (1 held out)")
-    frames, masks = _gather(items, train_pairs)
-    held_f, held_m = _gather(items, held_pairs) if held_pairs else (frames[:0], masks[:0])
+    model, config, _ = load_model(name, dev, kind={"ultrasound": "unet", "ct": "mosnet"}[kind])
     settings = settings or FineTuneSettings()
+    fine_tune, score, n_train, n_held = prepare(model, config, items, settings)
     round_id = queue.start_round(name, [i.id for i in items])
-    log(f"round {round_id}: {name} (v{current}) on {len(train_pairs)} corrected frames of {len(items)} item(s), "
-        f"{len(held_pairs)} held out; device {dev}")
+    log(f"round {round_id}: {name} (v{current}) on {n_train} corrected {'frames' if kind == 'ultrasound' else 'slices'}"
+        f" of {len(items)} item(s), {n_held} held out; device {dev}")
 
     def report(event: dict) -> None:
         queue.update_round(round_id, epoch=event["epoch"], epochs=event["epochs"], loss=event["loss"],
@@ -122,19 +121,17 @@ def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device
         log(f"  epoch {event['epoch']}/{event['epochs']}: loss {event['loss']:.4f}, eta {event['eta_s']:.0f} s")
 
     try:
-        tuned = fine_tune_unet(model, frames, masks, settings, _replay(replay, organ, len(frames), settings.seed),
-                               progress=report, should_stop=should_stop)
-        before = pixel_dice(model, held_f, held_m) if len(held_f) else float("nan")
-        after = pixel_dice(tuned, held_f, held_m) if len(held_f) else float("nan")
-        metrics = {"held_out_frames": len(held_pairs), "dice_before": before, "dice_after": after,
-                   "train_frames": len(train_pairs)}
+        tuned = fine_tune(model, report, should_stop)
+        before = score(model) if n_held else float("nan")
+        after = score(tuned) if n_held else float("nan")
+        metrics = {"held_out": n_held, "dice_before": before, "dice_after": after, "trained_on": n_train}
         version = versions.publish(name, tuned, config, current, [i.id for i in items], metrics)
-        promoted = bool(len(held_f)) and after >= before - guard  # no held-out frame: never promoted blind
+        promoted = bool(n_held) and after >= before - guard  # no held-out data: never promoted blind
         if promoted:
             versions.promote(name, version)
         queue.mark_used([i.id for i in items], f"{name}:v{version}")
         verdict = ("promoted" if promoted else "kept, not promoted ("
-                   + ("worse on the held-out frames)" if len(held_f) else "no held-out frame to check it on)"))
+                   + ("worse on the held-out data)" if n_held else "nothing held out to check it on)"))
         queue.update_round(round_id, state="done", version=version,
                            metrics={**metrics, "promoted": promoted}, message=verdict)
         log(f"round {round_id}: held-out Dice {before:.3f} -> {after:.3f}; version {version} {verdict}")
@@ -143,6 +140,69 @@ def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device
         queue.update_round(round_id, state="cancelled" if isinstance(exc, InterruptedError) else "failed",
                            message=str(exc))
         raise
+
+
+def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto",
+                     guard: float = 0.0, replay: str | None = None, settings=None,
+                     log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Fine-tune one organ's U-Net on its queued corrections and publish the result as a version."""
+    from ..training.finetune import fine_tune_unet
+
+    organ = items[0].organ
+
+    def prepare(model, config, items, settings):
+        train_pairs, held_pairs = split_frames(items)
+        if not train_pairs:
+            raise QueueError(f"{organ}: the corrections touch no frame to train on")
+        frames, masks = _gather(items, train_pairs)
+        held_f, held_m = _gather(items, held_pairs) if held_pairs else (frames[:0], masks[:0])
+        old = _replay(replay, organ, len(frames), settings.seed)
+        return (lambda m, report, stop: fine_tune_unet(m, frames, masks, settings, old, report, stop),
+                lambda m: pixel_dice(m, held_f, held_m), len(train_pairs), len(held_pairs))
+
+    return _round(queue, items, model_spec, "ultrasound", prepare, device=device, guard=guard,
+                  settings=settings, log=log, should_stop=should_stop)
+
+
+def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto", guard: float = 0.0,
+             settings=None, log: Callable[[str], None] = print,
+             should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Fine-tune a MOSnet on the corrected slices of one condition and publish the result as a version."""
+    import torch
+
+    from ..training.finetune import ct_dice, ct_slices, fine_tune_mosnet
+
+    condition = items[0].condition
+
+    def prepare(model, config, items, settings):
+        if condition not in config.conditions:
+            raise QueueError(f"model {model_spec} knows conditions {config.conditions}, not {condition!r}")
+        train, held = [], []
+        for item in items:  # every 4th touched slice of each item is held out, as for frames
+            hold = item.touched[3::4] or (item.touched[-1:] if len(item.touched) >= 2 else [])
+            keep = [k for k in item.touched if k not in hold]
+            image, labels = item.image(), item.labels()
+            train.append(ct_slices(image, labels, item.spacing, keep, config))
+            if hold:
+                held.append(ct_slices(image, labels, item.spacing, hold, config))
+        images, masks = (torch.cat(t) for t in zip(*train))
+        held_i, held_m = (torch.cat(t) for t in zip(*held)) if held else (images[:0], masks[:0])
+        beta = torch.tensor(read_beta(model_spec, len(config.organs)))
+        code = config.conditions.index(condition)
+        return (lambda m, report, stop: fine_tune_mosnet(m, images, masks, code, beta, settings, report, stop),
+                lambda m: ct_dice(m, held_i, held_m, code), len(images), len(held_i))
+
+    return _round(queue, items, model_spec, "ct", prepare, device=device, guard=guard, settings=settings,
+                  log=log, should_stop=should_stop)
+
+
+def read_beta(model_spec: str, n_organs: int) -> list[float]:
+    """The organ weights β the model was trained with (its config), or 1 for each organ."""
+    from ..models.registry import resolve
+    from ..models.store import read_config
+
+    beta = read_config(resolve(model_spec)).get("training", {}).get("beta")
+    return list(map(float, beta)) if beta and len(beta) == n_organs else [1.0] * n_organs
 
 
 def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: float = 0.0,
@@ -162,13 +222,14 @@ def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: flo
         for item in pending:
             groups.setdefault((item.kind, item.model, item.organ, item.condition), []).append(item)
         for (kind, model, organ, condition), items in groups.items():
-            if kind != "ultrasound":
-                log(f"{len(items)} micro-CT correction(s) for {model} stay pending: micro-CT retraining "
-                    "rounds are not available yet")
-                continue
             if not model:
-                log(f"{len(items)} {organ} correction(s) name no model; add them with --model")
+                log(f"{len(items)} {organ or condition} correction(s) name no model and stay pending; "
+                    "add them with --model")
                 continue
-            results.append(ultrasound_round(queue, items, model, device=device, guard=guard, replay=replay,
-                                            settings=settings, log=log, should_stop=should_stop))
+            if kind == "ultrasound":
+                results.append(ultrasound_round(queue, items, model, device=device, guard=guard, replay=replay,
+                                                settings=settings, log=log, should_stop=should_stop))
+            else:
+                results.append(ct_round(queue, items, model, device=device, guard=guard, settings=settings,
+                                        log=log, should_stop=should_stop))
     return results

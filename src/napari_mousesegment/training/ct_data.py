@@ -53,6 +53,8 @@ def load_case(dataset: CTDataset, case: str) -> tuple[np.ndarray, np.ndarray, tu
     """Image (HU), labels and spacing of one case; label values must be listed in dataset.json."""
     image, spacing = read_tiff(dataset.root / "images" / f"{case}.tif")
     labels, _ = read_tiff(dataset.root / "labels" / f"{case}.tif")
+    if image.ndim == 2 and labels.ndim == 2:  # a single corrected slice (a case exported from the queue)
+        image, labels = image[None], labels[None]
     if image.shape != labels.shape:
         raise ValueError(f"{dataset.root}/{case}: image {image.shape} and labels {labels.shape} differ in shape")
     unknown = set(np.unique(labels).tolist()) - {0, *dataset.organs.values()}

@@ -86,3 +86,80 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
             progress({"epoch": epoch + 1, "epochs": settings.epochs, "loss": total / settings.steps_per_epoch,
                       "eta_s": elapsed / (epoch + 1) * (settings.epochs - epoch - 1)})
     return tuned.eval()
+
+
+def ct_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], touched: list[int],
+              config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's preprocessed slices (N, 1, S, S) and organ masks (N, M, S, S) of the touched input
+    slices (axis 0), labels numbered as the model's organs (1 = its first organ, as predict writes them)."""
+    from ..models.preprocess import fit_square, resample, to_slices, window
+
+    img = to_slices(resample(window(image, config.window_level, config.window_width), spacing,
+                             config.spacing_mm, order=1), config.plane)
+    lab = to_slices(resample(labels, spacing, config.spacing_mm, order=0), config.plane)
+    scale = spacing[0] / config.spacing_mm
+    source = np.clip(np.round((np.arange(len(img)) + 0.5) / scale - 0.5).astype(int), 0, len(image) - 1)
+    keep = np.nonzero(np.isin(source, touched))[0]
+    if config.plane != "axial" or not len(keep):
+        raise ValueError("micro-CT corrections are taken slice by slice on the axial plane; "
+                         f"no model slice falls on the touched slices {touched[:5]}")
+    img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img[keep]))[:, None], config.image_size, "bilinear")
+    lab_t = fit_square(torch.from_numpy(np.ascontiguousarray(lab[keep]).astype(np.int64))[:, None].float(),
+                       config.image_size, "nearest-exact").long()[:, 0]
+    masks = torch.stack([lab_t == i + 1 for i in range(len(config.organs))], 1)
+    return img_t, masks
+
+
+def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, condition: int, beta: torch.Tensor,
+                     settings: FineTuneSettings, progress: Callable[[dict], None] | None = None,
+                     should_stop: Callable[[], bool] = lambda: False):
+    """A fine-tuned copy of a MOSnet on corrected slices of one condition; every organ counts as
+    annotated (a correction is a full segmentation in the model's organs)."""
+    from .losses import mosnet_loss
+
+    device = next(model.parameters()).device
+    tuned = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
+    rng = np.random.default_rng(settings.seed)
+    annotated = torch.ones((settings.batch_size, masks.shape[1]), dtype=torch.bool, device=device)
+    t0 = time.monotonic()
+    for epoch in range(settings.epochs):
+        total = 0.0
+        for _ in range(settings.steps_per_epoch):
+            if should_stop():
+                raise InterruptedError("retraining cancelled")
+            idx = torch.from_numpy(rng.integers(0, len(images), settings.batch_size))
+            x, y = images[idx].float().to(device), masks[idx].to(device)
+            if rng.random() < 0.5:  # left-right flips: mice lie either way up in the scanner bed
+                x, y = x.flip(-1), y.flip(-1)
+            cond = torch.full((len(x),), condition, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits, recon = tuned(x, cond)
+            loss, _ = mosnet_loss(logits.float(), y, annotated[: len(x)], beta.to(device), recon, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        if progress:
+            elapsed = time.monotonic() - t0
+            progress({"epoch": epoch + 1, "epochs": settings.epochs, "loss": total / settings.steps_per_epoch,
+                      "eta_s": elapsed / (epoch + 1) * (settings.epochs - epoch - 1)})
+    return tuned.eval()
+
+
+def ct_dice(model, images: torch.Tensor, masks: torch.Tensor, condition: int) -> float:
+    """Mean Dice over the organs present in ``masks`` (slice space), labels as predict_volume makes them."""
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        logits, _ = model(images.float().to(device), torch.full((len(images),), condition, device=device))
+    prob = torch.sigmoid(logits.float()).cpu()
+    best = prob.argmax(1)
+    labels = torch.where(prob.max(1).values > 0.5, best + 1, 0)
+    scores = []
+    for i in range(masks.shape[1]):
+        truth = masks[:, i]
+        if truth.any():
+            pred = labels == i + 1
+            scores.append(float(2 * (pred & truth).sum() / (pred.sum() + truth.sum())))
+    return float(np.mean(scores)) if scores else float("nan")
