@@ -197,7 +197,8 @@ def add_commands(sub, models_sub) -> None:
     worker.add_argument("--guard", type=float, default=0.0,
                         help="promote when held-out Dice drops by at most this much (0: must not get worse)")
     worker.add_argument("--replay", default=None, metavar="DATASET",
-                        help="the model's original dataset folder: half of each batch is replayed from it")
+                        help="the model's original dataset folder (ultrasound or micro-CT): replayed alongside "
+                             "the corrections so the model does not forget")
     worker.add_argument("--poll", type=float, default=30.0, help="seconds between passes without --once (30)")
     worker.set_defaults(func=_cmd_worker)
 

@@ -163,3 +163,15 @@ def test_export_writes_both_dataset_contracts(home, tmp_path):
     assert image.shape[0] == 1 and spacing == pytest.approx((0.28,) * 3)
     meta = json.loads((out / "ultrasound" / "dataset.json").read_text())
     assert set(meta["organs"]) == {"heart", "placenta"} and len(meta["series"]) == 2
+
+
+def test_micro_ct_round_replays_the_original_dataset_when_given(home, tmp_path):
+    from napari_mousesegment.data.datasets import write_ct_case
+    from napari_mousesegment.data.phantom_ct import ct_phantom
+
+    write_ct_case(tmp_path / "native", "phantom_0001", ct_phantom(seed=1, condition="native"))
+    queue = _ct_corrections(tmp_path / "q", n_slices=8)
+    logs = []
+    [result] = run_rounds(queue.root, replay=str(tmp_path / "native"), settings=FineTuneSettings(epochs=2),
+                          log=logs.append)
+    assert any(line.startswith("replaying 6 slices") for line in logs) and result["version"] == "1"

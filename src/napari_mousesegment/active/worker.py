@@ -165,7 +165,7 @@ def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device
 
 
 def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto", guard: float = 0.0,
-             settings=None, log: Callable[[str], None] = print,
+             replay: str | None = None, settings=None, log: Callable[[str], None] = print,
              should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Fine-tune a MOSnet on the corrected slices of one condition and publish the result as a version."""
     import torch
@@ -189,11 +189,39 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
         held_i, held_m = (torch.cat(t) for t in zip(*held)) if held else (images[:0], masks[:0])
         beta = torch.tensor(read_beta(model_spec, len(config.organs)))
         code = config.conditions.index(condition)
-        return (lambda m, report, stop: fine_tune_mosnet(m, images, masks, code, beta, settings, report, stop),
-                lambda m: ct_dice(m, held_i, held_m, code), len(images), len(held_i))
+        n = len(images)
+        annotated = torch.ones((n, len(config.organs)), dtype=torch.bool)
+        conditions = torch.full((n,), code)
+        old = _ct_replay(replay, config, n, settings.seed)
+        if old is not None:  # as many original slices as corrected ones, each with its dataset's α
+            log(f"replaying {len(old.images)} slices of {replay}")
+            images, masks = torch.cat([images, old.images.float()]), torch.cat([masks, old.organ_masks])
+            annotated, conditions = torch.cat([annotated, old.annotated]), torch.cat([conditions, old.condition])
+        return (lambda m, report, stop: fine_tune_mosnet(m, images, masks, annotated, conditions, beta, settings,
+                                                          report, stop),
+                lambda m: ct_dice(m, held_i, held_m, code), n, len(held_i))
 
     return _round(queue, items, model_spec, "ct", prepare, device=device, guard=guard, settings=settings,
                   log=log, should_stop=should_stop)
+
+
+def _ct_replay(data: str | None, config, n: int, seed: int):
+    """``n`` random slices of an original micro-CT dataset folder (the model's preprocessing), or None."""
+    if not data:
+        return None
+    from ..training.ct_data import build_slices, read_ct_dataset
+
+    dataset = read_ct_dataset(data)
+    if dataset.condition not in config.conditions:
+        return None
+    import torch
+
+    slices = build_slices([dataset], config, stride=4)
+    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(slices.images), size=min(n, len(slices.images)),
+                                                               replace=False))
+    slices.images, slices.organ_masks = slices.images[pick], slices.organ_masks[pick]
+    slices.annotated, slices.condition = slices.annotated[pick], slices.condition[pick]
+    return slices
 
 
 def read_beta(model_spec: str, n_organs: int) -> list[float]:
@@ -230,6 +258,6 @@ def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: flo
                 results.append(ultrasound_round(queue, items, model, device=device, guard=guard, replay=replay,
                                                 settings=settings, log=log, should_stop=should_stop))
             else:
-                results.append(ct_round(queue, items, model, device=device, guard=guard, settings=settings,
-                                        log=log, should_stop=should_stop))
+                results.append(ct_round(queue, items, model, device=device, guard=guard, replay=replay,
+                                        settings=settings, log=log, should_stop=should_stop))
     return results

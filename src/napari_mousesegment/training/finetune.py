@@ -110,18 +110,19 @@ def ct_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float
     return img_t, masks
 
 
-def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, condition: int, beta: torch.Tensor,
-                     settings: FineTuneSettings, progress: Callable[[dict], None] | None = None,
+def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, annotated: torch.Tensor,
+                     conditions: torch.Tensor, beta: torch.Tensor, settings: FineTuneSettings,
+                     progress: Callable[[dict], None] | None = None,
                      should_stop: Callable[[], bool] = lambda: False):
-    """A fine-tuned copy of a MOSnet on corrected slices of one condition; every organ counts as
-    annotated (a correction is a full segmentation in the model's organs)."""
+    """A fine-tuned copy of a MOSnet on slices (N, 1, S, S) with organ masks (N, M, S, S), each with
+    its α (N, M) and condition code (N,): corrections (every organ annotated) and, when given,
+    replayed slices of the original datasets (their own α)."""
     from .losses import mosnet_loss
 
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model).to(device).train()
     optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
     rng = np.random.default_rng(settings.seed)
-    annotated = torch.ones((settings.batch_size, masks.shape[1]), dtype=torch.bool, device=device)
     t0 = time.monotonic()
     for epoch in range(settings.epochs):
         total = 0.0
@@ -132,10 +133,9 @@ def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, condition
             x, y = images[idx].float().to(device), masks[idx].to(device)
             if rng.random() < 0.5:  # left-right flips: mice lie either way up in the scanner bed
                 x, y = x.flip(-1), y.flip(-1)
-            cond = torch.full((len(x),), condition, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits, recon = tuned(x, cond)
-            loss, _ = mosnet_loss(logits.float(), y, annotated[: len(x)], beta.to(device), recon, x)
+                logits, recon = tuned(x, conditions[idx].to(device))
+            loss, _ = mosnet_loss(logits.float(), y, annotated[idx].to(device), beta.to(device), recon, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
