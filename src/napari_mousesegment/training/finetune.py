@@ -50,7 +50,6 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
         raise ValueError("no corrected frames to learn from")
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model).to(device).train()
-    optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(settings.seed)
@@ -63,20 +62,31 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
         old_f = old_m = None
     n_old = int(round(settings.batch_size * settings.replay_fraction)) if old_f is not None else 0
     size = tuned.config.image_size
+
+    def batch_loss() -> torch.Tensor:
+        f, m = _crops(own_f, own_m, rng.integers(0, len(own_f), settings.batch_size - n_old), size, rng)
+        if n_old:
+            rf, rm = _crops(old_f, old_m, rng.integers(0, len(old_f), n_old), size, rng)
+            f, m = torch.cat([f, rf]), torch.cat([m, rm])
+        f, m = augment(f.to(device), m.to(device), settings.augment, generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = tuned(f)
+        return dice_bce_loss(logits.float(), m)
+
+    return _steps(tuned, batch_loss, settings, progress, should_stop)
+
+
+def _steps(tuned, batch_loss: Callable[[], torch.Tensor], settings: FineTuneSettings,
+           progress: Callable[[dict], None] | None, should_stop: Callable[[], bool]):
+    """The optimisation both fine-tunings share: epochs of steps, progress (epoch, loss, ETA) per epoch."""
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
     t0 = time.monotonic()
     for epoch in range(settings.epochs):
         total = 0.0
         for _ in range(settings.steps_per_epoch):
             if should_stop():
                 raise InterruptedError("retraining cancelled")
-            f, m = _crops(own_f, own_m, rng.integers(0, len(own_f), settings.batch_size - n_old), size, rng)
-            if n_old:
-                rf, rm = _crops(old_f, old_m, rng.integers(0, len(old_f), n_old), size, rng)
-                f, m = torch.cat([f, rf]), torch.cat([m, rm])
-            f, m = augment(f.to(device), m.to(device), settings.augment, generator)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = tuned(f)
-            loss = dice_bce_loss(logits.float(), m)
+            loss = batch_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -121,30 +131,18 @@ def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, annotated
 
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model).to(device).train()
-    optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
     rng = np.random.default_rng(settings.seed)
-    t0 = time.monotonic()
-    for epoch in range(settings.epochs):
-        total = 0.0
-        for _ in range(settings.steps_per_epoch):
-            if should_stop():
-                raise InterruptedError("retraining cancelled")
-            idx = torch.from_numpy(rng.integers(0, len(images), settings.batch_size))
-            x, y = images[idx].float().to(device), masks[idx].to(device)
-            if rng.random() < 0.5:  # left-right flips: mice lie either way up in the scanner bed
-                x, y = x.flip(-1), y.flip(-1)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits, recon = tuned(x, conditions[idx].to(device))
-            loss, _ = mosnet_loss(logits.float(), y, annotated[idx].to(device), beta.to(device), recon, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-        if progress:
-            elapsed = time.monotonic() - t0
-            progress({"epoch": epoch + 1, "epochs": settings.epochs, "loss": total / settings.steps_per_epoch,
-                      "eta_s": elapsed / (epoch + 1) * (settings.epochs - epoch - 1)})
-    return tuned.eval()
+
+    def batch_loss() -> torch.Tensor:
+        idx = torch.from_numpy(rng.integers(0, len(images), settings.batch_size))
+        x, y = images[idx].float().to(device), masks[idx].to(device)
+        if rng.random() < 0.5:  # left-right flips: mice lie either way up in the scanner bed
+            x, y = x.flip(-1), y.flip(-1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits, recon = tuned(x, conditions[idx].to(device))
+        return mosnet_loss(logits.float(), y, annotated[idx].to(device), beta.to(device), recon, x)[0]
+
+    return _steps(tuned, batch_loss, settings, progress, should_stop)
 
 
 def ct_dice(model, images: torch.Tensor, masks: torch.Tensor, condition: int) -> float:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import threading
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, Table
+from magicgui.widgets import ComboBox, FileEdit, PushButton, Select, Table
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
@@ -21,7 +19,8 @@ from ..metrics import volume_mm3
 from ..models.preprocess import pick_device
 from ..models.registry import list_models, resolve
 from ..models.store import ModelError, load_mosnet, read_config
-from ._worker import ActivityProgress, run_reporting, stop_and_wait
+from ._base import JobWidget
+from ._worker import run_reporting
 
 if TYPE_CHECKING:
     import napari
@@ -47,8 +46,10 @@ def check_ct_layer(layer) -> tuple[np.ndarray, tuple[float, float, float]]:
     return data, tuple(float(s) for s in layer.scale)
 
 
-class CTWidget(Container):
+class CTWidget(JobWidget):
     """Segment the organs of a micro-CT scan with a MOSnet model, off the GUI thread."""
+
+    job_name = "micro-CT segmentation"
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
@@ -60,26 +61,15 @@ class CTWidget(Container):
         self._meta: dict = {}
         self._condition = ComboBox(label="condition", choices=lambda _: self._meta.get("conditions", []))
         self._organs = Select(label="organs", choices=lambda _: self._meta.get("organs", []))
-        self._run = PushButton(text="Run")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
-        self._status = Label(value="")
         self._table = Table(value={"organ": [], "volume (mm³)": [], "voxels": []})
         self._export = PushButton(text="Export volumes as CSV…", enabled=False)
         self.extend([self._image, self._model, self._folder, self._condition, self._organs, self._run,
                      self._cancel, self._progress, self._status, self._table, self._export])
         self._model.changed.connect(self._load_model_info)
         self._folder.changed.connect(self._load_model_info)
-        self._run.clicked.connect(self.run)
-        self._cancel.clicked.connect(self.cancel)
         self._export.clicked.connect(self._ask_export)
         napari_viewer.layers.events.inserted.connect(self._image.reset_choices)
         napari_viewer.layers.events.removed.connect(self._image.reset_choices)
-        self._stop: threading.Event | None = None
-        self._activity = ActivityProgress("micro-CT segmentation")
-        self._job: dict = {}  # the running worker and its stop flag, for when the viewer closes
-        self.native.destroyed.connect(partial(stop_and_wait, self._job))
-        self.worker = None
         self.result_layer = None
         self._volumes: list[dict] = []
         self._load_model_info()
@@ -119,16 +109,7 @@ class CTWidget(Container):
         except ValueError as exc:
             show_error(str(exc))
             return
-        self._stop = threading.Event()
-        self.worker = self._segment(volume, spacing, self.model_spec(), self._condition.value, organs, layer)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self._job.update(worker=self.worker, stop=self._stop)
-        self._run.enabled, self._cancel.enabled = False, True
-        self._status.value = "segmenting…"
-        self.worker.start()
+        self._start(self._segment, volume, spacing, self.model_spec(), self._condition.value, organs, layer)
 
     @thread_worker(ignore_errors=True)  # errors reach _on_error as a message, not a crash
     def _segment(self, volume, spacing, model_spec, condition, organs, layer):
@@ -138,15 +119,7 @@ class CTWidget(Container):
         labels = np.where(np.isin(pred.labels, list(keep.values())), pred.labels, 0).astype(np.uint8)
         return labels, keep, spacing, layer
 
-    def cancel(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._status.value = "cancelling…"
 
-    def _on_progress(self, event: tuple[int, int]) -> None:
-        done, total = event
-        self._progress.max, self._progress.value = total, done
-        self._activity.update(done, total)
 
     def _on_done(self, result) -> None:
         labels, organs, spacing, source = result
@@ -161,17 +134,7 @@ class CTWidget(Container):
         self._export.enabled = True
         self._status.value = f"done: {len(organs)} organs"
 
-    def _on_error(self, exc: Exception) -> None:
-        if isinstance(exc, InterruptedError):
-            self._status.value = "cancelled; no layer was changed"
-            show_info("segmentation cancelled")
-        else:
-            self._status.value = f"failed: {exc}"
-            show_error(f"micro-CT segmentation failed: {exc}")
 
-    def _on_finished(self) -> None:
-        self._activity.close()
-        self._run.enabled, self._cancel.enabled = True, False
 
     def export_volumes(self, path: str | Path) -> Path:
         """Write the last run's organ volumes as CSV (organ, volume_mm3, voxels)."""

@@ -6,14 +6,12 @@ instances without running the networks again.
 
 from __future__ import annotations
 
-import threading
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, LineEdit, ProgressBar,
-                              PushButton)
+from magicgui.widgets import (CheckBox, ComboBox, FileEdit, FloatSlider, LineEdit, PushButton)
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -26,7 +24,8 @@ from ..models.registry import list_models
 from ..models.store import load_unet
 from ..organs import US_ORGANS
 from ..us_jobs import write_rois
-from ._worker import ActivityProgress, run_reporting, stop_and_wait
+from ._base import JobWidget
+from ._worker import run_reporting
 
 if TYPE_CHECKING:
     import napari
@@ -53,8 +52,10 @@ def frames_from_layer(layer, grid: tuple[int, int] | None = None) -> tuple[np.nd
     return data, note
 
 
-class UltrasoundWidget(Container):
+class UltrasoundWidget(JobWidget):
     """Split a composite, run the organ U-Nets, tune the threshold, export and import RoiSets."""
+
+    job_name = "ultrasound segmentation"
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
@@ -66,33 +67,22 @@ class UltrasoundWidget(Container):
         self._split = PushButton(text="Split into frames")
         self._use = {o: CheckBox(text=o, value=True) for o in US_ORGANS}
         self._models = {o: ComboBox(label=f"{o} model", choices=partial(self._unet_names, o)) for o in US_ORGANS}
-        self._run = PushButton(text="Run")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self._threshold_organ = ComboBox(label="threshold of", choices=lambda _: list(self._probabilities))
         self._threshold = FloatSlider(label="threshold", min=0.05, max=0.99, step=0.01, value=0.5, enabled=False)
         self._folder = FileEdit(label="RoiSet folder", mode="d", value="")
         self._export = PushButton(text="Export RoiSets", enabled=False)
         self._import_file = FileEdit(label="import RoiSet", mode="r", filter="*.zip *.roi", value="")
         self._import = PushButton(text="Import as labels")
-        self._status = Label(value="")
         self.extend([self._source, self._file, self._grid, self._split, *self._use.values(), *self._models.values(),
                      self._run, self._cancel, self._progress, self._threshold_organ, self._threshold, self._folder, self._export,
                      self._import_file, self._import, self._status])
         self._split.clicked.connect(self.split)
-        self._run.clicked.connect(self.run)
-        self._cancel.clicked.connect(self.cancel)
         self._threshold.changed.connect(self._rethreshold)
         self._threshold_organ.changed.connect(self._show_threshold)
         self._export.clicked.connect(lambda: self.export_rois(self._folder.value))
         self._import.clicked.connect(lambda: self.import_rois(self._import_file.value))
         napari_viewer.layers.events.inserted.connect(self._source.reset_choices)
         napari_viewer.layers.events.removed.connect(self._source.reset_choices)
-        self._activity = ActivityProgress("ultrasound U-Nets")
-        self._job: dict = {}
-        self.native.destroyed.connect(partial(stop_and_wait, self._job))
-        self._stop: threading.Event | None = None
-        self.worker = None
         self.frames_layer = None
         self.organ_layers: dict[str, object] = {}
         self._min_size: dict[str, int] = {}
@@ -166,16 +156,7 @@ class UltrasoundWidget(Container):
         except ValueError as exc:
             show_error(str(exc))
             return
-        self._stop = threading.Event()
-        self.worker = self._predict(frames, models)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self._job.update(worker=self.worker, stop=self._stop)
-        self._run.enabled, self._cancel.enabled = False, True
-        self._status.value = "segmenting…"
-        self.worker.start()
+        self._start(self._predict, frames, models)
 
     @thread_worker(ignore_errors=True)  # errors reach _on_error as a message, not a crash
     def _predict(self, frames: np.ndarray, models: dict[str, str]):
@@ -187,15 +168,7 @@ class UltrasoundWidget(Container):
                                                                                    config.min_size))
         return results, frames.shape
 
-    def cancel(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._status.value = "cancelling…"
 
-    def _on_progress(self, event: tuple[int, int]) -> None:
-        done, total = event
-        self._progress.max, self._progress.value = total, done
-        self._activity.update(done, total)
 
     def _on_done(self, result) -> None:
         results, _ = result
@@ -236,17 +209,7 @@ class UltrasoundWidget(Container):
         if self._threshold_organ.value:
             self.set_threshold(self._threshold_organ.value, value)
 
-    def _on_error(self, exc: Exception) -> None:
-        if isinstance(exc, InterruptedError):
-            self._status.value = "cancelled; no layer was changed"
-            show_info("segmentation cancelled")
-        else:
-            self._status.value = f"failed: {exc}"
-            show_error(f"ultrasound segmentation failed: {exc}")
 
-    def _on_finished(self) -> None:
-        self._activity.close()
-        self._run.enabled, self._cancel.enabled = True, False
 
     def export_rois(self, folder) -> list[Path]:
         """One ORGAN_RoiSet.zip per organ layer in ``folder``, replacing older ones."""
