@@ -160,10 +160,15 @@ class ActiveLearningWidget(Container):
         if image is None or np.asarray(image.data).ndim != 3:
             show_error("choose a (frames, y, x) image layer to rank")
             return
+        self._background(self._probabilities, np.asarray(image.data), self._model.value,
+                         done=self._show_ranking, what="ranking")
+
+    def _background(self, make_worker, *args, done, what: str) -> None:
+        """Start a thread worker with its own stop flag; its result goes to ``done``, errors to a notification."""
         stop = threading.Event()
-        worker = self._probabilities(np.asarray(image.data), self._model.value, stop)
-        worker.returned.connect(self._show_ranking)
-        worker.errored.connect(lambda exc: show_error(f"ranking failed: {exc}"))
+        worker = make_worker(*args, stop)
+        worker.returned.connect(done)
+        worker.errored.connect(lambda exc: show_error(f"{what} failed: {exc}"))
         self._job.update(worker=worker, stop=stop)
         worker.start()
 
@@ -255,12 +260,8 @@ class ActiveLearningWidget(Container):
         image = self._image.value
         if image is None or np.asarray(image.data).ndim != 3:
             return
-        stop = threading.Event()
-        worker = self._predict(np.asarray(image.data), model_name, stop)
-        worker.returned.connect(self._show_prediction)
-        worker.errored.connect(lambda exc: show_error(f"re-prediction failed: {exc}"))
-        self._job.update(worker=worker, stop=stop)
-        worker.start()
+        self._background(self._predict, np.asarray(image.data), model_name, done=self._show_prediction,
+                         what="re-prediction")
 
     @thread_worker(ignore_errors=True)
     def _predict(self, frames: np.ndarray, model_name: str, stop: threading.Event):
