@@ -120,7 +120,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         results = run_rounds(args.queue, device=args.device, guard=args.guard, replay=args.replay,
                              settings=settings, should_stop=stop)
         for r in results:
-            print(f"{r['model']} v{r['version']}: held-out Dice {r['dice_before']:.3f} -> {r['dice_after']:.3f}, "
+            if "failed" in r:
+                print(f"{r['model']}: round failed ({r['failed']})")
+                continue
+            scores = "n/a" if r["dice_after"] is None else f"{r['dice_before']:.3f} -> {r['dice_after']:.3f}"
+            print(f"{r['model']} v{r['version']}: held-out Dice {scores}, "
                   f"{'promoted' if r['promoted'] else 'not promoted'}")
         if args.once or stop():
             return 0
@@ -138,7 +142,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
         print(f"{args.name}: no versions (no retraining round has published one)")
     for r in rows:
         m = r.get("metrics") or {}
-        score = f"held-out Dice {m['dice_before']:.3f} -> {m['dice_after']:.3f}" if "dice_after" in m else ""
+        score = f"held-out Dice {m['dice_before']:.3f} -> {m['dice_after']:.3f}" if m.get("dice_after") is not None else ""
         print(f"{'*' if r['current'] else ' '} v{r['version']:<4} {r['created']}  parent {r['parent']}  "
               f"items {r['items']}  {score}")
     return 0

@@ -175,3 +175,30 @@ def test_micro_ct_round_replays_the_original_dataset_when_given(home, tmp_path):
     [result] = run_rounds(queue.root, replay=str(tmp_path / "native"), settings=FineTuneSettings(epochs=2),
                           log=logs.append)
     assert any(line.startswith("replaying 6 slices") for line in logs) and result["version"] == "1"
+
+
+@pytest.mark.parametrize("dz", [0.2802, 0.1, 0.5])
+def test_corrected_slices_map_to_the_model_slices_made_from_them(dz):
+    import torch
+
+    from napari_mousesegment.models.mosnet import MOSnetConfig
+    from napari_mousesegment.training.finetune import ct_slices
+
+    config = MOSnetConfig(organs=[f"o{k}" for k in range(1, 61)], width=4, depth=2, image_size=16)
+    n = 60
+    image = np.zeros((n, 8, 8), np.float32)
+    labels = np.broadcast_to(np.arange(1, n + 1, dtype=np.uint8)[:, None, None], (n, 8, 8)).copy()
+    touched = [5, 31, 47]
+    _, masks = ct_slices(image, labels, (dz, 0.28, 0.28), touched, config)
+    found = {int(torch.nonzero(m.flatten(1).any(1))[0]) for m in masks}  # organ k+1 = source slice k
+    assert found == set(touched)
+
+
+def test_a_failing_group_does_not_stall_the_others(home, tmp_path):
+    queue, *_ = _queue_corrections(tmp_path / "q")
+    image, labels = np.zeros((2, 20, 20), np.int16), np.ones((2, 20, 20), np.uint8)
+    queue.add(image, labels, "ct", condition="mri", model="mosnet-synthetic", spacing=(0.28, 0.28, 0.28))
+    logs = []
+    results = run_rounds(queue.root, settings=FineTuneSettings(epochs=2), log=logs.append)
+    assert any("failed" in r for r in results) and any(r.get("version") == "1" for r in results)
+    assert [i.state for i in queue.items()] == ["used", "pending"]

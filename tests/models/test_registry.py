@@ -191,3 +191,34 @@ def test_cli_models_list_import_export_remove(home, unet_folder, tmp_path, capsy
 def test_unknown_name_lists_what_is_installed(home):
     with pytest.raises(ModelError, match="installed:"):
         load_unet("no-such-model")
+
+
+def test_export_force_never_replaces_a_folder_of_user_files(home, unet_folder, tmp_path):
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.docx").write_text("years of work")
+    with pytest.raises(ModelError, match="not a model"):
+        registry.export_model(str(unet_folder), docs, force=True)
+    assert (docs / "thesis.docx").read_text() == "years of work"
+
+
+def test_the_registry_file_name_is_not_a_model_name(home, unet_folder):
+    with pytest.raises(ModelError, match="reserved"):
+        registry.import_model(unet_folder, name="registry.json")
+
+
+def test_removing_a_model_removes_its_versions(home, unet_folder):
+    from napari_mousesegment.models import versions
+
+    registry.import_model(unet_folder)
+    versions.ensure_base("my-heart", "my-heart")
+    assert [v["version"] for v in versions.versions("my-heart")] == ["0"]
+    registry.remove_model("my-heart")
+    assert versions.versions("my-heart") == []
+
+
+def test_an_interrupted_replacement_is_restored_on_next_use(home, unet_folder):
+    registry.import_model(unet_folder)
+    (home / "my-heart").rename(home / ".my-heart-old")  # killed between the two renames
+    assert [r.name for r in registry.list_models() if r.source == "user"] == []
+    assert load_unet("my-heart")[1].organ == "heart"

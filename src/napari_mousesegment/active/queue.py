@@ -8,7 +8,8 @@ Layout of a queue folder::
 
 An item is written in full under ``tmp/``, then renamed to ``items/<id>`` inside the SQLite
 transaction that records it, so a crash leaves either the whole item or nothing. The viewer and
-a worker (even on another machine sharing the folder) can use the queue at the same time.
+a worker can use the queue at the same time (on one machine: SQLite's WAL mode needs the
+processes to share memory, so the folder must not be on a network filesystem).
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ CREATE TABLE IF NOT EXISTS rounds (
     items TEXT, metrics TEXT, message TEXT
 );
 """
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` changed; 0 when another process has just removed it."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 class QueueError(ValueError):
@@ -123,12 +132,12 @@ class Queue:
     def _clean(self) -> None:
         """Delete what a crash left: half-written items in tmp/, and item folders with no record."""
         for leftover in (self.root / "tmp").iterdir():
-            if time.time() - leftover.stat().st_mtime > 600:  # another process may be writing a fresh one
+            if _age(leftover) > 600:  # another process may be writing a fresh one
                 shutil.rmtree(leftover, ignore_errors=True)
         with closing(self._connect()) as db:
             known = {str(r["id"]) for r in db.execute("SELECT id FROM items")}
         for folder in (self.root / "items").iterdir():
-            if folder.name not in known and time.time() - folder.stat().st_mtime > 600:
+            if folder.name not in known and _age(folder) > 600:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def add(self, image: np.ndarray, labels: np.ndarray, kind: str, *, organ: str | None = None,

@@ -124,9 +124,11 @@ def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare,
         tuned = fine_tune(model, report, should_stop)
         before = score(model) if n_held else float("nan")
         after = score(tuned) if n_held else float("nan")
+        if np.isnan(before) or np.isnan(after):  # held-out data with nothing to score (no organ in it)
+            n_held, before, after = 0, None, None
         metrics = {"held_out": n_held, "dice_before": before, "dice_after": after, "trained_on": n_train}
         version = versions.publish(name, tuned, config, current, [i.id for i in items], metrics)
-        promoted = bool(n_held) and after >= before - guard  # no held-out data: never promoted blind
+        promoted = bool(n_held) and after >= before - guard  # nothing to check it on: never promoted blind
         if promoted:
             versions.promote(name, version)
         queue.mark_used([i.id for i in items], f"{name}:v{version}")
@@ -134,12 +136,16 @@ def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare,
                    + ("worse on the held-out data)" if n_held else "nothing held out to check it on)"))
         queue.update_round(round_id, state="done", version=version,
                            metrics={**metrics, "promoted": promoted}, message=verdict)
-        log(f"round {round_id}: held-out Dice {before:.3f} -> {after:.3f}; version {version} {verdict}")
+        log(f"round {round_id}: held-out Dice {_fmt(before)} -> {_fmt(after)}; version {version} {verdict}")
         return {"model": name, "version": version, "promoted": promoted, **metrics}
     except BaseException as exc:
         queue.update_round(round_id, state="cancelled" if isinstance(exc, InterruptedError) else "failed",
                            message=str(exc))
         raise
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto",
@@ -249,15 +255,19 @@ def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: flo
         groups: dict[tuple, list[Item]] = {}
         for item in pending:
             groups.setdefault((item.kind, item.model, item.organ, item.condition), []).append(item)
+        from ..models.store import ModelError
+
         for (kind, model, organ, condition), items in groups.items():
             if not model:
                 log(f"{len(items)} {organ or condition} correction(s) name no model and stay pending; "
                     "add them with --model")
                 continue
-            if kind == "ultrasound":
-                results.append(ultrasound_round(queue, items, model, device=device, guard=guard, replay=replay,
-                                                settings=settings, log=log, should_stop=should_stop))
-            else:
-                results.append(ct_round(queue, items, model, device=device, guard=guard, replay=replay,
+            round_fn = ultrasound_round if kind == "ultrasound" else ct_round
+            try:
+                results.append(round_fn(queue, items, model, device=device, guard=guard, replay=replay,
                                         settings=settings, log=log, should_stop=should_stop))
+            except (QueueError, ModelError, ValueError, OSError) as exc:  # one bad group does not stall the rest
+                log(f"{kind} {organ or condition} with {model}: round failed, its {len(items)} item(s) stay "
+                    f"pending: {exc}")
+                results.append({"model": model, "failed": str(exc)})
     return results

@@ -59,6 +59,8 @@ def home() -> Path:
 
 
 def check_name(name: str) -> str:
+    if name == REGISTRY:
+        raise ModelError(f"model name {name!r} is reserved (the registry file of published models)")
     if not _NAME.match(name or ""):
         raise ModelError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), "
                          "starting with a letter or digit")
@@ -72,7 +74,8 @@ def _is_model(folder: Path) -> bool:
 def _folders(root: Path) -> dict[str, Path]:
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and _is_model(p)}
+    return {p.name: p for p in sorted(root.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and _is_model(p)}
 
 
 def registry() -> dict[str, dict]:
@@ -134,6 +137,7 @@ def resolve(spec: str | os.PathLike) -> Path:
     name = str(spec)
     if not _NAME.match(name):
         raise ModelError(f"model {spec}: no such folder, and not a model name")
+    _restore_interrupted(name)
     found = _locations(name)
     if len(found) > 1:
         where = "; ".join(f"{s} at {p}" for s, p in found)
@@ -148,19 +152,31 @@ def resolve(spec: str | os.PathLike) -> Path:
     raise ModelError(f"model {name!r}: no such folder or model name (installed: {known})")
 
 
+def _restore_interrupted(name: str) -> None:
+    """A replacement killed between its two renames leaves only ``.NAME-old``: put it back."""
+    folder, old = home() / name, home() / f".{name}-old"
+    if not folder.exists() and _is_model(old):
+        os.replace(old, folder)
+
+
 def _copy_model(src: Path, dest: Path, force: bool) -> Path:
     """Copy a model folder's files into ``dest`` through a temporary folder, replacing only when ``force``."""
     if dest.is_dir() and not any(dest.iterdir()):
         dest.rmdir()  # an empty folder given as the destination
     if dest.exists() and not force:
         raise ModelError(f"{dest} exists and is not empty; pass --force to replace it")
+    if dest.exists() and not _is_model(dest):
+        raise ModelError(f"{dest} holds files that are not a model; refusing to replace it even with --force")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         for file in (CONFIG, WEIGHTS, *EXTRAS):
             if (src / file).is_file():
                 shutil.copy2(src / file, tmp / file)
-        load_model(tmp)  # the copy itself must load: hash, kind and shapes
+        try:
+            load_model(tmp)  # the copy itself must load: hash, kind and shapes
+        except ModelError as exc:
+            raise ModelError(str(exc).replace(str(tmp), str(src))) from None
         if dest.exists():
             old = dest.with_name(f".{dest.name}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -200,11 +216,12 @@ def fetch(url: str, sha256: str | None, name: str) -> Path:
     import pooch
 
     check_name(name)
-    downloads = home().parent / "downloads"
+    # Without a hash pooch would reuse any cached file of that name: download afresh instead.
+    downloads = home().parent / "downloads" if sha256 else Path(tempfile.mkdtemp(prefix="mousesegment-"))
     try:
         archive = Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
                                       path=downloads, progressbar=False))
-    except ValueError as exc:  # pooch's hash mismatch
+    except Exception as exc:  # pooch's hash mismatch, HTTP and network errors
         raise ModelError(f"model {name} from {url}: {exc}") from exc
     with tempfile.TemporaryDirectory() as tmp:
         folder = _unpack(archive, Path(tmp) / name)
@@ -232,7 +249,11 @@ def import_model(source: str | os.PathLike, name: str | None = None, force: bool
         raise ModelError(f"{folder}: no such model folder")
     if not _is_model(folder):
         raise ModelError(f"model {folder}: no {CONFIG} in this folder")
-    return _copy_model(folder, dest, force)
+    installed = _copy_model(folder, dest, force)
+    from .versions import remove_versions
+
+    remove_versions(name)  # a new model under this name starts a new history
+    return installed
 
 
 def export_model(spec: str, dest: str | os.PathLike, force: bool = False) -> Path:
@@ -249,6 +270,9 @@ def remove_model(name: str) -> Path:
             raise ModelError(f"model {name!r} is built in and cannot be removed")
         raise ModelError(f"no user model named {name!r} in {home()}")
     shutil.rmtree(folder)
+    from .versions import remove_versions
+
+    remove_versions(name)  # its history would otherwise come back to life under a new model of that name
     return folder
 
 

@@ -9,10 +9,13 @@ previous current version in place; rollback promotes the one before.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,24 @@ INDEX = "versions.json"
 
 def lab_name(model: str) -> str:
     """The user model that rounds started from ``model`` publish to: the same name for a user model,
-    ``NAME-lab`` for a built-in one (built-in models are never changed)."""
-    path = Path(model)
+    ``NAME-lab`` for a built-in one or a model folder (built-in models and folders are never changed)."""
+    path = Path(model).expanduser()
     if path.is_dir():
-        return check_name(path.name if (path.parent != BUILTIN) else f"{path.name}-lab")
+        return check_name(f"{path.resolve().name}-lab")
     return f"{model}-lab" if (BUILTIN / model).is_dir() else check_name(model)
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """One writer of a model's versions at a time (rounds of several queues, promote, rollback)."""
+    root = _root(name)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _root(name: str) -> Path:
@@ -59,9 +75,15 @@ def versions(name: str) -> list[dict[str, Any]]:
 
 def ensure_base(name: str, start: str) -> None:
     """Record the model a first round starts from as version 0, so that rollback can return to it."""
-    if _index(name)["versions"]:
+    index = _index(name)
+    if index["versions"]:
+        if index["current"] is None:  # a crash right after recording version 0
+            promote(name, "0")
         return
     source = resolve(start)
+    if (home() / name).exists() and source.resolve() != (home() / name).resolve():
+        raise ModelError(f"a user model named {name!r} exists and is not {start}; rounds would replace it. "
+                         f"Rename one of them (mousesegment models import ... --name)")
     root = _root(name)
     root.mkdir(parents=True, exist_ok=True)
     _copy_model(source, root / "0", force=True)
@@ -77,42 +99,47 @@ def ensure_base(name: str, start: str) -> None:
 def publish(name: str, model: torch.nn.Module, config: Any, parent: str, items: list[int],
             metrics: dict[str, Any]) -> str:
     """Save a new version of ``name`` (not yet current) and return its version string."""
-    index = _index(name)
-    version = str(max((int(v) for v in index["versions"]), default=-1) + 1)
-    config.version = version
-    extra = {k: v for k, v in read_config(_root(name) / parent).items() if k in ("training", "name", "description")}
-    save_model(_root(name) / version, model, config,
-               {**extra, "parent_version": parent, "queue_items": items, "round_metrics": metrics})
-    index["versions"][version] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parent": parent,
-                                  "items": items, "metrics": metrics}
-    _write_index(name, index)
+    with _locked(name):
+        index = _index(name)
+        version = str(max((int(v) for v in index["versions"]), default=-1) + 1)
+        config.version = version
+        extra = {k: v for k, v in read_config(_root(name) / parent).items()
+                 if k in ("training", "name", "description")}
+        save_model(_root(name) / version, model, config,
+                   {**extra, "parent_version": parent, "queue_items": items, "round_metrics": metrics})
+        index["versions"][version] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parent": parent,
+                                      "items": items, "metrics": metrics}
+        _write_index(name, index)
     return version
 
 
 def promote(name: str, version: str) -> Path:
     """Make ``version`` the one every command loads under ``name``."""
-    index = _index(name)
-    if str(version) not in index["versions"]:
+    with _locked(name):
+        return _promote(name, str(version), _index(name))
+
+
+def _promote(name: str, version: str, index: dict[str, Any], history: list[str] | None = None) -> Path:
+    if version not in index["versions"]:
         known = ", ".join(index["versions"]) or "none"
         raise ModelError(f"model {name!r} has no version {version!r} (versions: {known})")
-    folder = _copy_model(_root(name) / str(version), home() / name, force=True)
-    index["current"] = str(version)
-    index["promotions"].append(str(version))
-    _write_index(name, index)
+    folder = _copy_model(_root(name) / version, home() / name, force=True)
+    if history is None:
+        history = index["promotions"] + ([] if index["current"] == version else [version])
+    index["current"], index["promotions"] = version, history
+    _write_index(name, index)  # current version and history in one write
     return folder
 
 
 def rollback(name: str) -> str:
     """Promote the version that was current before the present one; returns it."""
-    index = _index(name)
-    history = index["promotions"]
-    if len(history) < 2:
-        raise ModelError(f"model {name!r} has no earlier version to roll back to")
-    previous = history[-2]
-    promote(name, previous)
-    index = _index(name)
-    index["promotions"] = history[:-2] + [previous]
-    _write_index(name, index)
+    with _locked(name):
+        index = _index(name)
+        history = index["promotions"]
+        if len(history) < 2:
+            raise ModelError(f"model {name!r} has no earlier version to roll back to")
+        previous = history[-2]
+        _promote(name, previous, index, history[:-1])
     return previous
 
 

@@ -101,20 +101,19 @@ def _steps(tuned, batch_loss: Callable[[], torch.Tensor], settings: FineTuneSett
 def ct_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], touched: list[int],
               config) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's preprocessed slices (N, 1, S, S) and organ masks (N, M, S, S) of the touched input
-    slices (axis 0), labels numbered as the model's organs (1 = its first organ, as predict writes them)."""
+    slices (axis 0, axial), labels numbered as the model's organs (1 = its first organ, as predict writes them)."""
     from ..models.preprocess import fit_square, resample, to_slices, window
 
-    img = to_slices(resample(window(image, config.window_level, config.window_width), spacing,
+    if config.plane != "axial":
+        raise ValueError("micro-CT corrections are taken slice by slice on the axial plane")
+    # Each corrected axial slice becomes one model slice: resampled in plane only, so its labels
+    # are the corrected ones whatever the scan's z spacing (a z resample would mix in neighbours).
+    in_plane = (config.spacing_mm, *spacing[1:])
+    img = to_slices(resample(window(image[touched], config.window_level, config.window_width), in_plane,
                              config.spacing_mm, order=1), config.plane)
-    lab = to_slices(resample(labels, spacing, config.spacing_mm, order=0), config.plane)
-    scale = spacing[0] / config.spacing_mm
-    source = np.clip(np.round((np.arange(len(img)) + 0.5) / scale - 0.5).astype(int), 0, len(image) - 1)
-    keep = np.nonzero(np.isin(source, touched))[0]
-    if config.plane != "axial" or not len(keep):
-        raise ValueError("micro-CT corrections are taken slice by slice on the axial plane; "
-                         f"no model slice falls on the touched slices {touched[:5]}")
-    img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img[keep]))[:, None], config.image_size, "bilinear")
-    lab_t = fit_square(torch.from_numpy(np.ascontiguousarray(lab[keep]).astype(np.int64))[:, None].float(),
+    lab = to_slices(resample(labels[touched], in_plane, config.spacing_mm, order=0), config.plane)
+    img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img))[:, None], config.image_size, "bilinear")
+    lab_t = fit_square(torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))[:, None].float(),
                        config.image_size, "nearest-exact").long()[:, 0]
     masks = torch.stack([lab_t == i + 1 for i in range(len(config.organs))], 1)
     return img_t, masks

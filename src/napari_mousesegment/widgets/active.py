@@ -285,7 +285,7 @@ class ActiveLearningWidget(Container):
             "version": [r["version"] for r in rows], "current": ["*" if r["current"] else "" for r in rows],
             "parent": [r["parent"] or "" for r in rows],
             "held-out Dice": [f"{r['metrics']['dice_before']:.3f} -> {r['metrics']['dice_after']:.3f}"
-                              if "dice_after" in (r.get("metrics") or {}) else "" for r in rows]}
+                              if (r.get("metrics") or {}).get("dice_after") is not None else "" for r in rows]}
         self._version.reset_choices()
 
     def _switch(self, action, *args) -> None:
