@@ -12,11 +12,13 @@ def _size(n: int) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .models.registry import as_dicts, home, list_models
+    from dataclasses import asdict
+
+    from .models.registry import home, list_models
 
     rows = list_models()
     if args.json:
-        print(json.dumps(as_dicts(rows), indent=2))
+        print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
     header = ("name", "kind", "organs", "version", "source", "size")
     table = [header] + [(r.name, r.kind, ",".join(r.organs), r.version, r.source, _size(r.size_bytes)) for r in rows]

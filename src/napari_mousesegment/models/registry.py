@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .store import CONFIG, WEIGHTS, ModelError, load_model, read_config
@@ -275,6 +275,3 @@ def remove_model(name: str) -> Path:
     remove_versions(name)  # its history would otherwise come back to life under a new model of that name
     return folder
 
-
-def as_dicts(rows: list[ModelInfo]) -> list[dict]:
-    return [asdict(r) for r in rows]

@@ -79,6 +79,7 @@ class ActiveLearningWidget(Container):
             event.connect(self._image.reset_choices)
             event.connect(self._labels.reset_choices)
         self._job: dict = {}
+        self._queue: Queue | None = None
         self.native.destroyed.connect(lambda *_: self._kill_process())
         self.native.destroyed.connect(lambda *_, job=self._job: stop_and_wait(job))
         self.process: QProcess | None = None
@@ -121,7 +122,11 @@ class ActiveLearningWidget(Container):
 
     @property
     def queue(self) -> Queue:
-        return Queue(Path(str(self._queue_dir.value)).expanduser())
+        """The chosen queue, opened once per folder (opening checks the schema and cleans up)."""
+        root = Path(str(self._queue_dir.value)).expanduser()
+        if self._queue is None or self._queue.root != root:
+            self._queue = Queue(root)
+        return self._queue
 
     # -- queue -------------------------------------------------------------------------------
     def send(self) -> None:

@@ -161,17 +161,17 @@ class UltrasoundWidget(JobWidget):
     @thread_worker(ignore_errors=True)  # errors reach _on_error as a message, not a crash
     def _predict(self, frames: np.ndarray, models: dict[str, str]):
         results = {}
-        for k, (organ, spec) in enumerate(models.items()):
+        for organ, spec in models.items():
             model, config, _ = load_unet(spec)
             prob = yield from run_reporting(predict_probabilities, self._stop, model, frames)
             results[organ] = (prob, config.threshold, config.min_size, instances(prob, config.threshold,
                                                                                    config.min_size))
-        return results, frames.shape
+        return results
 
 
 
     def _on_done(self, result) -> None:
-        results, _ = result
+        results = result
         for organ, (prob, threshold, min_size, labels) in results.items():
             self._probabilities[organ], self._min_size[organ] = prob, min_size
             self.thresholds[organ] = threshold
