@@ -91,7 +91,7 @@ def test_predict_volume_returns_the_input_grid(datasets, tmp_path):
     model = MOSnet(config).eval()
     scan = ct_phantom(5, "native", shape=SHAPE)
     fine = np.repeat(scan.image, 2, axis=0)  # 0.14 mm along z: resampled with the spacing, then back
-    pred = predict_volume(model, fine, (0.14, 0.28, 0.28), "native", batch_size=7)
+    pred = predict_volume(model, fine, (0.14, 0.28, 0.28), "native", batch_size=7, keep_probabilities=True)
     assert pred.labels.shape == fine.shape and pred.probabilities.shape == (9, *fine.shape)
     with pytest.raises(ValueError, match="NaN"):
         predict_volume(model, np.full(SHAPE, np.nan), (0.28,) * 3, "native")

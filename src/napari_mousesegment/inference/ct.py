@@ -1,34 +1,77 @@
-"""Whole-volume MOSnet prediction, returned on the input's own grid and spacing."""
+"""Whole-volume MOSnet prediction, returned on the input's own grid and spacing.
+
+The volume streams through in slabs of ``batch_size`` slices on the model's plane: each slab is
+windowed, resampled to the model's voxel size (linear along the slice axis, bilinear in plane),
+segmented, and its probabilities resampled back onto the input grid before the next slab starts.
+Working memory is therefore a few slabs, whatever the scan's length; only the label volume (and
+the probabilities, when asked for) grow with it. The resampling is the same linear interpolation
+as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode="nearest")`` on the whole volume.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
+from torch.nn import functional as F
 
+from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
-from ..models.preprocess import fit_square, from_slices, resample, to_slices, unfit_square, window
+from ..models.preprocess import fit_square, to_slices, unfit_square, window
+
+_PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 
 
 @dataclass
 class CTPrediction:
-    """Per-organ probabilities and a label volume, on the input grid."""
+    """A label volume and, when asked for, per-organ probabilities, on the input grid."""
 
-    probabilities: np.ndarray  #: (M, z, y, x) float16 in [0, 1]
-    labels: np.ndarray  #: (z, y, x) uint8: 1 + index of the most likely organ above 0.5, else 0
+    labels: np.ndarray  #: (z, y, x) uint8: 1 + index of the most likely organ above the threshold, else 0
     organs: dict[str, int]  #: organ -> label value
+    probabilities: np.ndarray | None = None  #: (M, z, y, x) float16 in [0, 1], with keep_probabilities
 
 
-def _resample_to(volume: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
-    if volume.shape == tuple(shape):
-        return volume
-    factors = np.array(shape, float) / np.array(volume.shape, float)
-    out = ndi.zoom(volume, factors, order=order, mode="nearest", grid_mode=True)
-    pad = [(0, max(0, s - o)) for s, o in zip(shape, out.shape)]
-    return np.pad(out, pad, mode="edge")[tuple(slice(0, s) for s in shape)]
+def zoom_size(n: int, spacing: float, target: float) -> int:
+    """Voxels along an axis after resampling from ``spacing`` to ``target`` mm (as ndimage.zoom rounds)."""
+    return n if np.isclose(spacing / target, 1.0, atol=1e-3) else int(round(n * spacing / target))
+
+
+def linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output sample of a grid-mode linear resampling from n_in to n_out samples: the two
+    input indices it reads and the weight of the second (edges repeat, as mode="nearest")."""
+    coord = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    low = np.floor(coord).astype(int)
+    return low, np.minimum(low + 1, n_in - 1), (coord - low).astype(np.float32)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _model_slabs(net: MOSnet, stack: np.ndarray, thickness: float, pixel: tuple[float, float],
+                 condition: int, batch_size: int, device: torch.device,
+                 should_stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
+    """Probabilities (B, M, h, w) of successive slabs of model-grid slices, on the input's in-plane grid."""
+    config = net.config
+    n, h, w = stack.shape
+    grid = (zoom_size(h, pixel[0], config.spacing_mm), zoom_size(w, pixel[1], config.spacing_mm))
+    low, high, weight = linear_taps(zoom_size(n, thickness, config.spacing_mm), n)
+    cond = torch.tensor([condition], device=device)
+    for start in range(0, len(low), batch_size):
+        if should_stop():
+            raise InterruptedError("prediction cancelled")
+        lo, hi, wt = low[start:start + batch_size], high[start:start + batch_size], weight[start:start + batch_size]
+        first = int(lo[0])
+        slab = torch.from_numpy(window(stack[first:int(hi[-1]) + 1], config.window_level, config.window_width))
+        wt_t = torch.from_numpy(wt)[:, None, None]
+        mixed = slab[lo - first] * (1 - wt_t) + slab[hi - first] * wt_t if (wt > 0).any() else slab[lo - first]
+        x = _resize(mixed[:, None].to(device), grid)
+        x = fit_square(x, config.image_size, "bilinear").contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = net.segment(x, cond.expand(len(x)))
+        yield _resize(unfit_square(torch.sigmoid(logits.float()), *grid), (h, w))
 
 
 def predict_volume(
@@ -36,15 +79,16 @@ def predict_volume(
     image: np.ndarray,
     spacing: tuple[float, float, float],
     condition: str,
-    batch_size: int = 16,
+    batch_size: int = 8,
     threshold: float = 0.5,
+    keep_probabilities: bool = False,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> CTPrediction:
-    """Segment a (z, y, x) HU volume with known spacing (mm).
+    """Segment a (z, y, x) HU volume with known spacing (mm); the result is on the input grid.
 
-    The volume is windowed, resampled to the model's voxel size, cut into slices on the model's
-    plane and run in batches; probabilities are resampled back to the input grid.
+    ``image`` may be a memory-mapped array: it is read one slab at a time. ``keep_probabilities``
+    also returns the per-organ probabilities (2 bytes per organ per voxel).
     """
     config = model.config
     if image.ndim != 3:
@@ -53,28 +97,43 @@ def predict_volume(
         raise ValueError(f"condition {condition!r} is unknown to this model; it knows {config.conditions}")
     if spacing is None or len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive numbers in mm, got {spacing!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
-    model.eval()
-    resampled = resample(window(image, config.window_level, config.window_width), spacing,
-                         config.spacing_mm, order=1)
-    slices = to_slices(resampled, config.plane)
-    h, w = slices.shape[1:]
-    cond = torch.tensor([config.conditions.index(condition)], device=device)
-    out = np.empty((len(config.organs), *slices.shape), np.float16)
+    net = inference_copy(model)
+    axis = _PLANE_AXIS[config.plane]
+    stack = to_slices(image, config.plane)  # a view: slices along axis 0
+    thickness = float(spacing[axis])
+    pixel = tuple(float(s) for i, s in enumerate(spacing) if i != axis)
+    labels = np.zeros(image.shape, np.uint8)
+    label_stack = to_slices(labels, config.plane)
+    probabilities = np.zeros((len(config.organs), *image.shape), np.float16) if keep_probabilities else None
+    prob_stack = np.moveaxis(probabilities, 1 + axis, 1) if probabilities is not None else None
+    n = len(stack)
+    n_model = zoom_size(n, thickness, config.spacing_mm)
+    # Each input slice j reads model slices low[j] and high[j]; emit it once both are computed.
+    low, high, weight = linear_taps(n, n_model)
+    done, emitted, tail, tail_start = 0, 0, None, 0
     with torch.inference_mode():
-        for start in range(0, len(slices), batch_size):
-            if should_stop():
-                raise InterruptedError("prediction cancelled")
-            batch = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size]))[:, None].to(device)
-            x = fit_square(batch, config.image_size, "bilinear")
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits, _ = model(x, cond.expand(len(x)))
-            probs = unfit_square(torch.sigmoid(logits.float()), h, w)
-            out[:, start:start + len(batch)] = probs.permute(1, 0, 2, 3).cpu().numpy()
+        slabs = _model_slabs(net, stack, thickness, pixel, config.conditions.index(condition), batch_size,
+                             device, should_stop)
+        for slab in slabs:
+            held = slab if tail is None else torch.cat([tail, slab])
+            done += len(slab)
+            ready = int(np.searchsorted(high, done, side="left"))  # input slices whose taps are all done
+            if ready > emitted:
+                lo = torch.from_numpy(low[emitted:ready] - tail_start).to(held.device)
+                hi = torch.from_numpy(high[emitted:ready] - tail_start).to(held.device)
+                wt = torch.from_numpy(weight[emitted:ready]).to(held.device)[:, None, None, None]
+                probs = (held[lo] * (1 - wt) + held[hi] * wt).to(torch.float16)
+                top, best = probs.max(1)
+                chunk = torch.where(top > threshold, best + 1, 0).to(torch.uint8)
+                label_stack[emitted:ready] = chunk.cpu().numpy()
+                if prob_stack is not None:
+                    prob_stack[:, emitted:ready] = probs.permute(1, 0, 2, 3).cpu().numpy()
+                emitted = ready
+            keep_from = int(low[emitted]) if emitted < n else done  # oldest model slice still needed
+            tail, tail_start = held[keep_from - tail_start:], keep_from
             if progress:
-                progress(min(start + batch_size, len(slices)), len(slices))
-    volume_probs = np.stack([_resample_to(from_slices(p, config.plane).astype(np.float32), image.shape, 1)
-                             for p in out]).astype(np.float16)
-    best = volume_probs.argmax(0)
-    labels = np.where(volume_probs.max(0) > threshold, best + 1, 0).astype(np.uint8)
-    return CTPrediction(volume_probs, labels, {o: i + 1 for i, o in enumerate(config.organs)})
+                progress(done, n_model)
+    return CTPrediction(labels, {o: i + 1 for i, o in enumerate(config.organs)}, probabilities)

@@ -16,6 +16,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 from torch.nn import functional as F
 
+from ..models.fold import inference_copy
 from ..models.unet import UNet
 
 
@@ -42,6 +43,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 def batch_probabilities(model: UNet, x: torch.Tensor) -> torch.Tensor:
     """Probabilities (on the CPU) of a (B, 1, H, W) batch of [0, 1] frames already on the model's device."""
     x, (h, w) = pad_to_multiple(x, 2 ** (model.config.levels - 1))
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         logits = model(x)
     return torch.sigmoid(logits.float())[:, :, :h, :w].cpu()
@@ -52,14 +54,14 @@ def predict_probabilities(model: UNet, frames: np.ndarray, batch_size: int = 8,
                           should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
     """(N, H, W) organ probabilities for (N, H, W) frames."""
     device = next(model.parameters()).device
-    model.eval()
+    net = inference_copy(model)
     unit = to_unit(frames)
     out = np.empty(unit.shape, np.float32)
     for start in range(0, len(unit), batch_size):
         if should_stop():
             raise InterruptedError("prediction cancelled")
         x = torch.from_numpy(unit[start:start + batch_size])[:, None].to(device)
-        out[start:start + len(x)] = batch_probabilities(model, x)[:, 0].numpy()
+        out[start:start + len(x)] = batch_probabilities(net, x)[:, 0].numpy()
         if progress:
             progress(min(start + batch_size, len(unit)), len(unit))
     return out

@@ -158,17 +158,28 @@ class MOSnet(nn.Module):
         else:
             self.recon = None
 
-    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         skips = []
         x = image
         for i, block in enumerate(self.encoder):
             x = block(F.max_pool2d(x, 2) if i else x)
             skips.append(x)
+        return skips
+
+    def _segment(self, skips: list[torch.Tensor], condition: torch.Tensor) -> torch.Tensor:
         embedding = self.embedding(condition) if self.embedding is not None else None
         seg = skips[-1]
         for level, skip in zip(self.decoder, reversed(skips[:-1])):
             seg = level(seg, skip, embedding)
-        logits = self.seg_head(seg)
+        return self.seg_head(seg)
+
+    def segment(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Per-organ logits alone: prediction has no use for the reconstruction decoder's work."""
+        return self._segment(self._encode(image), condition)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        skips = self._encode(image)
+        logits = self._segment(skips, condition)
         if self.recon is None:
             return logits, None
         rec = skips[-1]

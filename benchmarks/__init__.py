@@ -1,0 +1,1 @@
+"""The benchmark of what users wait for: run ``python benchmarks/bench.py --help``."""

@@ -1,0 +1,45 @@
+"""The naive micro-CT predictor the benchmark compares against.
+
+What a first script would do with the same weights: resample the whole volume with
+scipy.ndimage.zoom, run one slice at a time through the whole network (reconstruction decoder
+included) in eager fp32 under ``torch.no_grad`` (not ``inference_mode``), keep every organ's
+probabilities, and zoom them back. Its output is the reference the optimised predictor must match.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from napari_mousesegment.models.mosnet import MOSnet
+from napari_mousesegment.models.preprocess import fit_square, from_slices, resample, to_slices, unfit_square, window
+
+
+def _zoom_to(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if volume.shape == tuple(shape):
+        return volume
+    factors = np.array(shape, float) / np.array(volume.shape, float)
+    return ndi.zoom(volume, factors, order=1, mode="nearest", grid_mode=True)
+
+
+def naive_predict_volume(model: MOSnet, image: np.ndarray, spacing: tuple[float, float, float], condition: str,
+                         threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (z, y, x) uint8, probabilities (M, z, y, x) float32) on the input grid."""
+    config = model.config
+    model.eval()
+    volume = resample(window(image, config.window_level, config.window_width), spacing, config.spacing_mm, order=1)
+    slices = to_slices(volume, config.plane)
+    h, w = slices.shape[1:]
+    device = next(model.parameters()).device
+    cond = torch.tensor([config.conditions.index(condition)], device=device)
+    outputs = []
+    with torch.no_grad():
+        for plane in slices:
+            x = torch.from_numpy(np.ascontiguousarray(plane))[None, None].to(device)
+            logits, _ = model(fit_square(x, config.image_size, "bilinear"), cond)
+            outputs.append(unfit_square(torch.sigmoid(logits), h, w)[0].cpu().numpy())
+    stacked = np.stack(outputs, 1)  # (M, slices, h, w)
+    probabilities = np.stack([_zoom_to(from_slices(p, config.plane), image.shape) for p in stacked])
+    labels = np.where(probabilities.max(0) > threshold, probabilities.argmax(0) + 1, 0).astype(np.uint8)
+    return labels, probabilities

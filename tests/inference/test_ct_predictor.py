@@ -1,0 +1,98 @@
+"""The streaming micro-CT predictor against the naive whole-volume baseline of the benchmark."""
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.baseline import naive_predict_volume
+from napari_mousesegment.data.phantom_ct import ct_phantom
+from napari_mousesegment.inference.ct import linear_taps, predict_volume
+from napari_mousesegment.models.fold import inference_copy
+from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
+from napari_mousesegment.models.store import load_model
+from napari_mousesegment.models.unet import UNet, UNetConfig
+from napari_mousesegment.organs import CT_ORGANS
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model("mosnet-synthetic")[0]
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return ct_phantom(250, "native", shape=(48, 56, 72))
+
+
+@pytest.mark.parametrize("spacing, batch", [((0.28, 0.28, 0.28), 8), ((0.14, 0.28, 0.28), 3),
+                                            ((0.5, 0.3, 0.22), 1), ((0.2, 0.25, 0.3), 5)])
+def test_streaming_matches_the_whole_volume_baseline(shipped, scan, spacing, batch):
+    pred = predict_volume(shipped, scan.image, spacing, "native", batch_size=batch, keep_probabilities=True)
+    labels, probabilities = naive_predict_volume(shipped, scan.image, spacing, "native")
+    assert pred.labels.shape == scan.image.shape and pred.probabilities.shape == probabilities.shape
+    assert np.abs(pred.probabilities.astype(np.float32) - probabilities).max() < 2e-3
+    assert (pred.labels == labels).mean() > 0.999
+    assert len(np.unique(labels)) > 4  # the comparison is over real organs, not background alone
+
+
+def test_streaming_on_another_plane_matches_the_baseline(scan):
+    torch.manual_seed(0)
+    model = MOSnet(MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, plane="coronal"))
+    for module in model.modules():  # non-trivial batch-norm statistics, so folding is exercised
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    pred = predict_volume(model, scan.image, (0.3, 0.28, 0.25), "contrast", batch_size=4, keep_probabilities=True)
+    _, probabilities = naive_predict_volume(model, scan.image, (0.3, 0.28, 0.25), "contrast")
+    assert np.abs(pred.probabilities.astype(np.float32) - probabilities).max() < 2e-3
+
+
+def test_labels_alone_equal_labels_with_probabilities(shipped, scan):
+    lean = predict_volume(shipped, scan.image, (0.14, 0.28, 0.28), "native")
+    full = predict_volume(shipped, scan.image, (0.14, 0.28, 0.28), "native", keep_probabilities=True)
+    assert lean.probabilities is None and np.array_equal(lean.labels, full.labels)
+
+
+def test_predictor_reads_a_memory_mapped_volume(shipped, scan, tmp_path):
+    mapped = np.lib.format.open_memmap(tmp_path / "scan.npy", mode="w+", dtype=np.int16, shape=scan.image.shape)
+    mapped[:] = scan.image
+    mapped.flush()
+    again = np.load(tmp_path / "scan.npy", mmap_mode="r")
+    assert np.array_equal(predict_volume(shipped, again, scan.spacing, "native").labels,
+                          predict_volume(shipped, scan.image, scan.spacing, "native").labels)
+
+
+def test_linear_taps_match_ndimage_zoom():
+    from scipy import ndimage as ndi
+
+    line = np.random.default_rng(0).random(17).astype(np.float32)
+    for n_out in (5, 17, 40):
+        low, high, weight = linear_taps(n_out, len(line))
+        expected = ndi.zoom(line, n_out / len(line), order=1, mode="nearest", grid_mode=True)
+        assert np.allclose(line[low] * (1 - weight) + line[high] * weight, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MOSnet(MOSnetConfig(organs=["heart", "liver"], width=4, depth=2, image_size=32)),
+    lambda: UNet(UNetConfig(organ="heart", arch="deep", width=4)),
+])
+def test_inference_copy_folds_batch_norm_and_keeps_outputs(make):
+    torch.manual_seed(1)
+    model = make()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = inference_copy(model)
+    x = torch.rand(3, 1, 32, 32)
+    args = (x, torch.tensor([0, 1, 0])) if isinstance(model, MOSnet) else (x,)
+    with torch.inference_mode():
+        expected = model(*args)[0] if isinstance(model, MOSnet) else model(*args)
+        got = fast.segment(*args) if isinstance(model, MOSnet) else fast(*args)
+    assert torch.allclose(expected, got, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
