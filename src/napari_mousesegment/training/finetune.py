@@ -49,7 +49,7 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
     if len(frames) == 0:
         raise ValueError("no corrected frames to learn from")
     device = next(model.parameters()).device
-    tuned = copy.deepcopy(model).to(device).train()
+    tuned = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(settings.seed)
@@ -70,7 +70,7 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
             f, m = torch.cat([f, rf]), torch.cat([m, rm])
         f, m = augment(f.to(device), m.to(device), settings.augment, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = tuned(f)
+            logits = tuned(f.contiguous(memory_format=torch.channels_last))
         return dice_bce_loss(logits.float(), m)
 
     return _steps(tuned, batch_loss, settings, progress, should_stop)
@@ -129,7 +129,7 @@ def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, annotated
     from .losses import mosnet_loss
 
     device = next(model.parameters()).device
-    tuned = copy.deepcopy(model).to(device).train()
+    tuned = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
     rng = np.random.default_rng(settings.seed)
 
     def batch_loss() -> torch.Tensor:
@@ -138,7 +138,7 @@ def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, annotated
         if rng.random() < 0.5:  # left-right flips: mice lie either way up in the scanner bed
             x, y = x.flip(-1), y.flip(-1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, recon = tuned(x, conditions[idx].to(device))
+            logits, recon = tuned(x.contiguous(memory_format=torch.channels_last), conditions[idx].to(device))
         return mosnet_loss(logits.float(), y, annotated[idx].to(device), beta.to(device), recon, x)[0]
 
     return _steps(tuned, batch_loss, settings, progress, should_stop)

@@ -57,13 +57,31 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[n
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device, channels_last: bool):
+def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device):
+    """A batch (image, masks, annotated, condition) on the device; images channels-last, as the model."""
     index = torch.from_numpy(idx)
-    image = data.images[index].to(device, non_blocking=True).float()
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
+    image = data.images[index].to(device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
     return (image, data.organ_masks[index].to(device).float(), data.annotated[index].to(device),
             data.condition[index].to(device))
+
+
+def train_step(model: MOSnet, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
+               beta: torch.Tensor, recon_weight: float, where: str) -> tuple[float, dict[str, float]]:
+    """One optimisation step on a batch from :func:`_to_device`; returns the loss and its parts.
+
+    bf16 autocast on CUDA. A loss that is not finite stops training with an error naming ``where``.
+    """
+    image, masks, annotated, condition = batch
+    device = image.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits, recon = model(image, condition)
+    loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, recon_weight)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"{where}: loss became {float(loss)}; lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), parts
 
 
 def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings: TrainSettings,
@@ -76,7 +94,7 @@ def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings:
     losses = []
     with torch.inference_mode():
         for idx in _batches(len(data.images), settings.batch_size * 2, None):
-            image, masks, annotated, condition = _to_device(data, idx, device, device.type == "cuda")
+            image, masks, annotated, condition = _to_device(data, idx, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits, recon = model(image, condition)
             loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight)
@@ -126,9 +144,8 @@ def train_mosnet(
     log(f"{len(train.images)} training slices from {len(train_ids)} scans, {len(val.images)} validation slices "
         f"from {len(val_ids)} scans; device {device}")
 
-    model = MOSnet(config).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # Channels-last on every device: oneDNN's and cuDNN's fastest convolution layout (1.6x on a CPU).
+    model = MOSnet(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cosine_factor(e, settings.epochs))
     history: list[dict] = []
@@ -162,17 +179,9 @@ def train_mosnet(
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         seen = 0
         for idx in bar:
-            image, masks, annotated, condition = _to_device(train, idx, device, device.type == "cuda")
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits, recon = model(image, condition)
-            loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{out}: loss became {float(loss)} at epoch {epoch + 1}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            value, parts = train_step(model, optimizer, _to_device(train, idx, device), beta, settings.recon_weight,
+                                      f"{out}, epoch {epoch + 1}")
             seen += len(idx)
-            value = float(loss.detach())
             sums["loss"] += value * len(idx)
             for k, v in parts.items():
                 sums[k] += v * len(idx)
