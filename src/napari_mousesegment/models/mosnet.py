@@ -102,6 +102,8 @@ class ControlModule(nn.Module):
     def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         pooled = features.mean(dim=(2, 3))
         gate = torch.sigmoid(self.excite(torch.cat([self.condition(embedding), self.squeeze(pooled)], 1)))
+        if torch.is_inference_mode_enabled():  # no backward to keep the input for: gate in place
+            return features.mul_(gate[:, :, None, None])
         return features * gate[:, :, None, None]
 
 
