@@ -141,14 +141,17 @@ def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
 
     rois = []
     for frame, plane in enumerate(stack):
+        boxes = ndi.find_objects(plane)  # each instance outlined inside its own bounding box: fewer pixels
         for k, value in enumerate(np.unique(plane[plane > 0]), start=1):
-            mask = plane == value
+            rows, cols = boxes[value - 1]
+            mask = plane[rows, cols] == value
             name = f"{organ}_f{frame + 1:02d}_{k}"
             pieces = ndi.label(mask)[1]
             if pieces > 1:
                 warnings.warn(f"instance {value} on frame {frame + 1} has {pieces} separate pieces; ROI {name} "
                               "outlines the largest", stacklevel=2)
-            rois.append(polygon_roi(mask_outline(mask), name, frame=frame if labels.ndim == 3 else None))
+            outline = mask_outline(mask) + (cols.start, rows.start)
+            rois.append(polygon_roi(outline, name, frame=frame if labels.ndim == 3 else None))
     return rois
 
 
