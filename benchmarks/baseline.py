@@ -13,7 +13,14 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_mousesegment.models.mosnet import MOSnet
-from napari_mousesegment.models.preprocess import fit_square, from_slices, resample, to_slices, unfit_square, window
+from napari_mousesegment.models.preprocess import (
+    fit_square,
+    from_slices,
+    resample,
+    to_slices,
+    unfit_square,
+    window,
+)
 
 
 def _zoom_to(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -47,6 +47,12 @@ def test_predict_ct_contract(trained, tmp_path):
     assert (out / "volumes.csv").read_text().startswith("organ,voxels,mm3")
     assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "arterial",
                  "--out", str(tmp_path / "bad")]) == 2
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
+                 "--out", str(tmp_path / "one"), "--batch-size", "1"]) == 0
+    assert np.array_equal(read_tiff(tmp_path / "one" / scan.stem / "labels.tif")[0], labels)
+    with pytest.raises(SystemExit):
+        main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
+              "--out", str(tmp_path / "bad"), "--batch-size", "0"])
 
 
 def test_evaluate_and_compare(trained, tmp_path, capsys):

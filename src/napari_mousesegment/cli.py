@@ -78,6 +78,13 @@ def numbers(text: str, cast: type, what: str, example: str) -> tuple:
         raise argparse.ArgumentTypeError(f"{what} must look like {example}, got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    value = numbers(text, int, "number", "4")
+    if len(value) != 1 or value[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected one whole number of at least 1, got {text!r}")
+    return value[0]
+
+
 def _spacing(text: str) -> tuple[float, float, float]:
     values = numbers(text, float, "spacing", "0.28,0.28,0.28")
     if len(values) == 1:
@@ -119,7 +126,8 @@ def _cmd_dataset_ct(args: argparse.Namespace) -> int:
 def _cmd_predict_ct(args: argparse.Namespace) -> int:
     from .ct_jobs import predict_ct
 
-    predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device, args.cleanup)
+    predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device, args.cleanup,
+               batch_size=args.batch_size)
     return 0
 
 
@@ -237,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     pct.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pct.add_argument("--cleanup", action="store_true",
                      help="keep the largest piece of single-piece organs, drop fragments under 5 mm3")
+    pct.add_argument("--batch-size", type=_positive_int, default=None,
+                     help="slices per network pass (default 4 on a CPU, 32 on a GPU; ~5 MB per slice on a CPU)")
     pct.set_defaults(func=_cmd_predict_ct)
 
     evaluate = sub.add_parser("evaluate", help="score a trained model against a dataset's truth")

@@ -31,10 +31,11 @@ def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str
 
 def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, condition: str,
                out: str | os.PathLike, spacing: tuple[float, float, float] | None = None,
-               device: str = "auto", cleanup: bool = False, log=print) -> list[Path]:
+               device: str = "auto", cleanup: bool = False, log=print, batch_size: int | None = None) -> list[Path]:
     """Segment each scan and write its labels, organ names and volumes under ``out``.
 
-    ``cleanup`` keeps the largest piece of single-piece organs and drops tiny fragments.
+    ``cleanup`` keeps the largest piece of single-piece organs and drops tiny fragments;
+    ``batch_size`` is the predictor's (None: its default for the device).
     """
     from .inference.ct import predict_volume
     from .inference.postprocess import clean_labels
@@ -52,7 +53,7 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
         if volume.image is None:
             raise ValueError(f"{scan}: holds labels only, no image to segment")
         use = volume.spacing
-        result = predict_volume(model, volume.image, use, condition)
+        result = predict_volume(model, volume.image, use, condition, batch_size=batch_size)
         labels = clean_labels(result.labels, result.organs, use) if cleanup else result.labels
         target = write_labels(Path(out) / case_name(scan), labels, result.organs, use)
         log(f"{scan} -> {target}")

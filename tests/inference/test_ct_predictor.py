@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from benchmarks.baseline import naive_predict_volume
+
 from napari_mousesegment.data.phantom_ct import ct_phantom
 from napari_mousesegment.inference.ct import linear_taps, predict_volume
 from napari_mousesegment.models.fold import inference_copy

@@ -35,7 +35,7 @@ class CTPrediction:
 
 def zoom_size(n: int, spacing: float, target: float) -> int:
     """Voxels along an axis after resampling from ``spacing`` to ``target`` mm (as ndimage.zoom rounds)."""
-    return n if np.isclose(spacing / target, 1.0, atol=1e-3) else int(round(n * spacing / target))
+    return n if np.isclose(spacing / target, 1.0, atol=1e-3) else round(n * spacing / target)
 
 
 def linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ and saving keep working on the original.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ def _fold(module: nn.Module) -> None:
     if not isinstance(module, nn.Sequential):
         return
     names = [name for name, _ in module.named_children()]
-    for name, after in zip(names, names[1:]):
+    for name, after in itertools.pairwise(names):
         conv, norm = getattr(module, name), getattr(module, after)
         if not isinstance(conv, nn.Conv2d):
             continue

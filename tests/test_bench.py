@@ -1,0 +1,50 @@
+"""benchmarks/bench.py --quick: a smoke test of every section, with no timing assertions."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--json", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["quick"] is True and results["machine"]["torch_threads"] >= 1
+    ct = results["ct"]
+    for key in ("seconds_per_scan", "naive_seconds_per_scan", "speedup_vs_naive", "flops_fraction",
+                "achieved_gflops", "matmul_gflops"):
+        assert _positive(ct[key]), key
+    assert ct["peak_rss_mb"] is None or ct["peak_rss_mb"] > ct["extra_rss_mb"] >= 0
+    assert ct["labels_agree_with_naive"] > 0.999  # the optimised predictor gives the baseline's answer
+    assert ct["speedup_vs_naive"] == pytest.approx(ct["naive_seconds_per_scan"] / ct["seconds_per_scan"])
+    assert results["ultrasound"]["roisets"] == 3 and results["ultrasound"]["frames"] == 35
+    assert _positive(results["ultrasound"]["seconds"])
+    train = results["train"]
+    assert {"mosnet_w8_samples_per_s", "unet_heart_samples_per_s", "unet_liver_samples_per_s",
+            "unet_placenta_samples_per_s"} <= set(train) and all(_positive(v) for v in train.values())
+    active = results["active"]
+    assert int(active["version"]) >= 1 and isinstance(active["promoted"], bool) and _positive(active["seconds"])
+    scaling = results["scaling"]
+    assert [scaling[f"x{f}_slices"] for f in (1, 2, 4)] == [scaling["x1_slices"] * f for f in (1, 2, 4)]
+    assert all(_positive(scaling[f"x{f}_seconds"]) for f in (1, 2, 4))
+    for section in ("ct", "ultrasound", "train", "active", "scaling"):
+        assert f"## {section}" in run.stdout
+
+
+def test_benchmark_refuses_an_unknown_section():
+    run = subprocess.run([sys.executable, "benchmarks/bench.py", "--sections", "ct,gpu"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2 and "unknown section" in run.stderr
