@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.mosnet import MOSnet, MOSnetConfig, count_parameters
-from ..models.preprocess import pick_device
 from ..models.store import save_model
+from . import distributed
 from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint, stop_reason
 from .ct_data import SliceSet, build_slices, read_ct_dataset, split_by_scan
 from .curves import plot_history, write_history
@@ -52,9 +53,8 @@ class TrainSettings:
     resume: bool = False
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+def _batches(n: int, batch_size: int) -> list[np.ndarray]:
+    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
 def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device):
@@ -93,7 +93,7 @@ def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings:
     total = torch.zeros(len(organs), dtype=torch.float64)
     losses = []
     with torch.inference_mode():
-        for idx in _batches(len(data.images), settings.batch_size * 2, None):
+        for idx in _batches(len(data.images), settings.batch_size * 2):
             image, masks, annotated, condition = _to_device(data, idx, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits, recon = model(image, condition)
@@ -118,12 +118,17 @@ def train_mosnet(
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
 ) -> dict:
-    """Train jointly on the dataset folders and write the model folder ``out``; returns a summary."""
-    out = Path(out)
-    checkpoint_dir = prepare_run(out, config.to_json(), settings.resume)
+    """Train jointly on the dataset folders and write the model folder ``out``; returns a summary.
 
+    Under ``torchrun`` the processes train one DDP model together (see :mod:`.distributed`).
+    """
+    out = Path(out)
+    ranks, device = distributed.start(settings.device)
+    if not ranks.main:  # rank 0 alone logs and writes
+        log, progress = (lambda _: None), False
+    checkpoint_dir = prepare_run(out, config.to_json(), settings.resume) if ranks.main else out / "checkpoint"
+    distributed.barrier(ranks)
     torch.manual_seed(settings.seed)
-    device = pick_device(settings.device)
     datasets = [read_ct_dataset(d) for d in data_dirs]
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
@@ -142,7 +147,8 @@ def train_mosnet(
     pos = (per_slice * ann).sum(0) / ann.sum(0).clamp(min=1)
     beta = torch.from_numpy(organ_weights(pos.numpy())).to(device)
     log(f"{len(train.images)} training slices from {len(train_ids)} scans, {len(val.images)} validation slices "
-        f"from {len(val_ids)} scans; device {device}")
+        f"from {len(val_ids)} scans; device {device}"
+        + (f"; {ranks.world} processes, {settings.batch_size} slices each per step" if ranks.distributed else ""))
 
     # Channels-last on every device: oneDNN's and cuDNN's fastest convolution layout (1.6x on a CPU).
     model = MOSnet(config).to(device).to(memory_format=torch.channels_last)
@@ -160,6 +166,7 @@ def train_mosnet(
         start_epoch, best = state["epoch"] + 1, state["best"]
         history = [row for row in state["history"] if row["epoch"] <= state["epoch"] + 1 and row["complete"]]
         log(f"resumed after epoch {start_epoch} (best mean Dice {best:.3f})")
+    net = distributed.wrap(model, ranks, device)
 
     t_start = time.monotonic()
     stopped = None
@@ -171,44 +178,48 @@ def train_mosnet(
                      "parameters": count_parameters(model)},
     }
     for epoch in range(start_epoch, settings.epochs):
-        model.train()
+        net.train()
         t0 = time.monotonic()
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         sums = {"loss": 0.0, "seg": 0.0, "recon": 0.0}
-        batches = _batches(len(train.images), settings.batch_size, np.random.default_rng([settings.seed, epoch]))
+        order = distributed.epoch_order(len(train.images), epoch, settings.seed, ranks)
+        batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         seen = 0
         for idx in bar:
-            value, parts = train_step(model, optimizer, _to_device(train, idx, device), beta, settings.recon_weight,
+            value, parts = train_step(net, optimizer, _to_device(train, idx, device), beta, settings.recon_weight,
                                       f"{out}, epoch {epoch + 1}")
             seen += len(idx)
             sums["loss"] += value * len(idx)
             for k, v in parts.items():
                 sums[k] += v * len(idx)
             bar.set_postfix(loss=f"{value:.4f}")
-            stopped = stop_reason(should_stop, t_start, settings.max_minutes)
+            stopped = distributed.agree_stop(stop_reason(should_stop, t_start, settings.max_minutes), ranks)
             if stopped:
                 break
         if stopped is None:
             scheduler.step()
-        row = {"epoch": epoch + 1, "train_loss": sums["loss"] / seen, "train_seg": sums["seg"] / seen,
-               "train_recon": sums["recon"] / seen, **evaluate_slices(model, val, beta, settings, device),
-               "lr": lr, "seconds": round(time.monotonic() - t0, 1),
-               "complete": stopped is None}
+        loss, seg, recon, seen = distributed.sum_over_ranks([sums["loss"], sums["seg"], sums["recon"], seen], ranks)
+        scores = distributed.from_main(partial(evaluate_slices, model, val, beta, settings, device), ranks)
+        row = {"epoch": epoch + 1, "train_loss": loss / seen, "train_seg": seg / seen, "train_recon": recon / seen,
+               **scores, "lr": lr, "seconds": round(time.monotonic() - t0, 1), "complete": stopped is None}
         history.append(row)
         improved = row["val_dice_mean"] > best
         if improved:
             best = row["val_dice_mean"]
-            save_model(out, model, config, {**summary_extra, "metrics": {"epoch": epoch + 1, **row}})
-        # An interrupted epoch is recorded as not done, so --resume runs it again in full.
-        done = epoch if stopped is None else epoch - 1
-        save_checkpoint(checkpoint_dir, model, optimizer, scheduler,
-                        {"epoch": done, "best": best, "history": history, "train_scans": train_ids, "val_scans": val_ids})
-        write_history(out / "history.csv", history)
-        plot_history(out / "curves.png", history, f"MOSnet ({config.variant}, width {config.width})")
+        if ranks.main:
+            if improved:
+                save_model(out, model, config, {**summary_extra, "metrics": {"epoch": epoch + 1, **row}})
+            # An interrupted epoch is recorded as not done, so --resume runs it again in full.
+            done = epoch if stopped is None else epoch - 1
+            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, {
+                "epoch": done, "best": best, "history": history, "train_scans": train_ids, "val_scans": val_ids})
+            write_history(out / "history.csv", history)
+            plot_history(out / "curves.png", history, f"MOSnet ({config.variant}, width {config.width})")
         log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val Dice {row['val_dice_mean']:.3f}{' (best)' if improved else ''}, {row['seconds']:.0f} s")
         if stopped:
             log(f"stopped: {stopped}; the best weights so far are kept in {out}")
             break
+    distributed.barrier(ranks)  # every rank returns once rank 0's files are written
     return {"out": str(out), "best_val_dice": best, "epochs_run": len(history), "stopped": stopped}

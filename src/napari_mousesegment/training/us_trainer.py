@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,9 @@ from ..data.us_dataset import USItem, load_us_items
 from ..inference.ultrasound import batch_probabilities, to_unit
 from ..metrics import segmentation_scores
 from ..models.mosnet import count_parameters
-from ..models.preprocess import pick_device
 from ..models.store import save_model
 from ..models.unet import UNet, UNetConfig
+from . import distributed
 from .augment import AugmentSettings, augment
 from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint, stop_reason
 from .curves import plot_history, write_history
@@ -156,9 +157,12 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
     """Train ``config.organ``'s U-Net on the series in ``data`` and write the model folder ``out``."""
     out = Path(out)
     config = replace(config)  # the chosen threshold goes into this copy, not the caller's
-    checkpoint_dir = prepare_run(out, config.to_json(), settings.resume)
+    ranks, device = distributed.start(settings.device)
+    if not ranks.main:  # rank 0 alone logs and writes
+        log, progress = (lambda _: None), False
+    checkpoint_dir = prepare_run(out, config.to_json(), settings.resume) if ranks.main else out / "checkpoint"
+    distributed.barrier(ranks)
     torch.manual_seed(settings.seed)
-    device = pick_device(settings.device)
     organ = config.organ
     items = load_us_items(data, organ, settings.test_series, settings.val_fraction, settings.seed)
     train_f, train_m, train_names = _stack(items, organ, "train")
@@ -167,7 +171,8 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
         raise ValueError(f"need training and validation series annotated for {organ!r}; "
                          f"got {len(train_names)} and {len(val_names)}")
     log(f"{organ}: {len(train_f)} training frames from {len(train_names)} series, {len(val_f)} validation "
-        f"frames from {len(val_names)} series; device {device}")
+        f"frames from {len(val_names)} series; device {device}"
+        + (f"; {ranks.world} processes, {settings.batch_size} crops each per step" if ranks.distributed else ""))
     model = UNet(config).to(device).to(memory_format=torch.channels_last)  # oneDNN's/cuDNN's fastest layout
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=settings.plateau_factor,
@@ -182,6 +187,7 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
         start_epoch, best, since_best = state["epoch"] + 1, state["best"], state["since_best"]
         history = [row for row in state["history"] if row["complete"]]  # a cut epoch runs again
         log(f"resumed after epoch {start_epoch} (best validation Dice {best:.3f})")
+    net = distributed.wrap(model, ranks, device)
     total = settings.epochs + settings.finetune_epochs
     summary = {"training": {"organ": organ, "train_series": train_names, "val_series": val_names,
                             "test_series": sorted(i.name for i in items if i.split == "test"),
@@ -197,16 +203,17 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
             if since_best >= settings.early_stop:
                 log(f"early stop: no better validation Dice for {since_best} epochs")
             log(f"fine-tuning the best weights at lr {settings.finetune_lr}")
+            distributed.barrier(ranks)  # rank 0 has written them
             model.load_state_dict(_best_weights(out, device))
             for group in optimizer.param_groups:
                 group["lr"] = settings.finetune_lr
             finetune = True
         if finetune and sum(r["stage"] == "finetune" for r in history) >= settings.finetune_epochs:
             break
-        model.train()
-        generator.manual_seed(settings.seed * 100003 + epoch)
-        rng = np.random.default_rng([settings.seed, epoch])
-        order = rng.permutation(len(train_f))
+        net.train()
+        generator.manual_seed(settings.seed * 100003 + epoch * 101 + ranks.rank)  # each rank its own augmentations
+        rng = np.random.default_rng([settings.seed, epoch, ranks.rank])
+        order = distributed.epoch_order(len(train_f), epoch, settings.seed, ranks)
         batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
         bar = tqdm(batches, desc=f"{organ} epoch {epoch + 1}", disable=not progress, leave=False)
         t0, loss_sum, seen = time.monotonic(), 0.0, 0
@@ -214,16 +221,16 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
         for idx in bar:
             image, mask = _crops(train_f, train_m, idx, config.image_size, rng)
             image, mask = augment(image.to(device), mask.to(device), settings.augment, generator)
-            value = train_step(model, optimizer, image, mask, settings.alpha, f"{out}, epoch {epoch + 1}")
+            value = train_step(net, optimizer, image, mask, settings.alpha, f"{out}, epoch {epoch + 1}")
             loss_sum += value * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{value:.4f}")
-            stopped = stop_reason(should_stop, t_start, settings.max_minutes)
+            stopped = distributed.agree_stop(stop_reason(should_stop, t_start, settings.max_minutes), ranks)
             if stopped:
                 break
-        prob = _probabilities(model, val_f, device)
-        val_loss = float(dice_bce_loss(torch.logit(prob.clamp(1e-6, 1 - 1e-6)), val_m, settings.alpha))
-        scores = _scores(prob, val_m, 0.5)
+        loss_sum, seen = distributed.sum_over_ranks([loss_sum, seen], ranks)
+        scores = distributed.from_main(partial(_validate, model, val_f, val_m, device, settings.alpha), ranks)
+        val_loss = scores["val_loss"]
         if not finetune and stopped is None:
             scheduler.step(val_loss)
         row = {"epoch": epoch + 1, "stage": "finetune" if finetune else "train", "train_loss": loss_sum / max(seen, 1),
@@ -234,36 +241,52 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
         improved = scores["dice"] > best
         if improved:
             best, since_best = scores["dice"], 0
-            config.threshold = 0.5
-            save_model(out, model, config, {**summary, "metrics": row})
         elif stopped is None:
             since_best += 1
-        done = epoch if stopped is None else epoch - 1
-        save_checkpoint(checkpoint_dir, model, optimizer, scheduler,
-                        {"epoch": done, "best": best, "since_best": since_best, "history": history,
-                         "train_series": train_names, "val_series": val_names})
-        write_history(out / "history.csv", history)
-        plot_history(out / "curves.png", history, f"{organ} U-Net ({config.arch}, width {config.width})")
+        if ranks.main:
+            if improved:
+                config.threshold = 0.5
+                save_model(out, model, config, {**summary, "metrics": row})
+            done = epoch if stopped is None else epoch - 1
+            save_checkpoint(checkpoint_dir, model, optimizer, scheduler,
+                            {"epoch": done, "best": best, "since_best": since_best, "history": history,
+                             "train_series": train_names, "val_series": val_names})
+            write_history(out / "history.csv", history)
+            plot_history(out / "curves.png", history, f"{organ} U-Net ({config.arch}, width {config.width})")
         log(f"epoch {epoch + 1} ({row['stage']}): train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
             f"val Dice {scores['dice']:.3f}, precision {scores['precision']:.3f}{' (best)' if improved else ''}, "
             f"{row['seconds']:.0f} s")
         if stopped:
             log(f"stopped: {stopped}; the best weights so far are kept in {out}")
             break
-    # The threshold for precision, chosen with the best weights on the validation series.
-    model.load_state_dict(_best_weights(out, device))
-    threshold, chosen = choose_threshold(_probabilities(model, val_f, device), val_m, settings.precision_target)
-    config.threshold = threshold
+    distributed.barrier(ranks)  # rank 0's files are written
+    final = distributed.from_main(partial(_finish, model, config, out, val_f, val_m, device, settings, log), ranks)
+    return {"out": str(out), "best_val_dice": best, "epochs_run": len(history), "stopped": stopped, **final}
+
+
+def _validate(model: UNet, frames: torch.Tensor, masks: torch.Tensor, device: torch.device,
+              alpha: float) -> dict[str, float]:
+    """Validation loss and pixel Dice, precision and recall at 0.5."""
+    prob = _probabilities(model, frames, device)
+    val_loss = float(dice_bce_loss(torch.logit(prob.clamp(1e-6, 1 - 1e-6)), masks, alpha))
+    return {"val_loss": val_loss, **_scores(prob, masks, 0.5)}
+
+
+def _finish(model: UNet, config: UNetConfig, out: Path, frames: torch.Tensor, masks: torch.Tensor,
+            device: torch.device, settings: UNetSettings, log: Callable[[str], None]) -> dict:
+    """The threshold for precision, chosen with the best weights on the validation series, saved."""
     from ..models.store import read_config
 
+    model.load_state_dict(_best_weights(out, device))
+    threshold, chosen = choose_threshold(_probabilities(model, frames, device), masks, settings.precision_target)
+    config.threshold = threshold
     saved = read_config(out)
     extra = {k: saved[k] for k in ("training", "metrics") if k in saved}
     save_model(out, model, config, {**extra, "threshold_choice": chosen})
     rule = "largest F0.5" if settings.precision_target is None else f"precision >= {settings.precision_target}"
     log(f"threshold {threshold} ({rule} on validation): Dice {chosen['dice']:.3f}, "
         f"precision {chosen['precision']:.3f}, recall {chosen['recall']:.3f}")
-    return {"out": str(out), "best_val_dice": best, "epochs_run": len(history), "stopped": stopped,
-            "threshold": threshold, **{f"val_{k}": v for k, v in chosen.items()}}
+    return {"threshold": threshold, **{f"val_{k}": v for k, v in chosen.items()}}
 
 
 def _best_weights(out: Path, device: torch.device) -> dict[str, torch.Tensor]:

@@ -1,0 +1,127 @@
+"""Training under ``torchrun``: PyTorch DDP across processes and machines, nothing home-made.
+
+``mousesegment train mosnet|unet`` reads torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK).
+In one process every helper here is a no-op, so the trainers have one code path. Under torchrun:
+NCCL on CUDA (one GPU per process, by LOCAL_RANK) or gloo on the CPU; each process trains on its
+own shard of every epoch (torch's DistributedSampler) with ``--batch-size`` samples per step, so
+the global batch is the number of processes times that. Rank 0 alone logs, validates and writes
+weights, checkpoints and curves; the others receive its validation figures, so every rank takes
+the same decisions (best epoch, early stop, learning-rate drops, stopping).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from ..models.preprocess import pick_device
+
+#: How long a rank waits for the others before the run fails (a dead peer, a hung collective).
+TIMEOUT = timedelta(minutes=float(os.environ.get("MOUSESEGMENT_DIST_TIMEOUT_MIN", "10")))
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: rank 0 of 1 outside torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def start(device_name: str) -> tuple[Ranks, torch.device]:
+    """Join torchrun's process group when launched by it; the device this process trains on."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world <= 1:
+        return Ranks(), device
+    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(ranks.local_rank)
+        device = torch.device("cuda", ranks.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    return ranks, device
+
+
+def main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch, or not under torchrun at all."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def finish() -> None:
+    """Leave the process group (after training, or when it failed)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """The module to train: DDP around ``model`` under torchrun (it averages the gradients)."""
+    if not ranks.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def epoch_order(n: int, epoch: int, seed: int, ranks: Ranks) -> np.ndarray:
+    """This rank's shuffled share of ``n`` samples for an epoch; the shares are disjoint and of
+    equal length (a few samples repeat to even them out), the same for any run with the same seed."""
+    sampler = DistributedSampler(range(n), num_replicas=ranks.world, rank=ranks.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return np.fromiter(iter(sampler), dtype=np.int64)
+
+
+def sum_over_ranks(values: list[float], ranks: Ranks) -> list[float]:
+    """Element-wise sums of per-rank figures (losses, counts)."""
+    if not ranks.distributed:
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def agree_stop(reason: str | None, ranks: Ranks) -> str | None:
+    """Stop on every rank when any rank must stop (a cancel, --max-minutes), so none waits alone
+    in a gradient exchange."""
+    if not ranks.distributed:
+        return reason
+    flag = torch.tensor([reason is not None], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return reason or ("stopped by another rank" if flag.item() else None)
+
+
+def from_main(make: Callable[[], Any], ranks: Ranks) -> Any:
+    """Run ``make`` on rank 0 alone and hand its JSON-able result to every rank (validation
+    figures). Sent as JSON text, never pickled."""
+    value = make() if ranks.main else None
+    if not ranks.distributed:
+        return value
+    data = json.dumps(value).encode() if ranks.main else b""
+    size = torch.tensor([len(data)], dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if ranks.main else torch.empty(
+        int(size.item()), dtype=torch.uint8)
+    dist.broadcast(buffer, src=0)
+    return value if ranks.main else json.loads(bytes(buffer.tolist()).decode())
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
+        dist.barrier()
