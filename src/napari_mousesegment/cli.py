@@ -8,6 +8,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_batch import add_batch_options, distributed, exit_code
+
 
 def _grid(text: str) -> tuple[int, int]:
     try:
@@ -20,11 +22,8 @@ def _grid(text: str) -> tuple[int, int]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
+    from .demo import SHIPPED_CT, run_demo
     from .us_jobs import parse_models
-
-    from .demo import SHIPPED_CT
 
     us_models = parse_models(args.us_model) if args.us_model else ({} if args.no_models else None)
     ct_model = args.ct_model or (None if args.no_models else SHIPPED_CT)
@@ -109,9 +108,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
                              slice_stride=args.slice_stride, resume=args.resume)
-    result = train_mosnet(args.data, args.out, config, settings)
-    print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "
-          f"model in {result['out']}")
+    from .training import distributed
+
+    try:
+        result = train_mosnet(args.data, args.out, config, settings)
+    finally:
+        distributed.finish()
+    if distributed.main_process():
+        print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "
+              f"model in {result['out']}")
     return 0
 
 
@@ -124,8 +129,13 @@ def _cmd_dataset_ct(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict_ct(args: argparse.Namespace) -> int:
-    from .ct_jobs import predict_ct
+    from .ct_jobs import predict_ct, predict_ct_batch
 
+    if distributed(args):
+        return exit_code(predict_ct_batch(args.scans, args.model, args.condition, args.out, workers=args.workers,
+                                          scheduler=args.scheduler, overwrite=args.overwrite, spacing=args.spacing,
+                                          device=args.device, cleanup=args.cleanup, batch_size=args.batch_size,
+                                          connect_timeout=args.connect_timeout))
     predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device, args.cleanup,
                batch_size=args.batch_size)
     return 0
@@ -247,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the largest piece of single-piece organs, drop fragments under 5 mm3")
     pct.add_argument("--batch-size", type=_positive_int, default=None,
                      help="slices per network pass (default 4 on a CPU, 32 on a GPU; ~5 MB per slice on a CPU)")
+    add_batch_options(pct)
     pct.set_defaults(func=_cmd_predict_ct)
 
     evaluate = sub.add_parser("evaluate", help="score a trained model against a dataset's truth")

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from .cli import numbers
+from .cli_batch import add_batch_options, distributed, exit_code
 from .organs import US_ORGANS
 
 
@@ -82,18 +83,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
                             test_series=args.test, max_minutes=args.max_minutes, device=args.device,
                             seed=args.seed, resume=args.resume, precision_target=args.precision_target,
                             augment=_augment(args.augment) if not args.no_augment else AugmentSettings.off())
+    from .training import distributed
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = train_unet(args.data, args.out, config, settings)
-    _warnings_to_stderr(caught)
-    print(f"model -> {summary['out']} (best validation Dice {summary['best_val_dice']:.3f}, "
-          f"threshold {summary['threshold']})")
+        try:
+            summary = train_unet(args.data, args.out, config, settings)
+        finally:
+            distributed.finish()
+    if distributed.main_process():
+        _warnings_to_stderr(caught)
+        print(f"model -> {summary['out']} (best validation Dice {summary['best_val_dice']:.3f}, "
+              f"threshold {summary['threshold']})")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .us_jobs import parse_models, predict_ultrasound
+    from .us_jobs import parse_models, predict_ultrasound, predict_ultrasound_batch
 
+    if distributed(args):
+        return exit_code(predict_ultrasound_batch(
+            args.composites, args.organs, parse_models(args.model), args.out, workers=args.workers,
+            scheduler=args.scheduler, overwrite=args.overwrite, grid=args.grid, device=args.device,
+            connect_timeout=args.connect_timeout))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         predict_ultrasound(args.composites, args.organs, parse_models(args.model), args.out, args.grid, args.device)
@@ -177,6 +189,7 @@ def add_commands(sub, dataset_sub, train_sub, predict_sub, evaluate_sub, grid_ty
     pus.add_argument("--out", type=Path, required=True)
     pus.add_argument("--grid", type=grid_type, default=None, help="montage grid RxC (default: detect)")
     pus.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_batch_options(pus)
     pus.set_defaults(func=_cmd_predict)
 
     eus = evaluate_sub.add_parser("ultrasound", help="U-Nets on held-out series: pixel and instance scores")

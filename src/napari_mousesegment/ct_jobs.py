@@ -29,36 +29,96 @@ def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str
     return folder
 
 
-def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, condition: str,
-               out: str | os.PathLike, spacing: tuple[float, float, float] | None = None,
-               device: str = "auto", cleanup: bool = False, log=print, batch_size: int | None = None) -> list[Path]:
-    """Segment each scan and write its labels, organ names and volumes under ``out``.
+CT_OUTPUTS = ["labels.tif", "labels.json", "volumes.csv"]
 
-    ``cleanup`` keeps the largest piece of single-piece organs and drops tiny fragments;
-    ``batch_size`` is the predictor's (None: its default for the device).
-    """
+
+def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | os.PathLike,
+                    spacing: tuple[float, float, float] | None = None, cleanup: bool = False,
+                    batch_size: int | None = None) -> Path:
+    """Segment one scan with a loaded MOSnet and write OUT/<scan stem>/ (see :mod:`.outputs`)."""
     from .inference.ct import predict_volume
     from .inference.postprocess import clean_labels
     from .io.volumes import read_scan
-    from .models.store import load_mosnet
+    from .outputs import mark_complete, staged
+
+    scan = Path(scan)
+    volume = read_scan(scan, spacing)
+    if volume.image is None:
+        raise ValueError(f"{scan}: holds labels only, no image to segment")
+    result = predict_volume(model, volume.image, volume.spacing, condition, batch_size=batch_size)
+    labels = clean_labels(result.labels, result.organs, volume.spacing) if cleanup else result.labels
+    target = Path(out) / case_name(scan)
+    with staged(target) as tmp:
+        write_labels(tmp, labels, result.organs, volume.spacing)
+    mark_complete(target, CT_OUTPUTS, source=str(scan), condition=condition)
+    return target
+
+
+def ct_output_complete(scan: str | os.PathLike, out: str | os.PathLike) -> bool:
+    from .outputs import is_complete
+
+    return is_complete(Path(out) / case_name(scan))
+
+
+def predict_ct_task(scan: str, *, model: str, condition: str, out: str, spacing=None, device: str = "auto",
+                    cleanup: bool = False, batch_size: int | None = None, threads: int | None = None):
+    """One scan on a Dask worker (the model loaded once per worker); errors become a failed outcome."""
+    from .batch import Outcome, cached_model, failure
+
+    try:
+        net = cached_model("mosnet", model, device, threads)
+        return Outcome(scan, "done", str(predict_ct_scan(net, scan, condition, out, spacing, cleanup, batch_size)))
+    except Exception as exc:  # noqa: BLE001  (any error of one input is reported, the batch goes on)
+        return failure(scan, exc)
+
+
+def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, condition: str,
+               out: str | os.PathLike, spacing: tuple[float, float, float] | None = None,
+               device: str = "auto", cleanup: bool = False, log=print, batch_size: int | None = None) -> list[Path]:
+    """Segment each scan in this process and write its labels, organ names and volumes under ``out``.
+
+    ``cleanup`` keeps the largest piece of single-piece organs and drops tiny fragments;
+    ``batch_size`` is the predictor's (None: its default for the device). The first bad scan
+    stops the run; :func:`predict_ct_batch` goes on past bad scans.
+    """
     from .models.preprocess import pick_device
+    from .models.store import load_mosnet
 
     model, config, _ = load_mosnet(model_dir, pick_device(device))
     if condition not in config.conditions:
         raise ValueError(f"condition {condition!r} is unknown to model {model_dir}; it knows {config.conditions}")
     written = []
     for scan in scans:
-        scan = Path(scan)
-        volume = read_scan(scan, spacing)
-        if volume.image is None:
-            raise ValueError(f"{scan}: holds labels only, no image to segment")
-        use = volume.spacing
-        result = predict_volume(model, volume.image, use, condition, batch_size=batch_size)
-        labels = clean_labels(result.labels, result.organs, use) if cleanup else result.labels
-        target = write_labels(Path(out) / case_name(scan), labels, result.organs, use)
+        target = predict_ct_scan(model, scan, condition, out, spacing, cleanup, batch_size)
         log(f"{scan} -> {target}")
         written.append(target)
     return written
+
+
+def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str, out: str | os.PathLike, *,
+                     workers: int | None = None, scheduler: str | None = None, overwrite: bool = False,
+                     spacing: tuple[float, float, float] | None = None, device: str = "auto", cleanup: bool = False,
+                     batch_size: int | None = None, connect_timeout: float = 10.0, log=print):
+    """Segment many scans on Dask (``workers`` local processes, or the cluster at ``scheduler``).
+
+    Scans whose outputs are complete are skipped unless ``overwrite``; a failed scan is reported
+    and the others go on. Returns one :class:`~.batch.Outcome` per scan.
+    """
+    from functools import partial
+
+    from .batch import run_batch, threads_per_worker
+    from .models.registry import resolve
+    from .models.store import read_config
+
+    known = read_config(resolve(model)).get("conditions", [])
+    if condition not in known:  # checked once here rather than failing every scan
+        raise ValueError(f"condition {condition!r} is unknown to model {model}; it knows {known}")
+    sources = [str(Path(s).absolute()) for s in scans]  # workers may start elsewhere
+    spec = str(Path(model).absolute()) if Path(model).exists() else str(model)  # a folder, or a name
+    task = partial(predict_ct_task, model=spec, condition=condition, out=str(Path(out).absolute()), spacing=spacing,
+                   device=device, cleanup=cleanup, batch_size=batch_size, threads=threads_per_worker(workers))
+    return run_batch(sources, task, partial(ct_output_complete, out=out), workers=workers, scheduler=scheduler,
+                     overwrite=overwrite, connect_timeout=connect_timeout, log=log)
 
 
 def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
@@ -66,9 +126,9 @@ def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str 
     """Score a model on every scan of a dataset folder; tables shaped like the paper's Tables 1-2."""
     from .inference.ct import predict_volume
     from .metrics import organ_scores
+    from .models.preprocess import pick_device
     from .models.store import load_mosnet
     from .training.ct_data import load_case, read_ct_dataset
-    from .models.preprocess import pick_device
 
     model, config, _ = load_mosnet(model_dir, pick_device(device))
     dataset = read_ct_dataset(data)

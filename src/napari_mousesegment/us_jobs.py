@@ -77,33 +77,89 @@ def segment_frames(model, frames: np.ndarray, threshold: float | None = None) ->
     return prob, instances(prob, config.threshold if threshold is None else threshold, config.min_size)
 
 
-def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
-                       out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
-                       log=print) -> list[Path]:
-    """Segment each composite for each organ and write instance labels and RoiSets under ``out``."""
-    sources = [Path(c) for c in composites]
+def us_outputs(organ: str) -> list[str]:
+    return [f"{organ}_labels.tif", f"{organ}_RoiSet.zip"]
+
+
+def predict_composite(loaded: dict, source: str | os.PathLike, out: str | os.PathLike,
+                      grid: tuple[int, int] | None = None, log=print) -> Path:
+    """Segment one composite with loaded U-Nets (organ -> model) and write OUT/<stem>/ (see :mod:`.outputs`).
+
+    Outputs of other organs already in the folder stay, and stay counted as complete.
+    """
+    from .outputs import is_complete, mark_complete, read_manifest, staged
+
+    source = Path(source)
+    frames = read_composite(source, grid=grid).frames
+    if frames.ndim != 3:
+        raise ValueError(f"{source}: frames must be grey (N, H, W), got shape {frames.shape}")
+    target = Path(out) / source.stem
+    earlier = [o for o in (read_manifest(target) or {}).get("parts", [])
+               if o not in loaded and is_complete(target, [o])]
+    with staged(target) as tmp:
+        for organ, model in loaded.items():
+            _, labels = segment_frames(model, frames)
+            write_stack(tmp / f"{organ}_labels.tif", labels, compress=True)
+            write_rois(tmp / f"{organ}_RoiSet.zip", labels, organ, log)
+            n = sum(len(np.unique(f[f > 0])) for f in labels)
+            log(f"{source} {organ}: {n} instances in {int(np.any(labels > 0, axis=(1, 2)).sum())} frames")
+    organs = sorted({*loaded, *earlier})
+    mark_complete(target, [f for o in organs for f in us_outputs(o)], parts=organs, source=str(source))
+    return target
+
+
+def _check_stems(sources: list[Path]) -> None:
     stems = [s.stem for s in sources]
     clash = sorted({s for s in stems if stems.count(s) > 1})
     if clash:
         raise ValueError(f"several composites are named {clash}: their outputs would overwrite each other "
                          "under --out; predict them in separate runs")
+
+
+def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
+                       out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
+                       log=print) -> list[Path]:
+    """Segment each composite for each organ in this process; write instance labels and RoiSets under ``out``."""
+    sources = [Path(c) for c in composites]
+    _check_stems(sources)
     loaded = load_unets(models, organs, device)
-    written = []
-    for source in sources:
-        composite = read_composite(source, grid=grid)
-        frames = composite.frames
-        if frames.ndim != 3:
-            raise ValueError(f"{source}: frames must be grey (N, H, W), got shape {frames.shape}")
-        target = Path(out) / source.stem
-        target.mkdir(parents=True, exist_ok=True)
-        for organ, model in loaded.items():
-            _, labels = segment_frames(model, frames)
-            write_stack(target / f"{organ}_labels.tif", labels, compress=True)
-            write_rois(target / f"{organ}_RoiSet.zip", labels, organ, log)
-            n = sum(len(np.unique(f[f > 0])) for f in labels)
-            log(f"{source} {organ}: {n} instances in {int(np.any(labels > 0, axis=(1, 2)).sum())} frames")
-        written.append(target)
-    return written
+    return [predict_composite(loaded, source, out, grid, log) for source in sources]
+
+
+def predict_us_task(source: str, *, organs: list[str], models: dict[str, str], out: str,
+                    grid: tuple[int, int] | None = None, device: str = "auto", threads: int | None = None):
+    """One composite on a Dask worker (each U-Net loaded once per worker); errors become a failed outcome."""
+    from .batch import Outcome, cached_model, failure
+
+    try:
+        loaded = {organ: cached_model("unet", models[organ], device, threads) for organ in organs}
+        return Outcome(source, "done", str(predict_composite(loaded, source, out, grid, log=lambda _: None)))
+    except Exception as exc:  # noqa: BLE001  (any error of one input is reported, the batch goes on)
+        return failure(source, exc)
+
+
+def predict_ultrasound_batch(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
+                             out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
+                             overwrite: bool = False, grid: tuple[int, int] | None = None, device: str = "auto",
+                             connect_timeout: float = 10.0, log=print):
+    """Segment many composites on Dask; complete ones are skipped unless ``overwrite``, failures reported."""
+    from functools import partial
+
+    from .batch import run_batch, threads_per_worker
+    from .outputs import is_complete
+
+    sources = [Path(c).absolute() for c in composites]  # workers may start elsewhere
+    _check_stems(sources)
+    missing = [o for o in organs if o not in models]
+    if missing:
+        raise ValueError(f"no model for {', '.join(missing)}; pass --model ORGAN=MODEL for each organ")
+    specs = {o: str(Path(models[o]).absolute()) if Path(models[o]).exists() else models[o] for o in organs}
+    out = Path(out).absolute()
+    task = partial(predict_us_task, organs=list(organs), models=specs, out=str(out), grid=grid, device=device,
+                   threads=threads_per_worker(workers))
+    return run_batch([str(s) for s in sources], task, lambda s: is_complete(out / Path(s).stem, list(organs)),
+                     workers=workers, scheduler=scheduler, overwrite=overwrite, connect_timeout=connect_timeout,
+                     log=log)
 
 
 def evaluate_ultrasound(models: dict[str, str], data: list[str | os.PathLike], out: str | os.PathLike,
