@@ -34,6 +34,23 @@ class Outcome:
 _MODELS: dict[tuple[str, str, str], Any] = {}
 
 
+def _usual_allocator() -> None:
+    """Undo Dask's MALLOC_TRIM_THRESHOLD_=65536 for this worker process.
+
+    Dask sets it so that workers hand memory back quickly, but then every network pass maps and
+    zeroes its activations afresh: prediction ran 2.6x slower in a worker (1.53 s against 0.58 s
+    per native scan). Freed memory is kept for reuse up to 256 MB, as an ordinary process does.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: activations come from the reusable heap
+        libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        pass
+
+
 def cached_model(kind: str, spec: str, device: str, threads: int | None) -> Any:
     """The model ``spec`` of ``kind`` ("mosnet" or "unet") on ``device``, loaded once per process.
 
@@ -48,6 +65,8 @@ def cached_model(kind: str, spec: str, device: str, threads: int | None) -> Any:
         torch.set_num_threads(threads)
     key = (kind, spec, device)
     if key not in _MODELS:
+        if not _MODELS:
+            _usual_allocator()
         _MODELS[key] = load_model(spec, pick_device(device), kind=kind)[0]
     return _MODELS[key]
 

@@ -41,11 +41,14 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
-def write_rois(path: Path, labels: np.ndarray, organ: str, log=print) -> Path:
-    """A RoiSet of the instances, overwriting the file; an empty prediction gives an empty RoiSet."""
+def write_rois(path: Path, labels: np.ndarray, organ: str, log=print, shown: Path | None = None) -> Path:
+    """A RoiSet of the instances, overwriting the file; an empty prediction gives an empty RoiSet.
+
+    ``shown`` is the path to name in the log when ``path`` is a staging file.
+    """
     rois = labels_to_rois(labels, organ)
     if not rois:
-        log(f"  {organ}: nothing found; wrote an empty RoiSet {path}")
+        log(f"  {organ}: nothing found; wrote an empty RoiSet {shown or path}")
     return write_roiset(path, rois, allow_empty=True)
 
 
@@ -100,7 +103,7 @@ def predict_composite(loaded: dict, source: str | os.PathLike, out: str | os.Pat
         for organ, model in loaded.items():
             _, labels = segment_frames(model, frames)
             write_stack(tmp / f"{organ}_labels.tif", labels, compress=True)
-            write_rois(tmp / f"{organ}_RoiSet.zip", labels, organ, log)
+            write_rois(tmp / f"{organ}_RoiSet.zip", labels, organ, log, shown=target / f"{organ}_RoiSet.zip")
             n = sum(len(np.unique(f[f > 0])) for f in labels)
             log(f"{source} {organ}: {n} instances in {int(np.any(labels > 0, axis=(1, 2)).sum())} frames")
     organs = sorted({*loaded, *earlier})
