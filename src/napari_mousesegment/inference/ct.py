@@ -19,9 +19,7 @@ from torch.nn import functional as F
 
 from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
-from ..models.preprocess import fit_square, to_slices, unfit_square, window
-
-_PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+from ..models.preprocess import PLANE_AXIS, fit_square, to_slices, unfit_square, window
 
 
 @dataclass
@@ -65,8 +63,7 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, thickness: float, pixel: tuple[
         lo, hi, wt = low[start:start + batch_size], high[start:start + batch_size], weight[start:start + batch_size]
         first = int(lo[0])
         slab = torch.from_numpy(window(stack[first:int(hi[-1]) + 1], config.window_level, config.window_width))
-        wt_t = torch.from_numpy(wt)[:, None, None]
-        mixed = slab[lo - first] * (1 - wt_t) + slab[hi - first] * wt_t if (wt > 0).any() else slab[lo - first]
+        mixed = torch.lerp(slab[lo - first], slab[hi - first], torch.from_numpy(wt)[:, None, None])
         x = _resize(mixed[:, None].to(device), grid)
         x = fit_square(x, config.image_size, "bilinear").contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -103,11 +100,12 @@ def predict_volume(
     if spacing is None or len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive numbers in mm, got {spacing!r}")
     device = next(model.parameters()).device
-    batch_size = batch_size or (32 if device.type == "cuda" else 4)
+    if batch_size is None:
+        batch_size = 32 if device.type == "cuda" else 4
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     net = inference_copy(model)
-    axis = _PLANE_AXIS[config.plane]
+    axis = PLANE_AXIS[config.plane]
     stack = to_slices(image, config.plane)  # a view: slices along axis 0
     thickness = float(spacing[axis])
     pixel = tuple(float(s) for i, s in enumerate(spacing) if i != axis)

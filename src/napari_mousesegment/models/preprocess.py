@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage as ndi
 from torch.nn import functional as F
 
-_PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  #: the volume axis that slices are cut along
 
 
 def window(hu: np.ndarray, level: float = 400.0, width: float = 1000.0) -> np.ndarray:
@@ -33,12 +33,12 @@ def resample(volume: np.ndarray, spacing: tuple[float, float, float], target: fl
 
 def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
     """(z, y, x) volume to a stack of 2D slices on the plane: axial gives (z, y, x) itself."""
-    return np.moveaxis(volume, _PLANE_AXIS[plane], 0)
+    return np.moveaxis(volume, PLANE_AXIS[plane], 0)
 
 
 def from_slices(stack: np.ndarray, plane: str) -> np.ndarray:
     """Inverse of :func:`to_slices`."""
-    return np.moveaxis(stack, 0, _PLANE_AXIS[plane])
+    return np.moveaxis(stack, 0, PLANE_AXIS[plane])
 
 
 def square_size(h: int, w: int) -> int:
