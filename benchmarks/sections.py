@@ -13,9 +13,10 @@ import torch
 from benchmarks.baseline import naive_predict_volume
 from benchmarks.measure import best_time, conv_flops, interleaved_best, matmul_rate, peak_memory
 from napari_mousesegment.data.phantom_ct import DEFAULT_SHAPE, ct_phantom
-from napari_mousesegment.inference.ct import predict_volume, zoom_size
+from napari_mousesegment.inference.ct import model_grid, predict_volume
 from napari_mousesegment.models.fold import inference_copy
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig, count_parameters
+from napari_mousesegment.models.preprocess import PLANE_AXIS
 
 SHIPPED_CT = "mosnet-synthetic"
 US_ORGANS = ("heart", "liver", "placenta")
@@ -62,7 +63,7 @@ def ct(args: argparse.Namespace, device: torch.device, scratch: Path) -> dict:
     seconds, naive_seconds = times["predictor"], times["naive"]
     with peak_memory() as memory:
         predict()
-    n_model = zoom_size(image.shape[0], spacing[0], config.spacing_mm)
+    n_model = model_grid(image.shape, spacing, config.spacing_mm)[PLANE_AXIS[config.plane]]  # slices the network sees
     net = inference_copy(model)
     one = torch.zeros(1, 1, config.image_size, config.image_size, device=device)
     cond = torch.zeros(1, dtype=torch.long, device=device)

@@ -25,7 +25,9 @@ def scan():
 
 
 @pytest.mark.parametrize("spacing, batch", [((0.28, 0.28, 0.28), 8), ((0.14, 0.28, 0.28), 3),
-                                            ((0.5, 0.3, 0.22), 1), ((0.2, 0.25, 0.3), 5)])
+                                            ((0.5, 0.3, 0.22), 1), ((0.2, 0.25, 0.3), 5),
+                                            ((0.7, 0.28, 0.28), 4), ((1.0, 0.3, 0.3), 2),
+                                            ((0.28, 0.2805, 0.2805), 4)])
 def test_streaming_matches_the_whole_volume_baseline(shipped, scan, spacing, batch):
     pred = predict_volume(shipped, scan.image, spacing, "native", batch_size=batch, keep_probabilities=True)
     labels, probabilities = naive_predict_volume(shipped, scan.image, spacing, "native")
@@ -45,6 +47,11 @@ def test_streaming_on_another_plane_matches_the_baseline(scan):
     pred = predict_volume(model, scan.image, (0.3, 0.28, 0.25), "contrast", batch_size=4, keep_probabilities=True)
     _, probabilities = naive_predict_volume(model, scan.image, (0.3, 0.28, 0.25), "contrast")
     assert np.abs(pred.probabilities.astype(np.float32) - probabilities).max() < 2e-3
+
+
+def test_a_scan_thinner_than_one_model_voxel_is_refused(shipped, scan):
+    with pytest.raises(ValueError, match="too thin"):
+        predict_volume(shipped, scan.image[:1], (0.1, 0.28, 0.28), "native")
 
 
 def test_labels_alone_equal_labels_with_probabilities(shipped, scan):

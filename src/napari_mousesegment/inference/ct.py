@@ -31,9 +31,18 @@ class CTPrediction:
     probabilities: np.ndarray | None = None  #: (M, z, y, x) float16 in [0, 1], with keep_probabilities
 
 
-def zoom_size(n: int, spacing: float, target: float) -> int:
-    """Voxels along an axis after resampling from ``spacing`` to ``target`` mm (as ndimage.zoom rounds)."""
-    return n if np.isclose(spacing / target, 1.0, atol=1e-3) else round(n * spacing / target)
+def model_grid(shape: tuple[int, ...], spacing: tuple[float, ...], target: float) -> tuple[int, ...]:
+    """Voxels per axis after resampling from ``spacing`` to isotropic ``target`` mm, by the rule of
+    :func:`~napari_mousesegment.models.preprocess.resample`: unchanged when every axis is within
+    0.1% of the target, else ``round(n * spacing / target)`` on every axis, as ndimage.zoom rounds."""
+    factors = np.asarray(spacing, float) / float(target)
+    if np.allclose(factors, 1.0, atol=1e-3):
+        return tuple(int(n) for n in shape)
+    grid = tuple(round(n * f) for n, f in zip(shape, factors))
+    if min(grid) < 1:
+        raise ValueError(f"a scan of {tuple(shape)} voxels at {tuple(spacing)} mm has less than one "
+                         f"{target} mm model voxel along an axis; it is too thin to segment")
+    return grid
 
 
 def linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,14 +57,16 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _model_slabs(net: MOSnet, stack: np.ndarray, thickness: float, pixel: tuple[float, float],
-                 condition: int, batch_size: int, device: torch.device,
-                 should_stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
-    """Probabilities (B, M, h, w) of successive slabs of model-grid slices, on the input's in-plane grid."""
+def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], condition: int, batch_size: int,
+                 device: torch.device, should_stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
+    """Probabilities (B, M, h, w) of successive slabs of model-grid slices, on the input's in-plane grid.
+
+    ``grid`` is the model-grid size of the stack: (slices, height, width).
+    """
     config = net.config
     n, h, w = stack.shape
-    grid = (zoom_size(h, pixel[0], config.spacing_mm), zoom_size(w, pixel[1], config.spacing_mm))
-    low, high, weight = linear_taps(zoom_size(n, thickness, config.spacing_mm), n)
+    low, high, weight = linear_taps(grid[0], n)
+    grid = grid[1:]
     cond = torch.tensor([condition], device=device)
     for start in range(0, len(low), batch_size):
         if should_stop():
@@ -107,21 +118,19 @@ def predict_volume(
     net = inference_copy(model)
     axis = PLANE_AXIS[config.plane]
     stack = to_slices(image, config.plane)  # a view: slices along axis 0
-    thickness = float(spacing[axis])
-    pixel = tuple(float(s) for i, s in enumerate(spacing) if i != axis)
+    grid = model_grid(stack.shape, [spacing[axis], *(s for i, s in enumerate(spacing) if i != axis)],
+                      config.spacing_mm)
     labels = np.zeros(image.shape, np.uint8)
     label_stack = to_slices(labels, config.plane)
     probabilities = np.zeros((len(config.organs), *image.shape), np.float16) if keep_probabilities else None
     prob_stack = np.moveaxis(probabilities, 1 + axis, 1) if probabilities is not None else None
-    n = len(stack)
-    n_model = zoom_size(n, thickness, config.spacing_mm)
+    n, n_model = len(stack), grid[0]
     # Each input slice j reads model slices low[j] and high[j]; emit it once both are computed.
     low, high, weight = linear_taps(n, n_model)
     same_grid = n_model == n  # then input slice j is model slice j: no interpolation, no copies
     done, emitted, tail, tail_start = 0, 0, None, 0
     with torch.inference_mode():
-        slabs = _model_slabs(net, stack, thickness, pixel, config.conditions.index(condition), batch_size,
-                             device, should_stop)
+        slabs = _model_slabs(net, stack, grid, config.conditions.index(condition), batch_size, device, should_stop)
         for slab in slabs:
             held = slab if tail is None else torch.cat([tail, slab])
             done += len(slab)
@@ -142,7 +151,9 @@ def predict_volume(
                     prob_stack[:, emitted:ready] = chunk.to(torch.float16).permute(1, 0, 2, 3).cpu().numpy()
                 emitted = ready
                 del chunk, top, best
-            keep_from = int(low[emitted]) if emitted < n else done  # oldest model slice still needed
+            # Keep the model slices the next input slice still needs; the next slab starts at `done`
+            # (when slices are thicker than two model voxels, the next one may need none of these).
+            keep_from = min(int(low[emitted]) if emitted < n else done, done)
             tail = held[keep_from - tail_start:].clone() if keep_from < done else None
             tail_start = keep_from
             del held, slab
