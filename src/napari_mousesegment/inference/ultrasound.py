@@ -119,15 +119,16 @@ def instances(probability: np.ndarray, threshold: float, min_size: int, depth: f
         box = ndi.find_objects(above.astype(np.uint8))
         if not box:
             continue
-        # Work inside the organs' bounding box with a one-pixel background rim: the same result
-        # (every distance to background is reached through the rim), a fraction of the pixels.
+        # Work inside the organs' bounding box with a one-pixel background rim (none where the box
+        # meets the image edge, as for the whole frame): the same distances to background, the
+        # same result, a fraction of the pixels.
         (y, x), (h, w) = box[0], above.shape
         crop = (slice(max(y.start - 1, 0), min(y.stop + 1, h)), slice(max(x.start - 1, 0), min(x.stop + 1, w)))
         blobs = _drop_small(ndi.label(ndi.binary_fill_holes(above[crop]))[0], min_size)
         mask = blobs > 0
         if not mask.any():
             continue
-        distance = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        distance = ndi.distance_transform_edt(mask)
         # One marker per distance maximum that stands out by more than `depth` pixels, then
         # regions joined by a wide neck merged again: two organs touching at a narrow neck stay
         # apart, a long or curved organ (a placenta's crescent) stays whole.
