@@ -58,7 +58,8 @@ def start(device_name: str) -> tuple[Ranks, torch.device]:
         torch.cuda.set_device(ranks.local_rank)
         device = torch.device("cuda", ranks.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        # NCCL carries the gradients; gloo the small CPU tensors of the agreements and figures.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return ranks, device
 
 
