@@ -12,12 +12,20 @@ from skimage import io as skio
 
 from napari_mousesegment.batch import run_batch
 from napari_mousesegment.cli import main
-from napari_mousesegment.ct_jobs import ct_output_complete, predict_ct, predict_ct_batch, predict_ct_task
+from napari_mousesegment.ct_jobs import (
+    ct_fingerprint,
+    ct_output_complete,
+    predict_ct,
+    predict_ct_batch,
+    predict_ct_task,
+)
 from napari_mousesegment.data.phantom_ct import ct_phantom
 from napari_mousesegment.data.phantom_us import ultrasound_series
 from napari_mousesegment.io.composites import montage
 from napari_mousesegment.io.volumes import read_tiff, write_tiff
-from napari_mousesegment.outputs import MANIFEST, is_complete, mark_complete, staged
+from napari_mousesegment.models.registry import resolve
+from napari_mousesegment.models.store import read_config
+from napari_mousesegment.outputs import MANIFEST, is_complete, mark_complete, read_manifest, staged
 from napari_mousesegment.us_jobs import predict_ultrasound, predict_ultrasound_batch
 
 pytestmark = pytest.mark.slow
@@ -41,6 +49,10 @@ def serial(scans, tmp_path_factory):
     return out
 
 
+def _complete(out: Path, scan: Path, condition: str = "native") -> bool:
+    return ct_output_complete(scan, out, ct_fingerprint(read_config(resolve(MODEL))["sha256"], condition, False, None))
+
+
 def _labels(out: Path, scan: Path) -> np.ndarray:
     return read_tiff(out / scan.stem / "labels.tif")[0]
 
@@ -56,7 +68,7 @@ def test_local_cluster_gives_the_serial_labels_and_reports_a_bad_scan(scans, ser
     assert "4 done, 0 skipped, 1 failed" in printed.out and f"FAILED {broken}" in printed.out
     for scan in scans:
         assert np.array_equal(_labels(out, scan), _labels(serial, scan))
-        assert is_complete(out / scan.stem)
+        assert _complete(out, scan)
     assert not (out / "broken").exists() and not list(out.glob(".*partial*"))
 
 
@@ -70,6 +82,31 @@ def test_rerun_skips_complete_outputs_and_redoes_the_rest(scans, serial, tmp_pat
     assert [o.status for o in again] == ["skipped", "done", "skipped", "skipped"]
     assert (out / scans[0].stem / "labels.tif").stat().st_mtime_ns == kept
     assert np.array_equal(_labels(out, scans[1]), _labels(serial, scans[1]))
+    other = predict_ct_batch(scans[:2], MODEL, "contrast", out, workers=1, log=lambda _: None)
+    assert [o.status for o in other] == ["done", "done"]  # made with other settings: not complete, redone
+    assert _complete(out, scans[0], "contrast") and not _complete(out, scans[0], "native")
+
+
+def test_scans_that_would_share_an_output_folder_are_refused(scans, tmp_path):
+    twin = tmp_path / "other" / scans[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(scans[0].read_bytes())
+    for run in (predict_ct_batch, predict_ct):
+        with pytest.raises(ValueError, match="overwrite each other"):
+            run([scans[0], twin], MODEL, "native", tmp_path / "out", **({"workers": 1} if run is predict_ct_batch else {}))
+
+
+def test_two_runs_on_one_scheduler_keep_their_own_tasks(scans, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(predict_ct_batch, scans[:2], MODEL, "native", tmp_path / name,
+                            scheduler=cluster.scheduler_address, log=lambda _: None) for name in ("a", "b")]
+        assert [[o.status for o in run.result()] for run in runs] == [["done", "done"]] * 2
+    for name in ("a", "b"):
+        assert all(_complete(tmp_path / name, scan) for scan in scans[:2])
 
 
 def dying_task(source: str, *, marker: str, inner):
@@ -82,14 +119,17 @@ def dying_task(source: str, *, marker: str, inner):
 
 def test_a_killed_worker_loses_no_finished_output(scans, serial, tmp_path):
     out = tmp_path / "dask"
-    inner = partial(predict_ct_task, model=MODEL, condition="native", out=str(out), device="cpu", threads=1)
+    weights = read_config(resolve(MODEL))["sha256"]
+    inner = partial(predict_ct_task, model=MODEL, weights=weights, condition="native", out=str(out), device="cpu",
+                    threads=1)
     task = partial(dying_task, marker=str(tmp_path / "died"), inner=inner)
-    outcomes = run_batch([str(s) for s in scans], task, partial(ct_output_complete, out=out), workers=2,
-                         log=lambda _: None)
+    fingerprint = ct_fingerprint(weights, "native", False, None)
+    outcomes = run_batch([str(s) for s in scans], task, partial(ct_output_complete, out=out, fingerprint=fingerprint),
+                         workers=2, log=lambda _: None)
     assert (tmp_path / "died").exists()  # a worker really died mid-batch
     assert [o.status for o in outcomes] == ["done"] * 4  # its scan was retried on a live worker
     for scan in scans:
-        assert is_complete(out / scan.stem) and np.array_equal(_labels(out, scan), _labels(serial, scan))
+        assert _complete(out, scan) and np.array_equal(_labels(out, scan), _labels(serial, scan))
 
 
 def test_an_unreachable_scheduler_is_a_quick_clear_error(scans, tmp_path, capsys):
@@ -116,18 +156,20 @@ def test_ultrasound_batch_matches_serial(tmp_path):
             name = f"{organ}_labels.tif"
             assert np.array_equal(read_tiff(tmp_path / "dask" / source.stem / name)[0],
                                   read_tiff(tmp_path / "serial" / source.stem / name)[0])
-        assert is_complete(tmp_path / "dask" / source.stem, organs)
-        assert not is_complete(tmp_path / "dask" / source.stem, ["liver"])  # asking for more is not complete
+        weights = {o: read_config(resolve(models[o]))["sha256"] for o in organs}
+        assert is_complete(tmp_path / "dask" / source.stem, weights)
+        assert set(read_manifest(tmp_path / "dask" / source.stem)["parts"]) == set(organs)
+        assert not is_complete(tmp_path / "dask" / source.stem, {**weights, "liver": "any"})  # more is not complete
 
 
 def test_staged_outputs_are_all_or_nothing(tmp_path):
     target = tmp_path / "case"
     with staged(target) as tmp:
         (tmp / "a.txt").write_text("first")
-    mark_complete(target, ["a.txt"])
-    assert is_complete(target)
+    mark_complete(target, ["a.txt"], {"a": "model-1"})
+    assert is_complete(target, {"a": "model-1"}) and not is_complete(target, {"a": "model-2"})
     with pytest.raises(RuntimeError), staged(target) as tmp:  # a crash while writing the second version
         (tmp / "a.txt").write_text("second")
         raise RuntimeError("disk full")
-    assert not is_complete(target) and (target / "a.txt").read_text() == "first"
+    assert not is_complete(target, {"a": "model-1"}) and (target / "a.txt").read_text() == "first"
     assert not list(tmp_path.glob(".case.partial-*"))

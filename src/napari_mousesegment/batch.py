@@ -9,6 +9,7 @@ what finished is kept and a rerun skips it. Models are loaded once per worker pr
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,12 @@ def _usual_allocator() -> None:
         pass
 
 
-def cached_model(kind: str, spec: str, device: str, threads: int | None) -> Any:
+def cached_model(kind: str, spec: str, device: str, threads: int | None, sha256: str | None = None) -> Any:
     """The model ``spec`` of ``kind`` ("mosnet" or "unet") on ``device``, loaded once per process.
 
-    ``threads`` sets torch's CPU threads for this worker (Dask starts workers with one).
+    ``sha256`` is the weights' hash the run was started with: a model retrained in place is loaded
+    afresh, and a worker that finds other weights under that name refuses them. ``threads`` sets
+    torch's CPU threads for this worker (Dask starts workers with one).
     """
     import torch
 
@@ -63,11 +66,15 @@ def cached_model(kind: str, spec: str, device: str, threads: int | None) -> Any:
 
     if threads:
         torch.set_num_threads(threads)
-    key = (kind, spec, device)
+    key = (kind, spec, device, sha256)
     if key not in _MODELS:
         if not _MODELS:
             _usual_allocator()
-        _MODELS[key] = load_model(spec, pick_device(device), kind=kind)[0]
+        model, _, meta = load_model(spec, pick_device(device), kind=kind)
+        if sha256 and meta.get("sha256") != sha256:
+            raise ValueError(f"model {spec} on this worker has weights {str(meta.get('sha256'))[:12]}..., not the "
+                             f"{sha256[:12]}... this run was started with; give a model folder on a shared filesystem")
+        _MODELS[key] = model
     return _MODELS[key]
 
 
@@ -122,7 +129,8 @@ def run_batch(sources: list[str], task: Callable[[str], Outcome], complete: Call
         try:
             log(f"{len(todo)} input(s) on {len(client.scheduler_info()['workers'])} Dask worker(s)"
                 + (f" at {scheduler}" if scheduler else ""))
-            futures = {client.submit(task, source, key=f"mousesegment-{i}-{Path(source).name}", pure=False): source
+            run = uuid.uuid4().hex[:12]  # keys unique to this run: a shared scheduler never mixes two runs
+            futures = {client.submit(task, source, key=f"mousesegment-{Path(source).name}-{run}-{i}"): source
                        for i, source in enumerate(todo)}
             for future in tqdm(as_completed(futures), total=len(futures), desc="inputs", unit="input"):
                 source = futures[future]

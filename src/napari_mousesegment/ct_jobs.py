@@ -32,7 +32,23 @@ def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str
 CT_OUTPUTS = ["labels.tif", "labels.json", "volumes.csv"]
 
 
-def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | os.PathLike,
+def ct_fingerprint(weights_sha256: str, condition: str, cleanup: bool,
+                   spacing: tuple[float, float, float] | None) -> str:
+    """What made a prediction: the model's weights and the settings that change its labels."""
+    return json.dumps({"weights": weights_sha256, "condition": condition, "cleanup": cleanup,
+                       "spacing": list(spacing) if spacing else None}, sort_keys=True)
+
+
+def check_case_names(scans: list[str | os.PathLike]) -> None:
+    """Refuse scans whose outputs would share a folder (``a/scan.tif`` and ``b/scan.nii.gz``)."""
+    names = [case_name(s) for s in scans]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"several scans are named {clash}: their outputs would overwrite each other "
+                         "under --out; predict them into separate --out folders")
+
+
+def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | os.PathLike, fingerprint: str,
                     spacing: tuple[float, float, float] | None = None, cleanup: bool = False,
                     batch_size: int | None = None) -> Path:
     """Segment one scan with a loaded MOSnet and write OUT/<scan stem>/ (see :mod:`.outputs`)."""
@@ -50,24 +66,27 @@ def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | o
     target = Path(out) / case_name(scan)
     with staged(target) as tmp:
         write_labels(tmp, labels, result.organs, volume.spacing)
-    mark_complete(target, CT_OUTPUTS, source=str(scan), condition=condition)
+    mark_complete(target, CT_OUTPUTS, {"labels": fingerprint}, source=str(scan))
     return target
 
 
-def ct_output_complete(scan: str | os.PathLike, out: str | os.PathLike) -> bool:
+def ct_output_complete(scan: str | os.PathLike, out: str | os.PathLike, fingerprint: str) -> bool:
     from .outputs import is_complete
 
-    return is_complete(Path(out) / case_name(scan))
+    return is_complete(Path(out) / case_name(scan), {"labels": fingerprint})
 
 
-def predict_ct_task(scan: str, *, model: str, condition: str, out: str, spacing=None, device: str = "auto",
-                    cleanup: bool = False, batch_size: int | None = None, threads: int | None = None):
+def predict_ct_task(scan: str, *, model: str, weights: str, condition: str, out: str, spacing=None,
+                    device: str = "auto", cleanup: bool = False, batch_size: int | None = None,
+                    threads: int | None = None):
     """One scan on a Dask worker (the model loaded once per worker); errors become a failed outcome."""
     from .batch import Outcome, cached_model, failure
 
     try:
-        net = cached_model("mosnet", model, device, threads)
-        return Outcome(scan, "done", str(predict_ct_scan(net, scan, condition, out, spacing, cleanup, batch_size)))
+        net = cached_model("mosnet", model, device, threads, weights)
+        target = predict_ct_scan(net, scan, condition, out, ct_fingerprint(weights, condition, cleanup, spacing),
+                                 spacing, cleanup, batch_size)
+        return Outcome(scan, "done", str(target))
     except Exception as exc:  # noqa: BLE001  (any error of one input is reported, the batch goes on)
         return failure(scan, exc)
 
@@ -84,12 +103,14 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
     from .models.preprocess import pick_device
     from .models.store import load_mosnet
 
-    model, config, _ = load_mosnet(model_dir, pick_device(device))
+    check_case_names(scans)
+    model, config, meta = load_mosnet(model_dir, pick_device(device))
     if condition not in config.conditions:
         raise ValueError(f"condition {condition!r} is unknown to model {model_dir}; it knows {config.conditions}")
+    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing)
     written = []
     for scan in scans:
-        target = predict_ct_scan(model, scan, condition, out, spacing, cleanup, batch_size)
+        target = predict_ct_scan(model, scan, condition, out, fingerprint, spacing, cleanup, batch_size)
         log(f"{scan} -> {target}")
         written.append(target)
     return written
@@ -101,8 +122,9 @@ def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str,
                      batch_size: int | None = None, connect_timeout: float = 10.0, log=print):
     """Segment many scans on Dask (``workers`` local processes, or the cluster at ``scheduler``).
 
-    Scans whose outputs are complete are skipped unless ``overwrite``; a failed scan is reported
-    and the others go on. Returns one :class:`~.batch.Outcome` per scan.
+    Scans whose outputs are complete (made by the same weights and settings) are skipped unless
+    ``overwrite``; a failed scan is reported and the others go on. Returns one
+    :class:`~.batch.Outcome` per scan.
     """
     from functools import partial
 
@@ -110,15 +132,19 @@ def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str,
     from .models.registry import resolve
     from .models.store import read_config
 
-    known = read_config(resolve(model)).get("conditions", [])
-    if condition not in known:  # checked once here rather than failing every scan
-        raise ValueError(f"condition {condition!r} is unknown to model {model}; it knows {known}")
+    check_case_names(scans)
+    meta = read_config(resolve(model))
+    if condition not in meta.get("conditions", []):  # checked once here rather than failing every scan
+        raise ValueError(f"condition {condition!r} is unknown to model {model}; it knows {meta.get('conditions')}")
+    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing)
     sources = [str(Path(s).absolute()) for s in scans]  # workers may start elsewhere
     spec = str(Path(model).absolute()) if Path(model).exists() else str(model)  # a folder, or a name
-    task = partial(predict_ct_task, model=spec, condition=condition, out=str(Path(out).absolute()), spacing=spacing,
-                   device=device, cleanup=cleanup, batch_size=batch_size, threads=threads_per_worker(workers))
-    return run_batch(sources, task, partial(ct_output_complete, out=out), workers=workers, scheduler=scheduler,
-                     overwrite=overwrite, connect_timeout=connect_timeout, log=log)
+    out = Path(out).absolute()
+    task = partial(predict_ct_task, model=spec, weights=meta["sha256"], condition=condition, out=str(out),
+                   spacing=spacing, device=device, cleanup=cleanup, batch_size=batch_size,
+                   threads=threads_per_worker(workers))
+    return run_batch(sources, task, partial(ct_output_complete, out=out, fingerprint=fingerprint), workers=workers,
+                     scheduler=scheduler, overwrite=overwrite, connect_timeout=connect_timeout, log=log)
 
 
 def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,

@@ -84,9 +84,18 @@ def us_outputs(organ: str) -> list[str]:
     return [f"{organ}_labels.tif", f"{organ}_RoiSet.zip"]
 
 
-def predict_composite(loaded: dict, source: str | os.PathLike, out: str | os.PathLike,
+def weights_of(models: dict[str, str], organs: list[str]) -> dict[str, str]:
+    """Organ -> sha256 of the weights of its model (a name or folder): what made each organ's output."""
+    from .models.registry import resolve
+    from .models.store import read_config
+
+    return {organ: read_config(resolve(models[organ]))["sha256"] for organ in organs}
+
+
+def predict_composite(loaded: dict, weights: dict[str, str], source: str | os.PathLike, out: str | os.PathLike,
                       grid: tuple[int, int] | None = None, log=print) -> Path:
-    """Segment one composite with loaded U-Nets (organ -> model) and write OUT/<stem>/ (see :mod:`.outputs`).
+    """Segment one composite with loaded U-Nets (organ -> model, whose weights' sha256 is in ``weights``)
+    and write OUT/<stem>/ (see :mod:`.outputs`).
 
     Outputs of other organs already in the folder stay, and stay counted as complete.
     """
@@ -97,8 +106,9 @@ def predict_composite(loaded: dict, source: str | os.PathLike, out: str | os.Pat
     if frames.ndim != 3:
         raise ValueError(f"{source}: frames must be grey (N, H, W), got shape {frames.shape}")
     target = Path(out) / source.stem
-    earlier = [o for o in (read_manifest(target) or {}).get("parts", [])
-               if o not in loaded and is_complete(target, [o])]
+    before = (read_manifest(target) or {}).get("parts", {})
+    earlier = {o: made for o, made in (before.items() if isinstance(before, dict) else [])
+               if o not in loaded and is_complete(target, {o: made})}
     with staged(target) as tmp:
         for organ, model in loaded.items():
             _, labels = segment_frames(model, frames)
@@ -106,8 +116,8 @@ def predict_composite(loaded: dict, source: str | os.PathLike, out: str | os.Pat
             write_rois(tmp / f"{organ}_RoiSet.zip", labels, organ, log, shown=target / f"{organ}_RoiSet.zip")
             n = sum(len(np.unique(f[f > 0])) for f in labels)
             log(f"{source} {organ}: {n} instances in {int(np.any(labels > 0, axis=(1, 2)).sum())} frames")
-    organs = sorted({*loaded, *earlier})
-    mark_complete(target, [f for o in organs for f in us_outputs(o)], parts=organs, source=str(source))
+    parts = {**earlier, **{organ: weights[organ] for organ in loaded}}
+    mark_complete(target, [f for o in sorted(parts) for f in us_outputs(o)], parts, source=str(source))
     return target
 
 
@@ -126,17 +136,19 @@ def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], m
     sources = [Path(c) for c in composites]
     _check_stems(sources)
     loaded = load_unets(models, organs, device)
-    return [predict_composite(loaded, source, out, grid, log) for source in sources]
+    weights = weights_of(models, organs)
+    return [predict_composite(loaded, weights, source, out, grid, log) for source in sources]
 
 
-def predict_us_task(source: str, *, organs: list[str], models: dict[str, str], out: str,
+def predict_us_task(source: str, *, organs: list[str], models: dict[str, str], weights: dict[str, str], out: str,
                     grid: tuple[int, int] | None = None, device: str = "auto", threads: int | None = None):
     """One composite on a Dask worker (each U-Net loaded once per worker); errors become a failed outcome."""
     from .batch import Outcome, cached_model, failure
 
     try:
-        loaded = {organ: cached_model("unet", models[organ], device, threads) for organ in organs}
-        return Outcome(source, "done", str(predict_composite(loaded, source, out, grid, log=lambda _: None)))
+        loaded = {organ: cached_model("unet", models[organ], device, threads, weights[organ]) for organ in organs}
+        target = predict_composite(loaded, weights, source, out, grid, log=lambda _: None)
+        return Outcome(source, "done", str(target))
     except Exception as exc:  # noqa: BLE001  (any error of one input is reported, the batch goes on)
         return failure(source, exc)
 
@@ -157,10 +169,11 @@ def predict_ultrasound_batch(composites: list[str | os.PathLike], organs: list[s
     if missing:
         raise ValueError(f"no model for {', '.join(missing)}; pass --model ORGAN=MODEL for each organ")
     specs = {o: str(Path(models[o]).absolute()) if Path(models[o]).exists() else models[o] for o in organs}
+    weights = weights_of(models, list(organs))
     out = Path(out).absolute()
-    task = partial(predict_us_task, organs=list(organs), models=specs, out=str(out), grid=grid, device=device,
-                   threads=threads_per_worker(workers))
-    return run_batch([str(s) for s in sources], task, lambda s: is_complete(out / Path(s).stem, list(organs)),
+    task = partial(predict_us_task, organs=list(organs), models=specs, weights=weights, out=str(out), grid=grid,
+                   device=device, threads=threads_per_worker(workers))
+    return run_batch([str(s) for s in sources], task, lambda s: is_complete(out / Path(s).stem, weights),
                      workers=workers, scheduler=scheduler, overwrite=overwrite, connect_timeout=connect_timeout,
                      log=log)
 
