@@ -173,3 +173,13 @@ def test_staged_outputs_are_all_or_nothing(tmp_path):
         raise RuntimeError("disk full")
     assert not is_complete(target, {"a": "model-1"}) and (target / "a.txt").read_text() == "first"
     assert not list(tmp_path.glob(".case.partial-*"))
+
+
+def test_a_worker_loads_each_model_once_and_refuses_other_weights():
+    from napari_mousesegment.batch import cached_model
+
+    weights = read_config(resolve(MODEL))["sha256"]
+    first = cached_model("mosnet", MODEL, "cpu", None, weights)
+    assert cached_model("mosnet", MODEL, "cpu", None, weights) is first  # loaded once, kept
+    with pytest.raises(ValueError, match="not the"):
+        cached_model("mosnet", MODEL, "cpu", None, "0" * 64)  # the client started the run with other weights
