@@ -97,14 +97,20 @@ def test_scans_that_would_share_an_output_folder_are_refused(scans, tmp_path):
 
 
 def test_two_runs_on_one_scheduler_keep_their_own_tasks(scans, tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
+    """Two users' commands on one cluster at once (the same scans into two output folders)."""
+    import subprocess
+    import sys
 
     from dask.distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(predict_ct_batch, scans[:2], MODEL, "native", tmp_path / name,
-                            scheduler=cluster.scheduler_address, log=lambda _: None) for name in ("a", "b")]
-        assert [[o.status for o in run.result()] for run in runs] == [["done", "done"]] * 2
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
+        runs = [subprocess.Popen([sys.executable, "-m", "napari_mousesegment.cli", "predict", "ct", *map(str, scans[:2]),
+                                  "--model", MODEL, "--condition", "native", "--out", str(tmp_path / name),
+                                  "--scheduler", cluster.scheduler_address],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+        logs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    assert all("2 done, 0 skipped, 0 failed" in log for log in logs)
     for name in ("a", "b"):
         assert all(_complete(tmp_path / name, scan) for scan in scans[:2])
 

@@ -9,6 +9,7 @@ what finished is kept and a rerun skips it. Models are loaded once per worker pr
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ class Outcome:
 
 
 _MODELS: dict[tuple[str, str, str], Any] = {}
+#: One batch at a time per process: two Dask clients driven from threads of one process were seen
+#: to lose a run's results (the waiting never ended). Separate processes share a cluster freely.
+_ONE_RUN = threading.Lock()
 
 
 def _usual_allocator() -> None:
@@ -123,28 +127,36 @@ def run_batch(sources: list[str], task: Callable[[str], Outcome], complete: Call
     if len(todo) < len(sources):
         log(f"skipping {len(sources) - len(todo)} input(s) whose outputs are complete (--overwrite redoes them)")
     if todo:
-        from dask.distributed import as_completed
-
-        client, cluster = _client(workers, scheduler, connect_timeout)
-        try:
-            log(f"{len(todo)} input(s) on {len(client.scheduler_info()['workers'])} Dask worker(s)"
-                + (f" at {scheduler}" if scheduler else ""))
-            run = uuid.uuid4().hex[:12]  # keys unique to this run: a shared scheduler never mixes two runs
-            futures = {client.submit(task, source, key=f"mousesegment-{Path(source).name}-{run}-{i}"): source
-                       for i, source in enumerate(todo)}
-            for future in tqdm(as_completed(futures), total=len(futures), desc="inputs", unit="input"):
-                source = futures[future]
-                try:
-                    outcomes[source] = future.result()
-                except Exception as exc:  # noqa: BLE001  (a task whose workers kept dying: KilledWorker; a lost scheduler)
-                    outcomes[source] = failure(source, exc)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        with _ONE_RUN:
+            _run_on_dask(todo, task, outcomes, workers, scheduler, connect_timeout, log)
     ordered = [outcomes[s] for s in sources]
     report(ordered, log)
     return ordered
+
+
+def _run_on_dask(todo: list[str], task: Callable[[str], Outcome], outcomes: dict[str, Outcome],
+                 workers: int | None, scheduler: str | None, connect_timeout: float,
+                 log: Callable[[str], None]) -> None:
+    """Submit one task per input and collect each outcome into ``outcomes`` as it finishes."""
+    from dask.distributed import as_completed
+
+    client, cluster = _client(workers, scheduler, connect_timeout)
+    try:
+        log(f"{len(todo)} input(s) on {len(client.scheduler_info()['workers'])} Dask worker(s)"
+            + (f" at {scheduler}" if scheduler else ""))
+        run = uuid.uuid4().hex[:12]  # keys unique to this run: a shared scheduler never mixes two runs
+        futures = {client.submit(task, source, key=f"mousesegment-{Path(source).name}-{run}-{i}"): source
+                   for i, source in enumerate(todo)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="inputs", unit="input"):
+            source = futures[future]
+            try:
+                outcomes[source] = future.result()
+            except Exception as exc:  # noqa: BLE001  (a task whose workers kept dying: KilledWorker; a lost scheduler)
+                outcomes[source] = failure(source, exc)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def report(outcomes: list[Outcome], log: Callable[[str], None] = print) -> None:
