@@ -123,6 +123,17 @@ def from_main(make: Callable[[], Any], ranks: Ranks) -> Any:
     return value if ranks.main else json.loads(bytes(buffer.tolist()).decode())
 
 
+def same_as_main(value: Any, what: str, ranks: Ranks) -> None:
+    """Stop with a clear error when this rank sees ``value`` differently from rank 0, e.g. the epoch
+    of a checkpoint that each rank reads from a filesystem that should be shared."""
+    main_value = from_main(lambda: value, ranks)
+    if main_value != value:
+        from .checkpoint import TrainingError
+
+        raise TrainingError(f"rank {ranks.rank} sees {what} {value!r}, rank 0 sees {main_value!r}: every node "
+                            "must see the same output folder (a shared filesystem)")
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         dist.barrier()

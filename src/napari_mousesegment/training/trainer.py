@@ -166,6 +166,7 @@ def train_mosnet(
         start_epoch, best = state["epoch"] + 1, state["best"]
         history = [row for row in state["history"] if row["epoch"] <= state["epoch"] + 1 and row["complete"]]
         log(f"resumed after epoch {start_epoch} (best mean Dice {best:.3f})")
+    distributed.same_as_main(start_epoch, "the checkpoint's epoch", ranks)
     net = distributed.wrap(model, ranks, device)
 
     t_start = time.monotonic()

@@ -187,6 +187,7 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
         start_epoch, best, since_best = state["epoch"] + 1, state["best"], state["since_best"]
         history = [row for row in state["history"] if row["complete"]]  # a cut epoch runs again
         log(f"resumed after epoch {start_epoch} (best validation Dice {best:.3f})")
+    distributed.same_as_main(start_epoch, "the checkpoint's epoch", ranks)
     net = distributed.wrap(model, ranks, device)
     total = settings.epochs + settings.finetune_epochs
     summary = {"training": {"organ": organ, "train_series": train_names, "val_series": val_names,
