@@ -13,10 +13,10 @@ import torch
 from benchmarks.baseline import naive_predict_volume
 from benchmarks.measure import best_time, conv_flops, interleaved_best, matmul_rate, peak_memory
 from napari_mousesegment.data.phantom_ct import DEFAULT_SHAPE, ct_phantom
-from napari_mousesegment.inference.ct import model_grid, predict_volume
+from napari_mousesegment.inference.ct import predict_volume
 from napari_mousesegment.models.fold import inference_copy
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig, count_parameters
-from napari_mousesegment.models.preprocess import PLANE_AXIS
+from napari_mousesegment.models.preprocess import PLANE_AXIS, model_grid
 
 SHIPPED_CT = "mosnet-synthetic"
 US_ORGANS = ("heart", "liver", "placenta")

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
-from ..models.preprocess import PLANE_AXIS, fit_square, to_slices, unfit_square, window
+from ..models.preprocess import PLANE_AXIS, fit_square, model_grid, to_slices, unfit_square, window
 
 
 @dataclass
@@ -29,20 +29,6 @@ class CTPrediction:
     labels: np.ndarray  #: (z, y, x) uint8: 1 + index of the most likely organ above the threshold, else 0
     organs: dict[str, int]  #: organ -> label value
     probabilities: np.ndarray | None = None  #: (M, z, y, x) float16 in [0, 1], with keep_probabilities
-
-
-def model_grid(shape: tuple[int, ...], spacing: tuple[float, ...], target: float) -> tuple[int, ...]:
-    """Voxels per axis after resampling from ``spacing`` to isotropic ``target`` mm, by the rule of
-    :func:`~napari_mousesegment.models.preprocess.resample`: unchanged when every axis is within
-    0.1% of the target, else ``round(n * spacing / target)`` on every axis, as ndimage.zoom rounds."""
-    factors = np.asarray(spacing, float) / float(target)
-    if np.allclose(factors, 1.0, atol=1e-3):
-        return tuple(int(n) for n in shape)
-    grid = tuple(round(n * f) for n, f in zip(shape, factors))
-    if min(grid) < 1:
-        raise ValueError(f"a scan of {tuple(shape)} voxels at {tuple(spacing)} mm has less than one "
-                         f"{target} mm model voxel along an axis; it is too thin to segment")
-    return grid
 
 
 def linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,7 +52,7 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], con
     config = net.config
     n, h, w = stack.shape
     low, high, weight = linear_taps(grid[0], n)
-    grid = grid[1:]
+    plane = grid[1:]  # model-grid (height, width)
     cond = torch.tensor([condition], device=device)
     for start in range(0, len(low), batch_size):
         if should_stop():
@@ -75,12 +61,12 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], con
         first = int(lo[0])
         slab = torch.from_numpy(window(stack[first:int(hi[-1]) + 1], config.window_level, config.window_width))
         mixed = torch.lerp(slab[lo - first], slab[hi - first], torch.from_numpy(wt)[:, None, None])
-        x = _resize(mixed[:, None].to(device), grid)
+        x = _resize(mixed[:, None].to(device), plane)
         x = fit_square(x, config.image_size, "bilinear").contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = net.segment(x, cond.expand(len(x)))
         del x, mixed, slab  # nothing of this slab outlives its probabilities (bounded memory)
-        probs = _resize(unfit_square(logits.float().sigmoid_(), *grid), (h, w))
+        probs = _resize(unfit_square(logits.float().sigmoid_(), *plane), (h, w))
         del logits
         yield probs
 

@@ -23,12 +23,26 @@ def window(hu: np.ndarray, level: float = 400.0, width: float = 1000.0) -> np.nd
     return np.clip((hu.astype(np.float32) - (level - width / 2)) / width, 0.0, 1.0)
 
 
-def resample(volume: np.ndarray, spacing: tuple[float, float, float], target: float, order: int) -> np.ndarray:
-    """Resample a (z, y, x) volume with the given spacing to isotropic ``target`` mm voxels."""
+def model_grid(shape: tuple[int, ...], spacing: tuple[float, ...], target: float) -> tuple[int, ...]:
+    """Voxels per axis after resampling from ``spacing`` to isotropic ``target`` mm: unchanged when
+    every axis is within 0.1% of the target, else ``round(n * spacing / target)`` on every axis, as
+    ndimage.zoom rounds. The one rule for :func:`resample` and the streaming CT predictor."""
     factors = np.asarray(spacing, float) / float(target)
     if np.allclose(factors, 1.0, atol=1e-3):
+        return tuple(int(n) for n in shape)
+    grid = tuple(round(n * f) for n, f in zip(shape, factors))
+    if min(grid) < 1:
+        raise ValueError(f"a scan of {tuple(shape)} voxels at {tuple(spacing)} mm has less than one "
+                         f"{target} mm model voxel along an axis; it is too thin to segment")
+    return grid
+
+
+def resample(volume: np.ndarray, spacing: tuple[float, float, float], target: float, order: int) -> np.ndarray:
+    """Resample a (z, y, x) volume with the given spacing to isotropic ``target`` mm voxels."""
+    grid = model_grid(volume.shape, spacing, target)
+    if grid == volume.shape:
         return volume
-    return ndi.zoom(volume, factors, order=order, mode="nearest", grid_mode=True)
+    return ndi.zoom(volume, np.divide(grid, volume.shape), order=order, mode="nearest", grid_mode=True)
 
 
 def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
