@@ -33,7 +33,7 @@ class Outcome:
     message: str = ""
 
 
-_MODELS: dict[tuple[str, str, str], Any] = {}
+_MODELS: dict[tuple[str, str, str, str | None], Any] = {}  #: (kind, model, device, weights' sha256) -> model
 #: One batch at a time per process: two Dask clients driven from threads of one process were seen
 #: to lose a run's results (the waiting never ended). Separate processes share a cluster freely.
 _ONE_RUN = threading.Lock()

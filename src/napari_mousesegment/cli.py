@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_batch import add_batch_options, distributed, exit_code
+from .cli_batch import add_batch_options, distributed, exit_code, positive_int
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -75,13 +75,6 @@ def numbers(text: str, cast: type, what: str, example: str) -> tuple:
         return tuple(cast(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} must look like {example}, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = numbers(text, int, "number", "4")
-    if len(value) != 1 or value[0] < 1:
-        raise argparse.ArgumentTypeError(f"expected one whole number of at least 1, got {text!r}")
-    return value[0]
 
 
 def _spacing(text: str) -> tuple[float, float, float]:
@@ -255,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     pct.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pct.add_argument("--cleanup", action="store_true",
                      help="keep the largest piece of single-piece organs, drop fragments under 5 mm3")
-    pct.add_argument("--batch-size", type=_positive_int, default=None,
+    pct.add_argument("--batch-size", type=positive_int, default=None,
                      help="slices per network pass (default 4 on a CPU, 32 on a GPU; ~5 MB per slice on a CPU)")
     add_batch_options(pct)
     pct.set_defaults(func=_cmd_predict_ct)

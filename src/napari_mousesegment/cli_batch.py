@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 
 
-def _workers(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An option's whole number of at least 1 (--workers, --batch-size), or an argparse error."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--workers takes a whole number of at least 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_workers, default=None, metavar="N",
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
                        help="run on a local Dask cluster of N worker processes; inputs whose outputs are complete "
                             "are skipped, failures are reported at the end")
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",

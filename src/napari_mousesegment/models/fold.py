@@ -17,7 +17,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def _leading_norm(module: nn.Module) -> tuple[nn.Module, str] | None:
-    """The BatchNorm2d that ``module`` is or starts with, as (parent, attribute name)."""
+    """The BatchNorm2d that a Sequential ``module`` starts with, as (parent, attribute name)."""
     if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], nn.BatchNorm2d):
         return module, "0"
     return None
