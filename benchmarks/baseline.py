@@ -44,7 +44,10 @@ def naive_predict_volume(model: MOSnet, image: np.ndarray, spacing: tuple[float,
     with torch.no_grad():
         for plane in slices:
             x = torch.from_numpy(np.ascontiguousarray(plane))[None, None].to(device)
-            logits, _ = model(fit_square(x, config.image_size, "bilinear"), cond)
+            x = fit_square(x, config.image_size, "bilinear")
+            logits, _ = model(x, cond)
+            for other, organs in config.borrowed_organs(condition):  # the predictor's rule, recomputed whole
+                logits[:, organs] = model(x, torch.full_like(cond, other))[0][:, organs]
             outputs.append(unfit_square(torch.sigmoid(logits), h, w)[0].cpu().numpy())
     stacked = np.stack(outputs, 1)  # (M, slices, h, w)
     probabilities = np.stack([_zoom_to(from_slices(p, config.plane), image.shape) for p in stacked])

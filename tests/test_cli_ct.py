@@ -67,6 +67,23 @@ def test_evaluate_and_compare(trained, tmp_path, capsys):
     assert "| a |" in (tmp_path / "table.md").read_text()
 
 
+def test_evaluate_with_and_without_borrowed_organs(trained, tmp_path, monkeypatch):
+    from napari_mousesegment import ct_jobs
+    from napari_mousesegment.models.store import load_mosnet
+
+    root, model = trained
+    assert load_mosnet(model)[1].borrowed_organs("native")  # stomach and bone: no native dataset annotates them
+    seen = []
+    real = ct_jobs.evaluate_ct
+    monkeypatch.setattr(ct_jobs, "evaluate_ct", lambda *a, **k: seen.append(k["borrow"]) or real(*a, **k))
+    for flags in ([], ["--no-borrow"]):
+        assert main(["evaluate", "ct", "--model", str(model), "--data", str(root / "native"),
+                     "--out", str(tmp_path / f"report{len(flags)}"), *flags]) == 0
+        rows = (tmp_path / f"report{len(flags)}" / "per_scan.csv").read_text().splitlines()
+        assert len(rows) == 1 + 2 * 7  # the native dataset's organs
+    assert seen == [True, False]
+
+
 def test_dataset_ct_from_the_real_label_map_needs_an_image(tmp_path, capsys):
     from .conftest import shared_file
 

@@ -137,7 +137,7 @@ def _cmd_predict_ct(args: argparse.Namespace) -> int:
 def _cmd_evaluate_ct(args: argparse.Namespace) -> int:
     from .ct_jobs import evaluate_ct
 
-    summary = evaluate_ct(args.model, args.data, args.out, args.device)
+    summary = evaluate_ct(args.model, args.data, args.out, args.device, borrow=not args.no_borrow)
     for organ, metrics in summary.items():
         print(f"{organ:10s} DSC {metrics['dsc'][0]:.3f} ({metrics['dsc'][1]:.3f})  "
               f"HD95 {metrics['hd95_mm'][0]:.2f} mm")
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     ect.add_argument("--data", type=Path, required=True, help="dataset folder")
     ect.add_argument("--out", type=Path, required=True, help="report folder")
     ect.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ect.add_argument("--no-borrow", action="store_true",
+                     help="read every organ under the dataset's condition, also organs that no training dataset "
+                          "of that condition annotated (by default those are read under a condition that did)")
     ect.set_defaults(func=_cmd_evaluate_ct)
     cmp = evaluate_sub.add_parser("compare", help="table of several evaluation reports with paired Wilcoxon tests")
     cmp.add_argument("reports", nargs="+", metavar="NAME=REPORT_DIR", help="reports made by `evaluate ct`")

@@ -34,8 +34,12 @@ CT_OUTPUTS = ["labels.tif", "labels.json", "volumes.csv"]
 
 def ct_fingerprint(weights_sha256: str, condition: str, cleanup: bool,
                    spacing: tuple[float, float, float] | None) -> str:
-    """What made a prediction: the model's weights and the settings that change its labels."""
-    return json.dumps({"weights": weights_sha256, "condition": condition, "cleanup": cleanup,
+    """What made a prediction: the model's weights and the settings that change its labels.
+
+    "borrow" marks predictions that read unannotated organs under another condition
+    (:meth:`MOSnetConfig.borrowed_organs`); outputs from before that rule are redone.
+    """
+    return json.dumps({"weights": weights_sha256, "condition": condition, "cleanup": cleanup, "borrow": True,
                        "spacing": list(spacing) if spacing else None}, sort_keys=True)
 
 
@@ -148,8 +152,12 @@ def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str,
 
 
 def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
-                device: str = "auto", log=print) -> dict:
-    """Score a model on every scan of a dataset folder; tables shaped like the paper's Tables 1-2."""
+                device: str = "auto", log=print, borrow: bool = True) -> dict:
+    """Score a model on every scan of a dataset folder; tables shaped like the paper's Tables 1-2.
+
+    ``borrow=False`` reads every organ under the dataset's own condition, even organs that no
+    training dataset of that condition annotated (see :func:`predict_volume`).
+    """
     from .inference.ct import predict_volume
     from .metrics import organ_scores
     from .models.preprocess import pick_device
@@ -166,7 +174,7 @@ def evaluate_ct(model_dir: str | os.PathLike, data: str | os.PathLike, out: str 
     rows = []
     for case in dataset.cases:
         image, labels, spacing = load_case(dataset, case)
-        pred = predict_volume(model, image, spacing, dataset.condition)
+        pred = predict_volume(model, image, spacing, dataset.condition, borrow=borrow)
         for row in organ_scores(pred.labels, labels, organs, dataset.organs, spacing):
             rows.append({"scan": case, **row})
         log(f"  {case}: " + ", ".join(f"{r['organ']} {r['dsc']:.3f}" for r in rows if r["scan"] == case))

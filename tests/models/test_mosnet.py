@@ -68,3 +68,40 @@ def test_config_that_does_not_match_weights_is_refused(tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(ModelError, match="no config.json"):
         load_mosnet(folder)
+
+
+def _partial_config(**kwargs):
+    annotated = {"native": ["heart", "liver"], "contrast": ["heart", "kidneys", "liver"]}
+    return MOSnetConfig(organs=["heart", "liver", "kidneys", "bone"], width=4, depth=2, image_size=32,
+                        annotated=annotated, **kwargs)
+
+
+def test_borrowed_organs_are_those_the_condition_never_annotated():
+    config = _partial_config()
+    assert config.borrowed_organs("native") == [(1, [2])]  # kidneys from contrast; bone annotated nowhere
+    assert config.borrowed_organs("contrast") == []
+    assert _partial_config(variant="bm_rb").borrowed_organs("native") == []  # the condition changes nothing
+    assert MOSnetConfig(organs=ORGANS).borrowed_organs("native") == []  # annotations unknown
+
+
+def test_segment_reads_borrowed_organs_under_the_donor_condition():
+    torch.manual_seed(0)
+    model = MOSnet(_partial_config()).eval()
+    x = torch.rand(2, 1, 32, 32)
+    native, contrast = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    with torch.no_grad():
+        own, other = model.segment(x, native), model.segment(x, contrast)
+        mixed = model.segment(x, native, model.config.borrowed_organs("native"))
+    assert torch.equal(mixed[:, [0, 1, 3]], own[:, [0, 1, 3]])
+    assert torch.equal(mixed[:, 2], other[:, 2]) and not torch.allclose(own[:, 2], other[:, 2])
+
+
+def test_annotations_are_derived_for_configs_saved_before_they_were_recorded():
+    old = {"organs": ["heart", "kidneys"], "width": 4, "training": {"datasets": [
+        {"name": "a", "condition": "native", "organs": ["heart"]},
+        {"name": "b", "condition": "native", "organs": ["heart", "kidneys"]},
+        {"name": "c", "condition": "contrast", "organs": ["heart"]}]}}
+    config = MOSnetConfig.from_dict(old)
+    assert config.annotated == {"native": ["heart", "kidneys"], "contrast": ["heart"]}
+    assert config.borrowed_organs("contrast") == [(0, [1])]
+    assert MOSnetConfig.from_dict({**old, "annotated": {"native": ["heart"]}}).annotated == {"native": ["heart"]}

@@ -56,6 +56,7 @@ def test_training_learns_checkpoints_and_resumes(datasets, tmp_path):
     assert (out / "history.csv").read_text().count("\n") == 4 and (out / "curves.png").stat().st_size > 0
     meta = json.loads((out / "config.json").read_text())
     assert meta["training"]["val_scans"] and not set(meta["training"]["val_scans"]) & set(meta["training"]["train_scans"])
+    assert "kidneys" not in meta["annotated"]["native"] and "kidneys" in meta["annotated"]["contrast"]
     with pytest.raises(FileExistsError):
         train_mosnet(datasets, out, _config(), settings, log=lambda _: None, progress=False)
     more = TrainSettings(**{**vars(settings), "epochs": 4, "resume": True})

@@ -43,8 +43,9 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], condition: int, batch_size: int,
-                 device: torch.device, should_stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
+def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], condition: int,
+                 borrowed: list[tuple[int, list[int]]], batch_size: int, device: torch.device,
+                 should_stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
     """Probabilities (B, M, h, w) of successive slabs of model-grid slices, on the input's in-plane grid.
 
     ``grid`` is the model-grid size of the stack: (slices, height, width).
@@ -64,7 +65,7 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], con
         x = _resize(mixed[:, None].to(device), plane)
         x = fit_square(x, config.image_size, "bilinear").contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = net.segment(x, cond.expand(len(x)))
+            logits = net.segment(x, cond.expand(len(x)), borrowed)
         del x, mixed, slab  # nothing of this slab outlives its probabilities (bounded memory)
         probs = _resize(unfit_square(logits.float().sigmoid_(), *plane), (h, w))
         del logits
@@ -79,6 +80,7 @@ def predict_volume(
     batch_size: int | None = None,
     threshold: float = 0.5,
     keep_probabilities: bool = False,
+    borrow: bool = True,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> CTPrediction:
@@ -87,7 +89,9 @@ def predict_volume(
     ``image`` may be a memory-mapped array: it is read one slab at a time. ``batch_size`` slices
     go through the network at once (default: 4 on a CPU, where larger batches gain little speed
     and cost about 5 MB per slice at 128 px; 32 on a GPU). ``keep_probabilities`` also returns the
-    per-organ probabilities (2 bytes per organ per voxel).
+    per-organ probabilities (2 bytes per organ per voxel). With ``borrow``, organs that no training
+    dataset of ``condition`` annotated are read under a condition that did
+    (:meth:`MOSnetConfig.borrowed_organs`); without it, every organ is read under ``condition``.
     """
     config = model.config
     if image.ndim != 3:
@@ -116,7 +120,9 @@ def predict_volume(
     same_grid = n_model == n  # then input slice j is model slice j: no interpolation, no copies
     done, emitted, tail, tail_start = 0, 0, None, 0
     with torch.inference_mode():
-        slabs = _model_slabs(net, stack, grid, config.conditions.index(condition), batch_size, device, should_stop)
+        borrowed = config.borrowed_organs(condition) if borrow else []
+        slabs = _model_slabs(net, stack, grid, config.conditions.index(condition), borrowed, batch_size, device,
+                             should_stop)
         for slab in slabs:
             held = slab if tail is None else torch.cat([tail, slab])
             done += len(slab)

@@ -16,6 +16,7 @@ U-Net here, not the paper's UNet++-style nested skips (allowed by the design not
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +43,8 @@ class MOSnetConfig:
     spacing_mm: float = 0.28  #: isotropic voxel size the scans are resampled to
     window_level: float = 400.0
     window_width: float = 1000.0
+    #: condition -> organs its training datasets annotate (empty: unknown, read every organ as is)
+    annotated: dict[str, list[str]] = field(default_factory=dict)
     kind: str = "mosnet"
     version: str = "0"
 
@@ -68,13 +71,43 @@ class MOSnetConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+    def borrowed_organs(self, condition: str) -> list[tuple[int, list[int]]]:
+        """Organs that no training dataset of ``condition`` annotated, as (condition index to read
+        them under instead, organ indices) pairs.
+
+        Under a condition that never annotated an organ, that organ's output got no training signal
+        (α = 0), so it is read under the first condition that did annotate it; the decoder's gate
+        is the only part that differs. Empty for variants without the control module, for unknown
+        annotations, and when ``condition`` annotated every organ.
+        """
+        if not self.control or condition not in self.annotated:
+            return []
+        own = set(self.annotated[condition])
+        groups: dict[int, list[int]] = {}
+        for i, organ in enumerate(self.organs):
+            donor = next((c for c in self.conditions if organ in self.annotated.get(c, ())), None)
+            if organ not in own and donor is not None:
+                groups.setdefault(self.conditions.index(donor), []).append(i)
+        return sorted(groups.items())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MOSnetConfig:
         """Build from a config.json's contents; keys that are not config fields (metrics,
         training summary, sha256) are ignored."""
         if data.get("kind", "mosnet") != "mosnet":
             raise ValueError(f"config is for a {data.get('kind')!r} model, not a MOSnet")
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "annotated" not in fields and "training" in data:  # saved before the field existed
+            fields["annotated"] = annotated_by_condition(data["training"].get("datasets", []))
+        return cls(**fields)
+
+
+def annotated_by_condition(datasets: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Condition -> sorted organs annotated by any of the datasets ({"condition", "organs"} each)."""
+    out: dict[str, set[str]] = {}
+    for d in datasets:
+        out.setdefault(d["condition"], set()).update(d["organs"])
+    return {c: sorted(organs) for c, organs in out.items()}
 
 
 def _bl(channels: int) -> nn.Sequential:
@@ -175,9 +208,18 @@ class MOSnet(nn.Module):
             seg = level(seg, skip, embedding)
         return self.seg_head(seg)
 
-    def segment(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """Per-organ logits alone: prediction has no use for the reconstruction decoder's work."""
-        return self._segment(self._encode(image), condition)
+    def segment(self, image: torch.Tensor, condition: torch.Tensor,
+                borrowed: Sequence[tuple[int, list[int]]] = ()) -> torch.Tensor:
+        """Per-organ logits alone: prediction has no use for the reconstruction decoder's work.
+
+        ``borrowed`` (see :meth:`MOSnetConfig.borrowed_organs`) reads those organs under another
+        condition; the encoder does not depend on the condition, so only the decoder runs again.
+        """
+        skips = self._encode(image)
+        logits = self._segment(skips, condition)
+        for other, organs in borrowed:
+            logits[:, organs] = self._segment(skips, torch.full_like(condition, other))[:, organs]
+        return logits
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         skips = self._encode(image)

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.mosnet import MOSnet, MOSnetConfig, count_parameters
+from ..models.mosnet import MOSnet, MOSnetConfig, annotated_by_condition, count_parameters
 from ..models.store import save_model
 from . import distributed
 from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint, stop_reason
@@ -123,16 +123,18 @@ def train_mosnet(
     Under ``torchrun`` the processes train one DDP model together (see :mod:`.distributed`).
     """
     out = Path(out)
+    datasets = [read_ct_dataset(d) for d in data_dirs]
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must differ, got {names}")
+    config = replace(config, annotated=annotated_by_condition(
+        [{"condition": d.condition, "organs": [o for o in d.organs if o in config.organs]} for d in datasets]))
     ranks, device = distributed.start(settings.device)
     if not ranks.main:  # rank 0 alone logs and writes
         log, progress = (lambda _: None), False
     checkpoint_dir = prepare_run(out, config.to_json(), settings.resume) if ranks.main else out / "checkpoint"
     distributed.barrier(ranks)
     torch.manual_seed(settings.seed)
-    datasets = [read_ct_dataset(d) for d in data_dirs]
-    names = [d.name for d in datasets]
-    if len(set(names)) != len(names):
-        raise ValueError(f"dataset names must differ, got {names}")
     log(f"reading {sum(len(d.cases) for d in datasets)} scans from {len(datasets)} dataset(s)")
     all_scans = [f"{d.name}/{c}" for d in datasets for c in d.cases]
     train_ids, val_ids = split_by_scan(all_scans, settings.val_fraction, settings.seed)
