@@ -7,6 +7,7 @@ a checkpoint; the best epoch's weights (by mean validation Dice) are the model f
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -127,12 +128,16 @@ def train_mosnet(
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must differ, got {names}")
-    config = replace(config, annotated=annotated_by_condition(
-        [{"condition": d.condition, "organs": [o for o in d.organs if o in config.organs]} for d in datasets]))
     ranks, device = distributed.start(settings.device)
     if not ranks.main:  # rank 0 alone logs and writes
         log, progress = (lambda _: None), False
-    checkpoint_dir = prepare_run(out, config.to_json(), settings.resume) if ranks.main else out / "checkpoint"
+    # The checkpoint's config is the architecture asked for. Which organs each condition annotates
+    # follows from the datasets (the split check compares those on resume) and is recorded in the
+    # model folder alone, so checkpoints from before it was recorded still resume.
+    asked = json.dumps({k: v for k, v in json.loads(config.to_json()).items() if k != "annotated"}, indent=2)
+    checkpoint_dir = prepare_run(out, asked, settings.resume) if ranks.main else out / "checkpoint"
+    config = replace(config, annotated=annotated_by_condition(
+        [{"condition": d.condition, "organs": [o for o in d.organs if o in config.organs]} for d in datasets]))
     distributed.barrier(ranks)
     torch.manual_seed(settings.seed)
     log(f"reading {sum(len(d.cases) for d in datasets)} scans from {len(datasets)} dataset(s)")
