@@ -33,13 +33,25 @@ def _model_line(model: Path) -> str:
             "validation scans")
 
 
+def _epoch_seconds(models: list[Path]) -> str:
+    """The range of seconds per epoch over the runs' histories."""
+    seconds = []
+    for model in models:
+        rows = (model / "history.csv").read_text().strip().splitlines()
+        column = rows[0].split(",").index("seconds")
+        seconds += [float(row.split(",")[column]) for row in rows[1:]]
+    return f"{min(seconds):.0f}-{max(seconds):.0f} s per epoch" if seconds else "no epochs"
+
+
 def main(work: Path) -> None:
     images = DOCS / "images"
+    models = [m for m in sorted((work / "models").iterdir()) if (m / "history.csv").exists()]
     out = ["# MOSnet: measured results", "",
            "Produced by `bash experiments/mosnet_synthetic.sh WORK` (then "
            "`python experiments/report_mosnet.py WORK`) on "
-           f"a 2-core {platform.machine()} CPU without GPU (torch {torch.__version__}), two to four runs side by "
-           "side with OMP_NUM_THREADS=1 each, 60-150 s per epoch. Training data: 10 native phantoms (seeds 0-9) and "
+           f"a 2-core {platform.machine()} CPU without GPU (torch {torch.__version__}), two runs side by side "
+           f"with OMP_NUM_THREADS=1 each, {_epoch_seconds(models)}. "
+           "Training data: 10 native phantoms (seeds 0-9) and "
            "10 contrast phantoms (seeds 100-109); held-out test phantoms: native seeds 200-207, contrast seeds "
            "300-307. "
            "Scores are 3D, on the test scans' own grids, without clean-up. HD95 in mm.", ""]
@@ -63,24 +75,29 @@ def main(work: Path) -> None:
     if (work / "reports" / "partial" / "native" / "per_scan.csv").exists():
         shutil.copy(partial / "curves.png", images / "mosnet_partial_curves.png")
         rows = {}
-        for name in ("full", "partial"):
+        labels = {"full": "all organs annotated",
+                  "partial": "kidneys and bladder unannotated in the native set",
+                  "partial_no_borrow": "the same, with every organ read under the native code (`--no-borrow`)"}
+        for name in labels:
             report = work / "reports" / name / "native"
             if (report / "per_scan.csv").exists():
                 rows[name] = summarise(read_per_scan(report))
         lines = ["| model | kidneys DSC | bladder DSC | heart DSC | liver DSC |", "| --- | --- | --- | --- | --- |"]
         for name, summary in rows.items():
-            label = ("kidneys and bladder unannotated in the native set" if name == "partial"
-                     else "all organs annotated")
+            label = labels[name]
             lines.append(f"| {label} | " + " | ".join(f"{summary[o]['dsc'][0]:.3f} ({summary[o]['dsc'][1]:.3f})"
                                                       for o in ("kidneys", "bladder", "heart", "liver")) + " |")
         out += ["## Partial labels (the paper's Table 3 experiment)", "",
                 "The native training set has no kidney or bladder labels; the contrast set has them. Scores on "
                 "held-out native phantoms:", "", _model_line(partial), "", *lines, "",
                 "![Training curves, partial labels](images/mosnet_partial_curves.png)", ""]
+    variants = [work / "models" / f"ablation_{v}" for v in ("bm", "bm_cm", "bm_rb")]
     for condition in ("native", "contrast"):
         table = work / "reports" / f"ablation_{condition}.md"
         if table.exists():
-            out += [f"## Ablation on held-out {condition} phantoms (Table 4 shape; short budget, see below)", "",
+            out += [f"## Ablation on held-out {condition} phantoms (the paper's Table 4)", "",
+                    "full is the joint run above; the other variants were trained with its data, settings and "
+                    "seed:", "", *(f"- `{m.name}`: {_model_line(m)}" for m in variants if m.exists()), "",
                     table.read_text(), ""]
     notes = Path(__file__).with_name("mosnet_notes.md")
     if notes.exists():
