@@ -31,7 +31,7 @@ def _zoom_to(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def naive_predict_volume(model: MOSnet, image: np.ndarray, spacing: tuple[float, float, float], condition: str,
-                         threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                         threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(labels (z, y, x) uint8, probabilities (M, z, y, x) float32) on the input grid."""
     config = model.config
     model.eval()
@@ -51,5 +51,8 @@ def naive_predict_volume(model: MOSnet, image: np.ndarray, spacing: tuple[float,
             outputs.append(unfit_square(torch.sigmoid(logits), h, w)[0].cpu().numpy())
     stacked = np.stack(outputs, 1)  # (M, slices, h, w)
     probabilities = np.stack([_zoom_to(from_slices(p, config.plane), image.shape) for p in stacked])
-    labels = np.where(probabilities.max(0) > threshold, probabilities.argmax(0) + 1, 0).astype(np.uint8)
+    cutoffs = np.array([threshold] * len(config.organs) if threshold is not None else config.organ_thresholds())
+    p = np.clip(probabilities, 1e-6, 1 - 1e-6)
+    score = np.log(p / (1 - p)) - np.log(cutoffs / (1 - cutoffs))[:, None, None, None]
+    labels = np.where(score.max(0) > 0, score.argmax(0) + 1, 0).astype(np.uint8)
     return labels, probabilities

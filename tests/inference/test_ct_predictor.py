@@ -49,6 +49,22 @@ def test_streaming_on_another_plane_matches_the_baseline(scan):
     assert np.abs(pred.probabilities.astype(np.float32) - probabilities).max() < 2e-3
 
 
+def test_organ_thresholds_decide_the_vote_as_in_the_baseline(shipped, scan):
+    from dataclasses import replace
+
+    model = MOSnet(replace(shipped.config, thresholds={"liver": 0.97, "intestine": 0.3, "lungs": 0.8}))
+    model.load_state_dict(shipped.state_dict())
+    model.eval()
+    pred = predict_volume(model, scan.image, (0.28, 0.28, 0.28), "native")
+    labels, _ = naive_predict_volume(model, scan.image, (0.28, 0.28, 0.28), "native")
+    plain = predict_volume(shipped, scan.image, (0.28, 0.28, 0.28), "native").labels
+    assert (pred.labels == labels).mean() > 0.999
+    liver, gut = 1 + shipped.config.organs.index("liver"), 1 + shipped.config.organs.index("intestine")
+    assert (pred.labels == liver).sum() < (plain == liver).sum() and (pred.labels == gut).sum() > (plain == gut).sum()
+    everywhere = predict_volume(model, scan.image, (0.28, 0.28, 0.28), "native", threshold=0.5).labels
+    assert np.array_equal(everywhere, plain)  # an explicit threshold applies to every organ
+
+
 def test_a_scan_thinner_than_one_model_voxel_is_refused(shipped, scan):
     with pytest.raises(ValueError, match="too thin"):
         predict_volume(shipped, scan.image[:1], (0.1, 0.28, 0.28), "native")

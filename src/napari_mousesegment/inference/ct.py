@@ -26,7 +26,7 @@ from ..models.preprocess import PLANE_AXIS, fit_square, model_grid, to_slices, u
 class CTPrediction:
     """A label volume and, when asked for, per-organ probabilities, on the input grid."""
 
-    labels: np.ndarray  #: (z, y, x) uint8: 1 + index of the most likely organ above the threshold, else 0
+    labels: np.ndarray  #: (z, y, x) uint8: 1 + index of the organ most above its threshold, else 0
     organs: dict[str, int]  #: organ -> label value
     probabilities: np.ndarray | None = None  #: (M, z, y, x) float16 in [0, 1], with keep_probabilities
 
@@ -78,7 +78,7 @@ def predict_volume(
     spacing: tuple[float, float, float],
     condition: str,
     batch_size: int | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     keep_probabilities: bool = False,
     borrow: bool = True,
     progress: Callable[[int, int], None] | None = None,
@@ -89,8 +89,10 @@ def predict_volume(
     ``image`` may be a memory-mapped array: it is read one slab at a time. ``batch_size`` slices
     go through the network at once (default: 4 on a CPU, where larger batches gain little speed
     and cost about 5 MB per slice at 128 px; 32 on a GPU). ``keep_probabilities`` also returns the
-    per-organ probabilities (2 bytes per organ per voxel). With ``borrow``, organs that no training
-    dataset of ``condition`` annotated are read under a condition that did
+    per-organ probabilities (2 bytes per organ per voxel). A voxel is labelled with the organ whose
+    probability most exceeds that organ's threshold (in logits): ``threshold`` for every organ, or by
+    default the model's own (:meth:`MOSnetConfig.organ_thresholds`). With ``borrow``, organs that no
+    training dataset of ``condition`` annotated are read under a condition that did
     (:meth:`MOSnetConfig.borrowed_organs`); without it, every organ is read under ``condition``.
     """
     config = model.config
@@ -121,6 +123,10 @@ def predict_volume(
     done, emitted, tail, tail_start = 0, 0, None, 0
     with torch.inference_mode():
         borrowed = config.borrowed_organs(condition) if borrow else []
+        cutoffs = [threshold] * len(config.organs) if threshold is not None else config.organ_thresholds()
+        cutoff, offsets = cutoffs[0], None
+        if len(set(cutoffs)) > 1:
+            offsets = torch.logit(torch.tensor(cutoffs, device=device))[None, :, None, None]
         slabs = _model_slabs(net, stack, grid, config.conditions.index(condition), borrowed, batch_size, device,
                              should_stop)
         for slab in slabs:
@@ -135,9 +141,13 @@ def predict_volume(
                     hi = torch.from_numpy(high[emitted:ready] - tail_start).to(held.device)
                     wt = torch.from_numpy(weight[emitted:ready]).to(held.device)[:, None, None, None]
                     chunk = torch.lerp(held[lo], held[hi], wt)
-                top, best = chunk.max(1)
+                if offsets is None:
+                    top, best = chunk.max(1)
+                    top -= cutoff
+                else:  # the organ whose probability most exceeds its own threshold, in logits
+                    top, best = (torch.logit(chunk, eps=1e-6) - offsets).max(1)
                 best += 1
-                best[top <= threshold] = 0
+                best[top <= 0] = 0
                 label_stack[emitted:ready] = best.to(torch.uint8).cpu().numpy()
                 if prob_stack is not None:
                     prob_stack[:, emitted:ready] = chunk.to(torch.float16).permute(1, 0, 2, 3).cpu().numpy()

@@ -45,6 +45,9 @@ class MOSnetConfig:
     window_width: float = 1000.0
     #: condition -> organs its training datasets annotate (empty: unknown, read every organ as is)
     annotated: dict[str, list[str]] = field(default_factory=dict)
+    #: organ -> probability above which the label vote may pick it (missing: 0.5); chosen on the
+    #: validation scans after training (see training.thresholds)
+    thresholds: dict[str, float] = field(default_factory=dict)
     kind: str = "mosnet"
     version: str = "0"
 
@@ -70,6 +73,10 @@ class MOSnetConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+    def organ_thresholds(self) -> list[float]:
+        """The label vote's threshold of each organ, in ``organs`` order."""
+        return [float(self.thresholds.get(organ, 0.5)) for organ in self.organs]
 
     def borrowed_organs(self, condition: str) -> list[tuple[int, list[int]]]:
         """Organs that no training dataset of ``condition`` annotated, as (condition index to read

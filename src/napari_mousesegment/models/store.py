@@ -56,6 +56,14 @@ def save_model(folder: str | os.PathLike, model: torch.nn.Module, config: MOSnet
     return folder
 
 
+def update_config(folder: str | os.PathLike, changes: dict[str, Any]) -> None:
+    """Change entries of a model folder's config.json atomically; the weights are untouched."""
+    folder = Path(folder)
+    meta = {**read_config(folder), **changes}
+    (folder / (CONFIG + ".partial")).write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(folder / (CONFIG + ".partial"), folder / CONFIG)
+
+
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / CONFIG

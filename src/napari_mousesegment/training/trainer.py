@@ -21,12 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.mosnet import MOSnet, MOSnetConfig, annotated_by_condition, count_parameters
-from ..models.store import save_model
+from ..models.store import WEIGHTS, load_mosnet, save_model, update_config
 from . import distributed
 from .checkpoint import TrainingError, load_checkpoint, prepare_run, save_checkpoint, stop_reason
 from .ct_data import SliceSet, build_slices, read_ct_dataset, split_by_scan
 from .curves import plot_history, write_history
 from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
+from .thresholds import choose_thresholds
 
 
 def cosine_factor(epoch: int, epochs: int) -> float:
@@ -132,9 +133,10 @@ def train_mosnet(
     if not ranks.main:  # rank 0 alone logs and writes
         log, progress = (lambda _: None), False
     # The checkpoint's config is the architecture asked for. Which organs each condition annotates
-    # follows from the datasets (the split check compares those on resume) and is recorded in the
-    # model folder alone, so checkpoints from before it was recorded still resume.
-    asked = json.dumps({k: v for k, v in json.loads(config.to_json()).items() if k != "annotated"}, indent=2)
+    # follows from the datasets (the split check compares those on resume), and the thresholds from
+    # the best weights: both are recorded in the model folder alone, so older checkpoints resume.
+    derived = ("annotated", "thresholds")
+    asked = json.dumps({k: v for k, v in json.loads(config.to_json()).items() if k not in derived}, indent=2)
     checkpoint_dir = prepare_run(out, asked, settings.resume) if ranks.main else out / "checkpoint"
     config = replace(config, annotated=annotated_by_condition(
         [{"condition": d.condition, "organs": [o for o in d.organs if o in config.organs]} for d in datasets]))
@@ -229,5 +231,10 @@ def train_mosnet(
         if stopped:
             log(f"stopped: {stopped}; the best weights so far are kept in {out}")
             break
+    if ranks.main and len(val.images) and (out / WEIGHTS).is_file():
+        chosen, before, after = choose_thresholds(load_mosnet(out, device)[0], val, device)
+        update_config(out, {"thresholds": chosen})
+        log(f"label thresholds chosen on the validation scans: their vote's mean Dice {before:.3f} at 0.5, "
+            f"{after:.3f} with them")
     distributed.barrier(ranks)  # every rank returns once rank 0's files are written
     return {"out": str(out), "best_val_dice": best, "epochs_run": len(history), "stopped": stopped}

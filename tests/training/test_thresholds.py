@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
+from napari_mousesegment.training.ct_data import SliceSet
+from napari_mousesegment.training.thresholds import choose_thresholds, validation_logits, vote, vote_dice
+
+
+def test_vote_takes_the_organ_most_above_its_own_threshold():
+    logits = torch.tensor([2.0, 1.0, -3.0])[None, :, None, None]  # probabilities 0.88, 0.73, 0.05
+    assert int(vote(logits, torch.zeros(3))) == 1
+    assert int(vote(logits, torch.tensor([2.5, 0.0, 0.0]))) == 2  # organ 0 is now below its threshold
+    assert int(vote(logits, torch.tensor([2.5, 1.5, 0.0]))) == 0  # none above
+
+
+def test_thresholds_recover_those_the_truth_was_made_with():
+    torch.manual_seed(0)
+    model = MOSnet(MOSnetConfig(organs=["a", "b", "c"], width=4, depth=2, image_size=32)).eval()
+    n = 24
+    images = torch.rand(n, 1, 32, 32).half()
+    with torch.no_grad():  # logits spread over a few units around 1.5, as a trained model's are
+        model.seg_head.weight.mul_(1500)
+        spread = model.segment(images.float(), torch.zeros(n, dtype=torch.long))
+        model.seg_head.bias.add_(torch.tensor([1.5, -1.0, -1.0]) - spread.mean(dim=(0, 2, 3)))
+    data = SliceSet(images, torch.zeros(n, 3, 32, 32, dtype=torch.bool),
+                    torch.tensor([[True, False, False]]).expand(n, -1).clone(), torch.zeros(n, dtype=torch.long),
+                    ["scan"] * n)
+    logits = validation_logits(model, data, torch.device("cpu"))
+    assert 0.5 < float(logits[:, 0].std()) < 5
+    truth = vote(logits, torch.tensor([1.5, 0.0, 0.0])) == 1  # organ a is "really" there only above 0.82
+    assert truth.any() and (vote(logits, torch.zeros(3)) == 1).sum() > truth.sum()  # 0.5 over-segments
+    data.organ_masks[:, 0] = truth
+    thresholds, before, after = choose_thresholds(model, data, torch.device("cpu"))
+    assert thresholds["a"] == pytest.approx(float(torch.sigmoid(torch.tensor(1.5))), abs=1e-3)
+    assert after == pytest.approx(1.0) and before < 0.99
+    assert before == pytest.approx(vote_dice(logits, data, torch.zeros(3)))
