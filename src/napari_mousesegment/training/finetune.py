@@ -146,13 +146,15 @@ def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, annotated
 
 def ct_dice(model, images: torch.Tensor, masks: torch.Tensor, condition: int) -> float:
     """Mean Dice over the organs present in ``masks`` (slice space), labels as predict_volume makes them."""
+    from .thresholds import vote
+
+    config = model.config
     device = next(model.parameters()).device
     model.eval()
     with torch.inference_mode():
-        logits, _ = model(images.float().to(device), torch.full((len(images),), condition, device=device))
-    prob = torch.sigmoid(logits.float()).cpu()
-    best = prob.argmax(1)
-    labels = torch.where(prob.max(1).values > 0.5, best + 1, 0)
+        logits = model.segment(images.float().to(device), torch.full((len(images),), condition, device=device),
+                               config.borrowed_organs(config.conditions[condition]))
+    labels = vote(logits.float().cpu(), torch.logit(torch.tensor(config.organ_thresholds())))
     scores = []
     for i in range(masks.shape[1]):
         truth = masks[:, i]
