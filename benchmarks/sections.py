@@ -67,8 +67,9 @@ def ct(args: argparse.Namespace, device: torch.device, scratch: Path) -> dict:
     net = inference_copy(model)
     one = torch.zeros(1, 1, config.image_size, config.image_size, device=device)
     cond = torch.zeros(1, dtype=torch.long, device=device)
+    borrowed = config.borrowed_organs("native")  # organs the native datasets never annotated: a second decoder pass
     with torch.inference_mode():
-        flops_per_slice = conv_flops(lambda: net.segment(one, cond))
+        flops_per_slice = conv_flops(lambda: net.segment(one, cond, borrowed))
     rates = matmul_rate(device, 1024 if args.quick else 2048)
     # The network alone on one default batch: its share of the scan's time, and its working memory
     # (with the weights, that is "the model" at run time).
@@ -76,10 +77,10 @@ def ct(args: argparse.Namespace, device: torch.device, scratch: Path) -> dict:
                        device=device).contiguous(memory_format=torch.channels_last)
     conds = cond.expand(len(batch))
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        net.segment(batch, conds)
-        net_seconds = best_time(lambda: (net.segment(batch, conds), _sync(device)), 5)[0] / len(batch)
+        net.segment(batch, conds, borrowed)
+        net_seconds = best_time(lambda: (net.segment(batch, conds, borrowed), _sync(device)), 5)[0] / len(batch)
         with peak_memory() as running:
-            net.segment(batch, conds)
+            net.segment(batch, conds, borrowed)
     achieved = flops_per_slice * n_model / seconds
     input_mb, model_mb = image.nbytes / 2**20, _model_bytes(model) / 2**20
     sizes = (2, 8) if args.quick else (1, 2, 4, 8, 16)  # the speed/memory trade-off of --batch-size
