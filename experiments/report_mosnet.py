@@ -96,8 +96,8 @@ def main(work: Path) -> None:
         table = work / "reports" / f"ablation_{condition}.md"
         if table.exists():
             out += [f"## Ablation on held-out {condition} phantoms (the paper's Table 4)", "",
-                    "full is the joint run above; the other variants were trained with its data, settings and "
-                    "seed:", "", *(f"- `{m.name}`: {_model_line(m)}" for m in variants if m.exists()), "",
+                    ("full is the joint run above; the other variants were trained with its data, settings "
+                     "and seed:"), "", *(f"- `{m.name}`: {_model_line(m)}" for m in variants if m.exists()), "",
                     table.read_text(), ""]
     notes = Path(__file__).with_name("mosnet_notes.md")
     if notes.exists():

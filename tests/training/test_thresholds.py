@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from napari_mousesegment.inference.ct import vote
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
 from napari_mousesegment.training.ct_data import SliceSet
-from napari_mousesegment.training.thresholds import choose_thresholds, validation_logits, vote, vote_dice
+from napari_mousesegment.training.thresholds import choose_thresholds, validation_logits, vote_dice
 
 
 def test_vote_takes_the_organ_most_above_its_own_threshold():

@@ -39,6 +39,13 @@ def linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return low, np.minimum(low + 1, n_in - 1), (coord - low).astype(np.float32)
 
 
+def vote(logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Labels (N, H, W) from logits (N, M, H, W): 1 + the organ whose logit most exceeds its offset
+    (the logit of its threshold, shape (M,)), 0 where none does."""
+    top, best = (logits - offsets[None, :, None, None]).max(1)
+    return torch.where(top > 0, best + 1, 0)
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
@@ -124,9 +131,7 @@ def predict_volume(
     with torch.inference_mode():
         borrowed = config.borrowed_organs(condition) if borrow else []
         cutoffs = [threshold] * len(config.organs) if threshold is not None else config.organ_thresholds()
-        cutoff, offsets = cutoffs[0], None
-        if len(set(cutoffs)) > 1:
-            offsets = torch.logit(torch.tensor(cutoffs, device=device))[None, :, None, None]
+        offsets = torch.logit(torch.tensor(cutoffs, device=device))
         slabs = _model_slabs(net, stack, grid, config.conditions.index(condition), borrowed, batch_size, device,
                              should_stop)
         for slab in slabs:
@@ -141,18 +146,12 @@ def predict_volume(
                     hi = torch.from_numpy(high[emitted:ready] - tail_start).to(held.device)
                     wt = torch.from_numpy(weight[emitted:ready]).to(held.device)[:, None, None, None]
                     chunk = torch.lerp(held[lo], held[hi], wt)
-                if offsets is None:
-                    top, best = chunk.max(1)
-                    top -= cutoff
-                else:  # the organ whose probability most exceeds its own threshold, in logits
-                    top, best = (torch.logit(chunk, eps=1e-6) - offsets).max(1)
-                best += 1
-                best[top <= 0] = 0
+                best = vote(torch.logit(chunk, eps=1e-6), offsets)
                 label_stack[emitted:ready] = best.to(torch.uint8).cpu().numpy()
                 if prob_stack is not None:
                     prob_stack[:, emitted:ready] = chunk.to(torch.float16).permute(1, 0, 2, 3).cpu().numpy()
                 emitted = ready
-                del chunk, top, best
+                del chunk, best
             # Keep the model slices the next input slice still needs; the next slab starts at `done`
             # (when slices are thicker than two model voxels, the next one may need none of these).
             keep_from = min(int(low[emitted]) if emitted < n else done, done)

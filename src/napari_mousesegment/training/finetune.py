@@ -146,7 +146,7 @@ def fine_tune_mosnet(model, images: torch.Tensor, masks: torch.Tensor, annotated
 
 def ct_dice(model, images: torch.Tensor, masks: torch.Tensor, condition: int) -> float:
     """Mean Dice over the organs present in ``masks`` (slice space), labels as predict_volume makes them."""
-    from .thresholds import vote
+    from ..inference.ct import vote
 
     config = model.config
     device = next(model.parameters()).device

@@ -13,18 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..inference.ct import vote
 from ..models.mosnet import MOSnet
 from .ct_data import SliceSet
 
 #: Threshold logits tried for each organ: probabilities from 0.27 to 0.993.
 OFFSETS = np.arange(-1.0, 5.01, 0.25)
-
-
-def vote(logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Labels (N, H, W): 1 + the organ whose logit most exceeds its offset, 0 where none does."""
-    score = logits - offsets[None, :, None, None]
-    top, best = score.max(1)
-    return torch.where(top > 0, best + 1, 0)
 
 
 def vote_dice(logits: torch.Tensor, data: SliceSet, offsets: torch.Tensor) -> float:
