@@ -23,6 +23,7 @@ from napari_mousesegment.data.phantom_ct import ct_phantom
 from napari_mousesegment.data.phantom_us import ultrasound_series
 from napari_mousesegment.io.composites import montage
 from napari_mousesegment.io.volumes import read_tiff, write_tiff
+from napari_mousesegment.models.mosnet import MOSnetConfig
 from napari_mousesegment.models.registry import resolve
 from napari_mousesegment.models.store import read_config
 from napari_mousesegment.outputs import MANIFEST, is_complete, mark_complete, read_manifest, staged
@@ -50,7 +51,9 @@ def serial(scans, tmp_path_factory):
 
 
 def _complete(out: Path, scan: Path, condition: str = "native") -> bool:
-    return ct_output_complete(scan, out, ct_fingerprint(read_config(resolve(MODEL))["sha256"], condition, False, None))
+    meta = read_config(resolve(MODEL))
+    return ct_output_complete(scan, out, ct_fingerprint(meta["sha256"], condition, False, None,
+                                                        MOSnetConfig.from_dict(meta)))
 
 
 def _labels(out: Path, scan: Path) -> np.ndarray:
@@ -129,7 +132,7 @@ def test_a_killed_worker_loses_no_finished_output(scans, serial, tmp_path):
     inner = partial(predict_ct_task, model=MODEL, weights=weights, condition="native", out=str(out), device="cpu",
                     threads=1)
     task = partial(dying_task, marker=str(tmp_path / "died"), inner=inner)
-    fingerprint = ct_fingerprint(weights, "native", False, None)
+    fingerprint = ct_fingerprint(weights, "native", False, None, MOSnetConfig.from_dict(read_config(resolve(MODEL))))
     outcomes = run_batch([str(s) for s in scans], task, partial(ct_output_complete, out=out, fingerprint=fingerprint),
                          workers=2, log=lambda _: None)
     assert (tmp_path / "died").exists()  # a worker really died mid-batch

@@ -11,11 +11,15 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io.volumes import case_name, write_tiff
 from .metrics import write_rows, write_volumes_csv
+
+if TYPE_CHECKING:
+    from .models.mosnet import MOSnetConfig
 
 
 def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str, int],
@@ -33,13 +37,11 @@ CT_OUTPUTS = ["labels.tif", "labels.json", "volumes.csv"]
 
 
 def ct_fingerprint(weights_sha256: str, condition: str, cleanup: bool,
-                   spacing: tuple[float, float, float] | None) -> str:
-    """What made a prediction: the model's weights and the settings that change its labels.
-
-    "borrow" marks predictions that read unannotated organs under another condition
-    (:meth:`MOSnetConfig.borrowed_organs`); outputs from before that rule are redone.
-    """
-    return json.dumps({"weights": weights_sha256, "condition": condition, "cleanup": cleanup, "borrow": True,
+                   spacing: tuple[float, float, float] | None, config: MOSnetConfig) -> str:
+    """What made a prediction: the model's weights, its label rule (per-organ thresholds, organs
+    read under another condition) and the settings that change its labels."""
+    return json.dumps({"weights": weights_sha256, "thresholds": config.organ_thresholds(),
+                       "borrowed": config.borrowed_organs(condition), "condition": condition, "cleanup": cleanup,
                        "spacing": list(spacing) if spacing else None}, sort_keys=True)
 
 
@@ -88,7 +90,7 @@ def predict_ct_task(scan: str, *, model: str, weights: str, condition: str, out:
 
     try:
         net = cached_model("mosnet", model, device, threads, weights)
-        target = predict_ct_scan(net, scan, condition, out, ct_fingerprint(weights, condition, cleanup, spacing),
+        target = predict_ct_scan(net, scan, condition, out, ct_fingerprint(weights, condition, cleanup, spacing, net.config),
                                  spacing, cleanup, batch_size)
         return Outcome(scan, "done", str(target))
     except Exception as exc:  # noqa: BLE001  (any error of one input is reported, the batch goes on)
@@ -111,7 +113,7 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
     model, config, meta = load_mosnet(model_dir, pick_device(device))
     if condition not in config.conditions:
         raise ValueError(f"condition {condition!r} is unknown to model {model_dir}; it knows {config.conditions}")
-    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing)
+    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing, config)
     written = []
     for scan in scans:
         target = predict_ct_scan(model, scan, condition, out, fingerprint, spacing, cleanup, batch_size)
@@ -133,6 +135,7 @@ def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str,
     from functools import partial
 
     from .batch import run_batch, threads_per_worker
+    from .models.mosnet import MOSnetConfig
     from .models.registry import resolve
     from .models.store import read_config
 
@@ -140,7 +143,7 @@ def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str,
     meta = read_config(resolve(model))
     if condition not in meta.get("conditions", []):  # checked once here rather than failing every scan
         raise ValueError(f"condition {condition!r} is unknown to model {model}; it knows {meta.get('conditions')}")
-    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing)
+    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing, MOSnetConfig.from_dict(meta))
     sources = [str(Path(s).absolute()) for s in scans]  # workers may start elsewhere
     spec = str(Path(model).absolute()) if Path(model).exists() else str(model)  # a folder, or a name
     out = Path(out).absolute()
