@@ -51,17 +51,20 @@ def save_model(folder: str | os.PathLike, model: torch.nn.Module, config: MOSnet
     meta["sha256"] = sha256(tmp)
     meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     os.replace(tmp, folder / WEIGHTS)
+    _write_config(folder, meta)
+    return folder
+
+
+def _write_config(folder: Path, meta: dict[str, Any]) -> None:
+    """Write config.json through a temporary file, so a crash never leaves half of it."""
     (folder / (CONFIG + ".partial")).write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(folder / (CONFIG + ".partial"), folder / CONFIG)
-    return folder
 
 
 def update_config(folder: str | os.PathLike, changes: dict[str, Any]) -> None:
     """Change entries of a model folder's config.json atomically; the weights are untouched."""
     folder = Path(folder)
-    meta = {**read_config(folder), **changes}
-    (folder / (CONFIG + ".partial")).write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(folder / (CONFIG + ".partial"), folder / CONFIG)
+    _write_config(folder, {**read_config(folder), **changes})
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
