@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -136,7 +136,7 @@ def train_mosnet(
     # follows from the datasets (the split check compares those on resume), and the thresholds from
     # the best weights: both are recorded in the model folder alone, so older checkpoints resume.
     derived = ("annotated", "thresholds")
-    asked = json.dumps({k: v for k, v in json.loads(config.to_json()).items() if k not in derived}, indent=2)
+    asked = json.dumps({k: v for k, v in asdict(config).items() if k not in derived}, indent=2)
     checkpoint_dir = prepare_run(out, asked, settings.resume) if ranks.main else out / "checkpoint"
     config = replace(config, annotated=annotated_by_condition(
         [{"condition": d.condition, "organs": [o for o in d.organs if o in config.organs]} for d in datasets]))
