@@ -28,7 +28,7 @@ def _model_bytes(model: torch.nn.Module) -> int:
 
 
 def _ct_model(args: argparse.Namespace, device: torch.device) -> tuple[MOSnet, str]:
-    from napari_mousesegment.models.store import load_model
+    from napari_mousesegment.store.load import load_model
 
     if args.ct_width:
         shipped = load_model(SHIPPED_CT)[1]
@@ -123,8 +123,9 @@ def ultrasound(args: argparse.Namespace, device: torch.device, scratch: Path) ->
     from napari_mousesegment.data.phantom_us import ultrasound_series
     from napari_mousesegment.inference.ultrasound import instances, predict_probabilities
     from napari_mousesegment.io.composites import montage, read_composite
-    from napari_mousesegment.models.store import load_unet
-    from napari_mousesegment.us_jobs import predict_ultrasound, write_rois
+    from napari_mousesegment.jobs.rois import write_rois
+    from napari_mousesegment.jobs.ultrasound import predict_ultrasound
+    from napari_mousesegment.store.load import load_unet
 
     scratch.mkdir(parents=True, exist_ok=True)
     series = ultrasound_series(seed=290)
@@ -172,8 +173,9 @@ def _samples_per_s(step: Callable[[], None], batch: int, steps: int, device: tor
 
 
 def _mosnet_step(config: MOSnetConfig, batch_size: int, device: torch.device) -> Callable[[], None]:
-    """One MOSnet training step on a fixed random batch, through the trainer's own train_step."""
-    from napari_mousesegment.training.trainer import train_step
+    """One MOSnet training step on a fixed random batch, as the training loop takes it."""
+    from napari_mousesegment.training.loop import optimise
+    from napari_mousesegment.training.mosnet import batch_loss
 
     model = MOSnet(config).to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -182,14 +184,15 @@ def _mosnet_step(config: MOSnetConfig, batch_size: int, device: torch.device) ->
     batch = (image, (torch.rand(b, m, s, s, device=device) > 0.8).float(),
              torch.ones(b, m, dtype=torch.bool, device=device), torch.zeros(b, dtype=torch.long, device=device))
     beta = torch.ones(m, device=device)
-    return lambda: train_step(model, optimizer, batch, beta, 0.7, "benchmark")
+    return lambda: optimise(optimizer, batch_loss(model, batch, beta, 0.7).loss, "benchmark")
 
 
 def _unet_step(config, batch_size: int, device: torch.device) -> Callable[[], None]:
-    """One U-Net training step on augmented random crops, through the trainer's own train_step."""
+    """One U-Net training step on augmented random crops, as the training loop takes it."""
     from napari_mousesegment.models.unet import UNet
     from napari_mousesegment.training.augment import AugmentSettings, augment
-    from napari_mousesegment.training.us_trainer import train_step
+    from napari_mousesegment.training.loop import optimise
+    from napari_mousesegment.training.unet import batch_loss
 
     model = UNet(config).to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -201,16 +204,16 @@ def _unet_step(config, batch_size: int, device: torch.device) -> Callable[[], No
 
     def step() -> None:
         image, mask = augment(frames, masks, AugmentSettings(), generator)
-        train_step(model, optimizer, image, mask, 0.5, "benchmark")
+        optimise(optimizer, batch_loss(model, image, mask, 0.5).loss, "benchmark")
 
     return step
 
 
 def train(args: argparse.Namespace, device: torch.device, scratch: Path) -> dict:
-    """Samples per second through the trainers' own optimisation steps."""
-    from napari_mousesegment.models.store import load_model
+    """Samples per second through the training loop's own optimisation steps."""
     from napari_mousesegment.models.unet import UNetConfig
-    from napari_mousesegment.training.us_trainer import UNetSettings
+    from napari_mousesegment.store.load import load_model
+    from napari_mousesegment.training.unet import UNetSettings
 
     steps = 2 if args.quick else 6
     out: dict = {}
@@ -233,9 +236,9 @@ def active(args: argparse.Namespace, device: torch.device, scratch: Path) -> dic
     from napari_mousesegment.active.queue import Queue
     from napari_mousesegment.active.worker import run_rounds
     from napari_mousesegment.data.phantom_us import ultrasound_series
-    from napari_mousesegment.models.store import load_unet
+    from napari_mousesegment.inference.ultrasound import segment_frames
+    from napari_mousesegment.store.load import load_unet
     from napari_mousesegment.training.finetune import FineTuneSettings
-    from napari_mousesegment.us_jobs import segment_frames
 
     series = ultrasound_series(seed=270)
     frames = (np.clip(series.frames * 0.5 + 70, 0, 255) * (series.frames > 0)).astype(np.uint8)  # another scanner
@@ -253,8 +256,8 @@ def active(args: argparse.Namespace, device: torch.device, scratch: Path) -> dic
     seconds = time.perf_counter() - start
     return {"corrected_frames": len(with_heart), "epochs": settings.epochs,
             "steps": settings.epochs * settings.steps_per_epoch, "seconds": seconds,
-            "promoted": result["promoted"], "version": result["version"],
-            "held_out_dice_before": result["dice_before"], "held_out_dice_after": result["dice_after"]}
+            "promoted": result.promoted, "version": result.version,
+            "held_out_dice_before": result.dice_before, "held_out_dice_after": result.dice_after}
 
 
 def scaling(args: argparse.Namespace, device: torch.device, scratch: Path) -> dict:

@@ -24,9 +24,9 @@ os.environ["MOUSESEGMENT_HOME"] = tempfile.mkdtemp(prefix="mousesegment-home-")
 from napari_mousesegment.active.queue import Queue  # noqa: E402
 from napari_mousesegment.active.worker import pixel_dice, run_rounds  # noqa: E402
 from napari_mousesegment.data.phantom_us import ultrasound_series  # noqa: E402
-from napari_mousesegment.models.store import load_unet  # noqa: E402
+from napari_mousesegment.inference.ultrasound import segment_frames  # noqa: E402
+from napari_mousesegment.store.load import load_unet  # noqa: E402
 from napari_mousesegment.training.finetune import FineTuneSettings  # noqa: E402
-from napari_mousesegment.us_jobs import segment_frames  # noqa: E402
 
 BASE = "unet-heart-synthetic"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "active_loop.png"
@@ -56,8 +56,8 @@ def main() -> None:
         [result] = run_rounds(queue.root, settings=FineTuneSettings(epochs=15), log=lambda m: None)
         seconds = time.monotonic() - t0
         tuned, _, _ = load_unet(f"{BASE}-lab")
-        rows.append((n, pixel_dice(tuned, test_f, test_m), result["dice_after"], seconds,
-                     "promoted" if result["promoted"] else "not promoted"))
+        rows.append((n, pixel_dice(tuned, test_f, test_m), result.dice_after, seconds,
+                     "promoted" if result.promoted else "not promoted"))
     print("| corrected frames | Dice on 105 frames of 3 other series | held-out corrected frames | round (s) | |")
     print("| --- | --- | --- | --- | --- |")
     for n, dice, held, seconds, verdict in rows:
@@ -83,7 +83,7 @@ def ct_main() -> None:
     from napari_mousesegment.data.phantom_ct import ct_phantom
     from napari_mousesegment.inference.ct import predict_volume
     from napari_mousesegment.metrics import organ_scores
-    from napari_mousesegment.models.store import load_mosnet
+    from napari_mousesegment.store.load import load_mosnet
 
     def shifted(seed):
         scan = ct_phantom(seed=seed, condition="native")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from napari_mousesegment.ct_jobs import read_per_scan, summarise, summary_table
+from napari_mousesegment.jobs.reports import ct_summary_table as summary_table
+from napari_mousesegment.jobs.reports import read_per_scan, summarise
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TARGET_ORGANS = ("heart", "lungs", "liver", "kidneys")

@@ -15,8 +15,9 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_mousesegment.models.store import load_unet
-from napari_mousesegment.us_jobs import segment_frames, summary_table
+from napari_mousesegment.inference.ultrasound import segment_frames
+from napari_mousesegment.jobs.reports import us_summary_table as summary_table
+from napari_mousesegment.store.load import load_unet
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ORGANS = ("heart", "liver", "placenta")

@@ -47,9 +47,9 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--scans", type=int, default=8)
     args = parser.parse_args()
-    from napari_mousesegment.data.datasets import write_ct_case
+    from napari_mousesegment.data.ct_dataset import write_ct_case
     from napari_mousesegment.data.phantom_ct import ct_phantom
-    from napari_mousesegment.io.volumes import write_tiff
+    from napari_mousesegment.io.tiff import write_tiff
 
     work = args.work
     (work / "scans").mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Usage (after experiments/mosnet_synthetic.sh and experiments/unet_synthetic.sh; 
     python experiments/ship_weights.py CT_WORK US_WORK
 
 Copies CT_WORK/models/full as ``mosnet-synthetic`` and US_WORK/models/unet-ORGAN as
-``unet-ORGAN-synthetic`` into src/napari_mousesegment/models/builtin/, adding to each config a
+``unet-ORGAN-synthetic`` into src/napari_mousesegment/store/builtin/, adding to each config a
 name, a version, a plain description and the held-out test scores from the evaluation reports.
 The weights are copied byte for byte, so the sha256 recorded at training still verifies them.
 """
@@ -17,10 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from napari_mousesegment.models.store import load_model
+from napari_mousesegment.store.load import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN = ROOT / "src" / "napari_mousesegment" / "models" / "builtin"
+BUILTIN = ROOT / "src" / "napari_mousesegment" / "store" / "builtin"
 VERSION = "1"
 CT_NOTE = ("MOSnet trained on synthetic micro-CT phantoms (10 native + 10 contrast, "
            "experiments/mosnet_synthetic.sh). For demonstration and testing: train on real scans "

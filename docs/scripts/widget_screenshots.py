@@ -19,21 +19,15 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "images"
 
 
-def _wait(condition, seconds: float = 300) -> None:
-    end = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError("the widgets did not finish")
-        QApplication.processEvents()
-        time.sleep(0.02)
-
-
 def main() -> None:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     widgets = runpy.run_path(str(HERE / "segment_in_napari.py"))["main"](viewer, Path(tempfile.mkdtemp()))
     ct, us = widgets["ct"], widgets["ultrasound"]
-    _wait(lambda: ct.result_layer is not None and us._run.enabled and us.organ_layers)
+    ct.wait(300)
+    us.wait(300)
+    docks = viewer.window._dock_widgets
+    docks["Annotation & active learning (napari-mousesegment)"].hide()
     for layer in viewer.layers:
         layer.visible = layer.name.startswith(("micro-CT", "organs")) or "organs (" in layer.name
     viewer.dims.set_point(0, ct.result_layer.data.shape[0] * 0.28 * 0.45)
@@ -48,12 +42,12 @@ def main() -> None:
     viewer.dims.set_point(0, 10)
     _settle()
     iio.imwrite(OUT / "widget_ultrasound.png", viewer.screenshot(canvas_only=False, flash=False))
-    _active_learning(viewer, us)
+    _active_learning(viewer, us, widgets["active"])
     viewer.close()
     print(f"screenshots written to {OUT}")
 
 
-def _active_learning(viewer, us) -> None:
+def _active_learning(viewer, us, al) -> None:
     """Correct the hearts of a few frames from the truth, queue them, rank, retrain, screenshot."""
     import os
 
@@ -65,18 +59,15 @@ def _active_learning(viewer, us) -> None:
     for k in [k for k in range(35) if truth[k].any()][:6]:
         hearts.data[k] = truth[k]
     viewer.window._dock_widgets["Fetal ultrasound (napari-mousesegment)"].hide()
-    _, al = viewer.window.add_plugin_dock_widget("napari-mousesegment", "Annotation & active learning")
-    al._queue_dir.value = tempfile.mkdtemp()
-    al._image.value, al._labels.value = viewer.layers["series 3"], hearts
-    al.send()
-    al.rank_frames()
-    _wait(lambda: bool(al._next.choices))
-    al.retrain()
-    _wait(lambda: al.process is None)
-    print("round:", al._round.value)
-    if al.last_round and al.last_round.get("message") == "promoted":
-        _wait(lambda: al.repredicted is not None, 120)
-    al._version_model.value = al.last_round["model"]
+    viewer.window._dock_widgets["Annotation & active learning (napari-mousesegment)"].show()
+    al.queue_dir = tempfile.mkdtemp()
+    al.send(viewer.layers["series 3"], hearts)
+    al.rank_frames().wait()
+    al.retrain().wait()
+    print("round:", al.status)
+    if al.last_round is not None and al.last_round.promoted:
+        al.wait(120)  # the re-prediction with the promoted version
+    al._version_model.value = al.last_round.model
     shown = ("series 3", al.repredicted.name if al.repredicted is not None else hearts.name)
     for layer in viewer.layers:
         layer.visible = layer.name in shown

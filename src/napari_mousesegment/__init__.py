@@ -1,7 +1,8 @@
 """napari-mousesegment: mouse organ segmentation for micro-CT and fetal ultrasound.
 
 The public API is loaded lazily, so ``import napari_mousesegment`` stays cheap and never imports
-torch or napari; each name is imported on first use.
+torch or napari; each name is imported on first use. The layer builders (``ct_layers`` ...) need
+no napari; the widgets (``CTWidget`` ...) do. The package's map: docs/development.md.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ _API = {
     "CTPhantom": "napari_mousesegment.data.phantom_ct",
     "ultrasound_series": "napari_mousesegment.data.phantom_us",
     "USSeries": "napari_mousesegment.data.phantom_us",
-    "write_ct_case": "napari_mousesegment.data.datasets",
-    "write_us_series": "napari_mousesegment.data.datasets",
+    "write_ct_case": "napari_mousesegment.data.ct_dataset",
+    "write_us_series": "napari_mousesegment.data.phantom_us",
+    "read_scan": "napari_mousesegment.io.readers",
     "read_composite": "napari_mousesegment.io.composites",
     "split_montage": "napari_mousesegment.io.composites",
     "montage": "napari_mousesegment.io.composites",
@@ -25,7 +27,14 @@ _API = {
     "read_rois": "napari_mousesegment.io.roi",
     "write_roiset": "napari_mousesegment.io.roi",
     "rois_to_labels": "napari_mousesegment.io.roi",
-    "run_demo": "napari_mousesegment.demo",
+    "run_demo": "napari_mousesegment.jobs.demo",
+    "ct_layers": "napari_mousesegment.plugin.layers",
+    "ct_labels_layer": "napari_mousesegment.plugin.layers",
+    "ultrasound_layers": "napari_mousesegment.plugin.layers",
+    "us_labels_layer": "napari_mousesegment.plugin.layers",
+    "CTWidget": "napari_mousesegment.plugin.widgets.ct",
+    "UltrasoundWidget": "napari_mousesegment.plugin.widgets.ultrasound",
+    "ActiveLearningWidget": "napari_mousesegment.plugin.widgets.active",
 }
 
 __all__ = ["__version__", *_API]

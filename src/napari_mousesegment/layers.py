@@ -1,70 +1,16 @@
-"""Layer data tuples for napari, built from core results without importing napari.
+"""Kept so that scripts written as ``from napari_mousesegment.layers import ct_layers`` still run.
 
-napari turns ``(data, kwargs, layer_type)`` tuples into layers; keeping their construction here
-lets readers, sample data and scripts share one definition of names, scale, units and colours.
+The layer builders live in :mod:`napari_mousesegment.plugin.layers`; import them from there, or
+from the package itself (``from napari_mousesegment import ct_layers``).
 """
 
-from __future__ import annotations
+from .plugin.layers import (
+    LayerData,
+    ct_labels_layer,
+    ct_layers,
+    organ_features,
+    ultrasound_layers,
+    us_labels_layer,
+)
 
-from typing import Any
-
-import numpy as np
-
-from .data.phantom_ct import CTPhantom
-from .data.phantom_us import USSeries
-from .organs import CT_COLORS, US_ORGANS
-
-LayerData = tuple[Any, dict, str]
-_US_COLORS = {"heart": "#e6194b", "liver": "#9a6324", "placenta": "#4363d8"}
-
-
-def organ_features(organs: dict[str, int]) -> dict[str, list]:
-    """A Labels features table: one row per label value with its organ name (0 = background)."""
-    values = [0, *organs.values()]
-    return {"index": values, "organ": ["background", *organs]}
-
-
-def ct_layers(scan: CTPhantom, truth_name: str = "organs (truth)") -> list[LayerData]:
-    """An HU image layer and an organ labels layer, in mm, with organ names and colours."""
-    image = (
-        scan.image,
-        {**_ct_axes(scan.spacing), "name": f"micro-CT {scan.condition} (synthetic, seed {scan.seed})",
-         "colormap": "gray", "contrast_limits": (-500, 1200),
-         "metadata": {"condition": scan.condition, "spacing_mm": scan.spacing, "seed": scan.seed}},
-        "image",
-    )
-    return [image, ct_labels_layer(scan.labels, scan.organs, scan.spacing, truth_name)]
-
-
-def _ct_axes(spacing) -> dict:
-    return {"scale": tuple(spacing), "units": ("mm",) * 3, "axis_labels": ("z", "y", "x")}
-
-
-def ct_labels_layer(labels: np.ndarray, organs: dict[str, int], spacing, name: str,
-                    visible: bool = True) -> LayerData:
-    """Organ labels in mm with the organ names in the features and each organ's colour."""
-    colors = {None: "transparent", 0: "transparent"}
-    colors.update({v: CT_COLORS[o] for o, v in organs.items() if o in CT_COLORS})
-    return (labels, {**_ct_axes(spacing), "name": name, "features": organ_features(organs), "colormap": colors,
-                     "opacity": 0.5, "visible": visible, "metadata": {"organs": dict(organs)}}, "labels")
-
-
-def ultrasound_layers(series: USSeries) -> list[LayerData]:
-    """The frame stack and one instance-labels layer per organ (ids restart on every frame)."""
-    axes = {"axis_labels": ("frame", "y", "x")}
-    layers: list[LayerData] = [
-        (series.frames, {**axes, "name": f"ultrasound series (synthetic, seed {series.seed})",
-                         "colormap": "gray", "contrast_limits": (0, 255)}, "image")
-    ]
-    for organ in US_ORGANS:
-        layers.append(us_labels_layer(series.labels[organ], organ, f"{organ} (truth)"))
-    return layers
-
-
-def us_labels_layer(labels: np.ndarray, organ: str, name: str, visible: bool = True) -> LayerData:
-    """One organ's instance labels over the frame stack, all instances in the organ's colour."""
-    hex_color = _US_COLORS.get(organ, "#f58231")
-    color = np.array([int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0])
-    colormap = {None: color, 0: "transparent"}  # every instance, also ones painted later, in the organ's colour
-    return (labels, {"axis_labels": ("frame", "y", "x"), "name": name, "colormap": colormap, "opacity": 0.6,
-                     "visible": visible, "metadata": {"organ": organ}}, "labels")
+__all__ = ["LayerData", "ct_labels_layer", "ct_layers", "organ_features", "ultrasound_layers", "us_labels_layer"]

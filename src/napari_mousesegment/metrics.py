@@ -18,9 +18,15 @@ from scipy import ndimage as ndi
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    pred, truth = pred.astype(bool), truth.astype(bool)
-    total = pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(pred, truth).sum() / total)
+    """Dice of two masks (any arrays; nonzero is inside); 1 when both are empty."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    return dice_from_counts(np.logical_and(pred, truth).sum(), pred.sum() + truth.sum())
+
+
+def dice_from_counts(overlap: float, sizes: float) -> float:
+    """Dice from the overlap of two masks and the sum of their sizes, as counted over many batches
+    (1 when both are empty: nothing to find, nothing found)."""
+    return 1.0 if sizes == 0 else float(2 * overlap / sizes)
 
 
 def jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -115,7 +121,7 @@ def segmentation_scores(tp: int, fp: int, fn: int, matched: int, n_pred: int, n_
         return 1.0 if b == 0 else float(a / b)
 
     inst_p, inst_r = ratio(matched, n_pred), ratio(matched, n_true)
-    return {"dice": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+    return {"dice": dice_from_counts(tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
             "iou": ratio(tp, tp + fp + fn), "instance_precision": inst_p, "instance_recall": inst_r,
             "instance_f1": ratio(2 * matched, n_pred + n_true),
             "instances_pred": int(n_pred), "instances_true": int(n_true)}

@@ -14,9 +14,9 @@ from napari_mousesegment.active.queue import Queue, QueueError
 from napari_mousesegment.active.worker import pixel_dice, run_rounds, worker_lock
 from napari_mousesegment.cli import main
 from napari_mousesegment.data.phantom_us import ultrasound_series
-from napari_mousesegment.models.store import load_unet
+from napari_mousesegment.inference.ultrasound import segment_frames
+from napari_mousesegment.store.load import load_unet
 from napari_mousesegment.training.finetune import FineTuneSettings
-from napari_mousesegment.us_jobs import segment_frames
 
 BASE = "unet-heart-synthetic"
 
@@ -52,10 +52,10 @@ def test_corrections_make_the_model_better_and_the_new_version_is_promoted(home,
     [result] = run_rounds(queue.root, settings=FineTuneSettings(epochs=15), log=lambda m: None)
     seconds = time.monotonic() - t0
     assert seconds < 180
-    assert result["model"] == f"{BASE}-lab" and result["promoted"]
-    assert result["dice_after"] > result["dice_before"] + 0.2  # on the held-out corrected frames
+    assert result.model == f"{BASE}-lab" and result.promoted
+    assert result.dice_after > result.dice_before + 0.2  # on the held-out corrected frames
     better, config, meta = load_unet(f"{BASE}-lab")  # the promoted version is what the name loads
-    assert meta["version"] == result["version"] == "1" and meta["parent_version"] == "0"
+    assert meta["version"] == result.version == "1" and meta["parent_version"] == "0"
     assert pixel_dice(better, other_frames, other_truth) > pixel_dice(weak, other_frames, other_truth) + 0.2
     assert [i.state for i in queue.items()] == ["used"] and queue.items()[0].used_in == [f"{BASE}-lab:v1"]
     assert queue.status()["last_round"]["state"] == "done"
@@ -102,8 +102,8 @@ def test_kill_9_mid_round_keeps_the_queue_and_the_last_good_version(home, tmp_pa
     served = load_unet(f"{BASE}-lab")[2]
     assert served["version"] == "0"  # the last good version still loads, hash verified
     [result] = run_rounds(queue.root, settings=FineTuneSettings(epochs=5), log=lambda m: None)  # lock was released
-    assert result["version"] == "1" and [i.state for i in queue.items()] == ["used"]
-    assert [r["state"] for r in queue.rounds()] == ["interrupted", "done"]
+    assert result.version == "1" and [i.state for i in queue.items()] == ["used"]
+    assert [r.state.value for r in queue.rounds()] == ["interrupted", "done"]
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine")
@@ -111,14 +111,14 @@ def test_a_round_runs_on_the_gpu_when_there_is_one(home, tmp_path):
     queue, *_ = _queue_corrections(tmp_path / "q")
     logs = []
     [result] = run_rounds(queue.root, device="cuda", settings=FineTuneSettings(epochs=5), log=logs.append)
-    assert "device cuda" in logs[0] and result["version"] == "1"
+    assert "device cuda" in logs[0] and result.version == "1"
 
 
 def _ct_corrections(root, n_slices=12):
     """mosnet-synthetic on another scanner's calibration (HU x 0.8 - 150), corrected on a few slices."""
     from napari_mousesegment.data.phantom_ct import ct_phantom
     from napari_mousesegment.inference.ct import predict_volume
-    from napari_mousesegment.models.store import load_mosnet
+    from napari_mousesegment.store.load import load_mosnet
 
     scan = ct_phantom(seed=250, condition="native")
     image = scan.image.astype(np.float32) * 0.8 - 150
@@ -141,16 +141,16 @@ def _ct_corrections(root, n_slices=12):
 def test_micro_ct_corrections_improve_mosnet_on_held_out_slices(home, tmp_path):
     queue = _ct_corrections(tmp_path / "q")
     [result] = run_rounds(queue.root, settings=FineTuneSettings(epochs=15, lr=1e-4), log=lambda m: None)
-    assert result["model"] == "mosnet-synthetic-lab" and result["held_out"] == 3 and result["promoted"]
-    assert result["dice_after"] > result["dice_before"] + 0.15
-    from napari_mousesegment.models.store import load_mosnet
+    assert result.model == "mosnet-synthetic-lab" and result.held_out == 3 and result.promoted
+    assert result.dice_after > result.dice_before + 0.15
+    from napari_mousesegment.store.load import load_mosnet
 
     assert load_mosnet("mosnet-synthetic-lab")[2]["version"] == "1"
 
 
 def test_export_writes_both_dataset_contracts(home, tmp_path):
-    from napari_mousesegment.active.queue import export_dataset
-    from napari_mousesegment.training.ct_data import load_case, read_ct_dataset
+    from napari_mousesegment.active.export import export_dataset
+    from napari_mousesegment.data.ct_dataset import load_case, read_ct_dataset
 
     queue = _ct_corrections(tmp_path / "q", n_slices=4)
     series = ultrasound_series(seed=3)
@@ -166,7 +166,7 @@ def test_export_writes_both_dataset_contracts(home, tmp_path):
 
 
 def test_micro_ct_round_replays_the_original_dataset_when_given(home, tmp_path):
-    from napari_mousesegment.data.datasets import write_ct_case
+    from napari_mousesegment.data.ct_dataset import write_ct_case
     from napari_mousesegment.data.phantom_ct import ct_phantom
 
     write_ct_case(tmp_path / "native", "phantom_0001", ct_phantom(seed=1, condition="native"))
@@ -174,7 +174,7 @@ def test_micro_ct_round_replays_the_original_dataset_when_given(home, tmp_path):
     logs = []
     [result] = run_rounds(queue.root, replay=str(tmp_path / "native"), settings=FineTuneSettings(epochs=2),
                           log=logs.append)
-    assert any(line.startswith("replaying 6 slices") for line in logs) and result["version"] == "1"
+    assert any(line.startswith("replaying 6 slices") for line in logs) and result.version == "1"
 
 
 @pytest.mark.parametrize("dz", [0.2802, 0.1, 0.5])
@@ -182,7 +182,7 @@ def test_corrected_slices_map_to_the_model_slices_made_from_them(dz):
     import torch
 
     from napari_mousesegment.models.mosnet import MOSnetConfig
-    from napari_mousesegment.training.finetune import ct_slices
+    from napari_mousesegment.training.slices import corrected_slices as ct_slices
 
     config = MOSnetConfig(organs=[f"o{k}" for k in range(1, 61)], width=4, depth=2, image_size=16)
     n = 60
@@ -200,5 +200,5 @@ def test_a_failing_group_does_not_stall_the_others(home, tmp_path):
     queue.add(image, labels, "ct", condition="mri", model="mosnet-synthetic", spacing=(0.28, 0.28, 0.28))
     logs = []
     results = run_rounds(queue.root, settings=FineTuneSettings(epochs=2), log=logs.append)
-    assert any("failed" in r for r in results) and any(r.get("version") == "1" for r in results)
+    assert any(r.failed for r in results) and any(r.version == "1" for r in results)
     assert [i.state for i in queue.items()] == ["used", "pending"]

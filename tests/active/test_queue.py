@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mousesegment.active.queue import Queue, QueueError, export_dataset, touched_planes
+from napari_mousesegment.active.export import export_dataset
+from napari_mousesegment.active.queue import Queue, QueueError, touched_planes
 from napari_mousesegment.active.ranking import mean_entropy, rank
 from napari_mousesegment.cli import main
 
@@ -170,7 +171,7 @@ def test_touched_planes_and_uncertainty_ranking():
 
 
 def test_cli_ct_items_take_the_voxel_size_from_the_tiff_or_refuse(tmp_path, capsys):
-    from napari_mousesegment.io.volumes import write_tiff
+    from napari_mousesegment.io.tiff import write_tiff
 
     image, labels = _pair()
     write_tiff(tmp_path / "scan.tif", image.astype(np.int16), (0.28, 0.28, 0.28))

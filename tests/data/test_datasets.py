@@ -3,11 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from napari_mousesegment.data.datasets import write_ct_case, write_us_series
+from napari_mousesegment.data.ct_dataset import write_ct_case
 from napari_mousesegment.data.phantom_ct import ct_phantom
+from napari_mousesegment.data.phantom_us import write_us_series
 from napari_mousesegment.io.composites import read_composite
 from napari_mousesegment.io.roi import read_rois, roi_frame, rois_to_labels
-from napari_mousesegment.io.volumes import read_tiff
+from napari_mousesegment.io.tiff import read_tiff
 from napari_mousesegment.organs import CT_ORGANS, US_FOLDERS, US_ORGANS
 
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mousesegment.data.datasets import write_us_series
-from napari_mousesegment.data.phantom_us import ultrasound_series
+from napari_mousesegment.data.phantom_us import ultrasound_series, write_us_series
 from napari_mousesegment.data.us_dataset import build_us_dataset, load_us_items, split_series
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not the usual 35:UserWarning")

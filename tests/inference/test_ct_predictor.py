@@ -9,9 +9,9 @@ from napari_mousesegment.data.phantom_ct import ct_phantom
 from napari_mousesegment.inference.ct import linear_taps, predict_volume
 from napari_mousesegment.models.fold import inference_copy
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
-from napari_mousesegment.models.store import load_model
 from napari_mousesegment.models.unet import UNet, UNetConfig
 from napari_mousesegment.organs import CT_ORGANS
+from napari_mousesegment.store.load import load_model
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,18 @@ import numpy as np
 import pytest
 import read_roi
 import tifffile
-
 from roifile import ROI_TYPE, ImagejRoi
 
 from napari_mousesegment.io.roi import (
-    RoiError, RoiSkipped, fill_polygon, polygon_roi, read_rois, roi_frame, roi_mask, roi_polygon, rois_to_labels,
+    RoiError,
+    RoiSkipped,
+    fill_polygon,
+    polygon_roi,
+    read_rois,
+    roi_frame,
+    roi_mask,
+    roi_polygon,
+    rois_to_labels,
     write_roiset,
 )
 

@@ -3,10 +3,14 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_mousesegment.data.datasets import write_us_series
-from napari_mousesegment.data.phantom_us import ultrasound_series
+from napari_mousesegment.data.phantom_us import ultrasound_series, write_us_series
 from napari_mousesegment.io.roi import RoiError, polygon_roi, write_roiset
-from napari_mousesegment.io.series import find_composite, organ_roi_files, read_series, series_folders
+from napari_mousesegment.io.series import (
+    find_composite,
+    organ_roi_files,
+    read_series,
+    series_folders,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not the usual 35:UserWarning")
 

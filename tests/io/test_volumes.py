@@ -2,7 +2,9 @@ import nibabel
 import numpy as np
 import pytest
 
-from napari_mousesegment.io.volumes import map_classes, parse_cls, read_scan, read_tiff, write_tiff
+from napari_mousesegment.io.readers import read_scan
+from napari_mousesegment.io.rosenhain import map_classes, parse_cls
+from napari_mousesegment.io.tiff import read_tiff, write_tiff
 
 from ..conftest import shared_file
 
@@ -97,7 +99,7 @@ def test_gff_spacing_comes_back_in_zyx_order(tmp_path):
 
 
 def test_orientation_never_mirrors():
-    from napari_mousesegment.io.volumes import Scan, orient_body
+    from napari_mousesegment.io.scan import Scan, orient_body
 
     labels = np.zeros((12, 30, 10), np.uint8)  # body axis stored second, tail first
     labels[6, 25, 5] = 1  # lungs, far along the stored body axis

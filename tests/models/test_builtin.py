@@ -5,9 +5,8 @@ import json
 import pytest
 
 from napari_mousesegment.cli import main
-from napari_mousesegment.demo import SHIPPED_CT, SHIPPED_US
-from napari_mousesegment.models.registry import BUILTIN, list_models
-from napari_mousesegment.models.store import load_model
+from napari_mousesegment.store.load import load_model
+from napari_mousesegment.store.registry import BUILTIN, SHIPPED_CT, SHIPPED_US, list_models
 
 NAMES = {SHIPPED_CT, *SHIPPED_US.values()}
 

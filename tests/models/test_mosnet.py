@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
+from napari_mousesegment.models.folder import ModelError, save_model
 from napari_mousesegment.models.mosnet import VARIANTS, MOSnet, MOSnetConfig, count_parameters
-from napari_mousesegment.models.store import ModelError, load_mosnet, save_model
 from napari_mousesegment.organs import CT_ORGANS
+from napari_mousesegment.store.load import load_mosnet
 
 ORGANS = list(CT_ORGANS)
 

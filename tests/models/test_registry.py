@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from napari_mousesegment.cli import main
-from napari_mousesegment.models import registry
-from napari_mousesegment.models.store import ModelError, load_model, load_unet, save_model
+from napari_mousesegment.inference.ultrasound import segment_frames
+from napari_mousesegment.models.folder import ModelError, save_model
 from napari_mousesegment.models.unet import UNet, UNetConfig
-from napari_mousesegment.us_jobs import segment_frames
+from napari_mousesegment.store import registry, transfer
+from napari_mousesegment.store.load import load_model, load_unet
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def unet_folder(tmp_path):
 
 
 def test_import_lists_and_loads_by_name(home, unet_folder):
-    installed = registry.import_model(unet_folder)
+    installed = transfer.import_model(unet_folder)
     assert installed == home / "my-heart"
     rows = {r.name: r for r in registry.list_models() if r.source == "user"}
     assert rows["my-heart"].kind == "unet" and rows["my-heart"].organs == ["heart"]
@@ -45,9 +46,9 @@ def test_import_lists_and_loads_by_name(home, unet_folder):
 def test_export_import_predict_round_trip_is_identical(home, unet_folder, tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (3, 40, 48), dtype=np.uint8)
     original, _, _ = load_unet(unet_folder)
-    registry.import_model(unet_folder, name="lab-heart")
-    exported = registry.export_model("lab-heart", tmp_path / "shared" / "lab-heart")
-    registry.import_model(exported, name="lab-heart-copy")
+    transfer.import_model(unet_folder, name="lab-heart")
+    exported = transfer.export_model("lab-heart", tmp_path / "shared" / "lab-heart")
+    transfer.import_model(exported, name="lab-heart-copy")
     copy, _, _ = load_unet("lab-heart-copy")
     prob_a, labels_a = segment_frames(original, frames)
     prob_b, labels_b = segment_frames(copy, frames)
@@ -55,25 +56,25 @@ def test_export_import_predict_round_trip_is_identical(home, unet_folder, tmp_pa
 
 
 def test_import_over_an_existing_name_needs_force(home, unet_folder):
-    registry.import_model(unet_folder)
+    transfer.import_model(unet_folder)
     with pytest.raises(ModelError, match="--force"):
-        registry.import_model(unet_folder)
-    registry.import_model(unet_folder, force=True)
+        transfer.import_model(unet_folder)
+    transfer.import_model(unet_folder, force=True)
     assert (home / "my-heart" / "weights.safetensors").is_file()
 
 
 def test_builtin_names_are_reserved_and_a_name_twice_is_an_error(home, unet_folder, tmp_path, monkeypatch):
     builtin = tmp_path / "builtin"
     monkeypatch.setattr(registry, "BUILTIN", builtin)
-    registry.export_model(str(unet_folder), builtin / "unet-heart-synthetic")
+    transfer.export_model(str(unet_folder), builtin / "unet-heart-synthetic")
     with pytest.raises(ModelError, match="built-in"):
-        registry.import_model(unet_folder, name="unet-heart-synthetic")
+        transfer.import_model(unet_folder, name="unet-heart-synthetic")
     with pytest.raises(ModelError, match="built in and cannot be removed"):
-        registry.remove_model("unet-heart-synthetic")
-    registry.export_model(str(unet_folder), home / "unet-heart-synthetic")  # placed by hand
+        transfer.remove_model("unet-heart-synthetic")
+    transfer.export_model(str(unet_folder), home / "unet-heart-synthetic")  # placed by hand
     with pytest.raises(ModelError, match="exists twice"):
         load_unet("unet-heart-synthetic")
-    registry.remove_model("unet-heart-synthetic")
+    transfer.remove_model("unet-heart-synthetic")
     assert load_unet("unet-heart-synthetic")[1].organ == "heart"
 
 
@@ -93,7 +94,7 @@ def test_bad_model_folders_are_refused_and_not_installed(home, unet_folder, dama
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="my-heart"):
-        registry.import_model(unet_folder)
+        transfer.import_model(unet_folder)
     assert not (home / "my-heart").exists()
     assert not any(p.name.startswith(".my-heart") for p in home.glob("*")) if home.exists() else True
 
@@ -114,7 +115,7 @@ def test_a_malicious_pickle_as_weights_never_runs(home, unet_folder, tmp_path, m
     with pytest.raises(ModelError, match="cannot read weights.safetensors"):
         load_model(unet_folder)
     with pytest.raises(ModelError):
-        registry.import_model(unet_folder)
+        transfer.import_model(unet_folder)
     assert not marker.exists()
 
 
@@ -168,8 +169,8 @@ def test_import_from_url_checks_the_given_hash(home, unet_folder, served):
     www, url = served
     digest = _zip_model(unet_folder, www / "heart.zip")
     with pytest.raises(ModelError):
-        registry.import_model(f"{url}/heart.zip", name="h1", sha256="f" * 64)
-    assert registry.import_model(f"{url}/heart.zip", name="h2", sha256=digest) == home / "h2"
+        transfer.import_model(f"{url}/heart.zip", name="h1", sha256="f" * 64)
+    assert transfer.import_model(f"{url}/heart.zip", name="h2", sha256=digest) == home / "h2"
 
 
 def test_cli_models_list_import_export_remove(home, unet_folder, tmp_path, capsys):
@@ -198,27 +199,27 @@ def test_export_force_never_replaces_a_folder_of_user_files(home, unet_folder, t
     docs.mkdir()
     (docs / "thesis.docx").write_text("years of work")
     with pytest.raises(ModelError, match="not a model"):
-        registry.export_model(str(unet_folder), docs, force=True)
+        transfer.export_model(str(unet_folder), docs, force=True)
     assert (docs / "thesis.docx").read_text() == "years of work"
 
 
 def test_the_registry_file_name_is_not_a_model_name(home, unet_folder):
     with pytest.raises(ModelError, match="reserved"):
-        registry.import_model(unet_folder, name="registry.json")
+        transfer.import_model(unet_folder, name="registry.json")
 
 
 def test_removing_a_model_removes_its_versions(home, unet_folder):
-    from napari_mousesegment.models import versions
+    from napari_mousesegment.store import versions
 
-    registry.import_model(unet_folder)
+    transfer.import_model(unet_folder)
     versions.ensure_base("my-heart", "my-heart")
     assert [v["version"] for v in versions.versions("my-heart")] == ["0"]
-    registry.remove_model("my-heart")
+    transfer.remove_model("my-heart")
     assert versions.versions("my-heart") == []
 
 
 def test_an_interrupted_replacement_is_restored_on_next_use(home, unet_folder):
-    registry.import_model(unet_folder)
+    transfer.import_model(unet_folder)
     (home / "my-heart").rename(home / ".my-heart-old")  # killed between the two renames
     assert [r.name for r in registry.list_models() if r.source == "user"] == []
     assert load_unet("my-heart")[1].organ == "heart"

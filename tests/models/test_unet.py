@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from napari_mousesegment.models.folder import ModelError, save_model
 from napari_mousesegment.models.mosnet import count_parameters
-from napari_mousesegment.models.store import ModelError, load_mosnet, load_unet, save_model
 from napari_mousesegment.models.unet import UNet, UNetConfig
+from napari_mousesegment.store.load import load_mosnet, load_unet
 
 
 @pytest.mark.parametrize("arch", ["standard", "deep", "residual"])

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from napari_mousesegment.cli import main
-from napari_mousesegment.data.datasets import write_ct_case, write_us_series
+from napari_mousesegment.data.ct_dataset import write_ct_case
 from napari_mousesegment.data.phantom_ct import ct_phantom
-from napari_mousesegment.data.phantom_us import ultrasound_series
-from napari_mousesegment.models.store import load_mosnet, load_unet
+from napari_mousesegment.data.phantom_us import ultrasound_series, write_us_series
+from napari_mousesegment.store.load import load_mosnet, load_unet
 from napari_mousesegment.training.distributed import Ranks, epoch_order
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*not the usual 35:UserWarning")]

@@ -3,7 +3,7 @@ import torch
 
 from napari_mousesegment.inference.ct import vote
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
-from napari_mousesegment.training.ct_data import SliceSet
+from napari_mousesegment.training.slices import SliceSet
 from napari_mousesegment.training.thresholds import choose_thresholds, validation_logits, vote_dice
 
 

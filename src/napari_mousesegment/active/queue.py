@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
+
+from ..io.tiff import read_array, write_array
+from .rounds import Round, RoundState
 
 KINDS = ("ct", "ultrasound")
 STATES = ("pending", "used")
@@ -77,10 +79,10 @@ class Item:
     spacing: tuple[float, float, float] | None = None  #: mm, micro-CT items
 
     def image(self) -> np.ndarray:
-        return tifffile.imread(self.folder / "image.tif")
+        return read_array(self.folder / "image.tif")
 
     def labels(self) -> np.ndarray:
-        return tifffile.imread(self.folder / "labels.tif")
+        return read_array(self.folder / "labels.tif")
 
 
 def touched_planes(labels: np.ndarray, prediction: np.ndarray | None) -> list[int]:
@@ -171,10 +173,9 @@ class Queue:
         staging.mkdir()
         try:
             arrays = {"image": image, "labels": labels, "prediction": prediction}
-            for name, array in arrays.items():  # one gray page per frame, even for 3 or 4 frames
+            for name, array in arrays.items():
                 if array is not None:
-                    tifffile.imwrite(staging / f"{name}.tif", np.asarray(array), compression="zlib",
-                                     photometric="minisblack")
+                    write_array(staging / f"{name}.tif", array)
             created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             meta = {"kind": kind, "organ": organ, "condition": condition, "model": model,
                     "model_version": model_version, "shape": list(image.shape), "touched": touched,
@@ -247,101 +248,25 @@ class Queue:
     # Training rounds: the worker records its progress here; the widget and `queue status` read it.
     def start_round(self, model: str, items: list[int]) -> int:
         with self._transaction() as db:
-            cur = db.execute("INSERT INTO rounds (model, state, started, heartbeat, items) VALUES (?, 'running', ?, ?, ?)",
-                             (model, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time(), json.dumps(items)))
+            cur = db.execute("INSERT INTO rounds (model, state, started, heartbeat, items) VALUES (?, ?, ?, ?, ?)",
+                             (model, RoundState.RUNNING.value, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time(),
+                              json.dumps(items)))
             return int(cur.lastrowid)
 
-    def update_round(self, round_id: int, **fields) -> None:
+    def update_round(self, round_id: int, *, state: RoundState | None = None, metrics: dict | None = None,
+                     **fields) -> None:
+        """Record a round's progress (epoch, epochs, loss, eta_s), its end (state, version, metrics,
+        message); every update is also a heartbeat."""
         fields["heartbeat"] = time.time()
-        for key in ("metrics",):
-            if key in fields and not isinstance(fields[key], str):
-                fields[key] = json.dumps(fields[key])
+        if state is not None:
+            fields["state"] = RoundState(state).value
+        if metrics is not None:
+            fields["metrics"] = json.dumps(metrics)
         names = ", ".join(f"{k} = ?" for k in fields)
         with self._transaction() as db:
             db.execute(f"UPDATE rounds SET {names} WHERE id = ?", (*fields.values(), round_id))
 
-    def rounds(self) -> list[dict]:
+    def rounds(self) -> list[Round]:
+        """Every retraining round on this queue, oldest first."""
         with closing(self._connect()) as db:
-            return [dict(r) for r in db.execute("SELECT * FROM rounds ORDER BY id")]
-
-
-def export_dataset(queue: Queue, out: str | os.PathLike, val_fraction: float = 0.2) -> Path:
-    """The queued corrections as dataset folder(s) that the CLI trainers read.
-
-    Ultrasound items (the `dataset ultrasound` contract): one series per item, of its touched
-    frames, split into training and validation by item. Micro-CT items (the `dataset ct` contract):
-    one dataset per condition under OUT/ct_<condition>/, each run of consecutive touched slices a
-    case, labels numbered as the model's organs. With both kinds, ultrasound goes to OUT/ultrasound/.
-    """
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        raise QueueError(f"{root} is not empty; choose another --out")
-    items = queue.items()
-    if not items:
-        raise QueueError(f"{queue.root}: the queue is empty")
-    us = [i for i in items if i.kind == "ultrasound"]
-    ct = [i for i in items if i.kind == "ct"]
-    staging = root.with_name(root.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    if us:
-        _export_ultrasound(us, staging / "ultrasound" if ct else staging, val_fraction, queue.root)
-    for condition in sorted({i.condition for i in ct}):
-        _export_ct([i for i in ct if i.condition == condition], staging / f"ct_{condition}", condition)
-    if root.exists():
-        root.rmdir()
-    os.replace(staging, root)
-    return root
-
-
-def _export_ultrasound(items: list[Item], root: Path, val_fraction: float, source: Path) -> None:
-    from ..data.us_dataset import split_series
-    from ..io.composites import write_stack
-
-    if len(items) < 2:
-        raise QueueError(f"{len(items)} ultrasound item(s); a dataset needs at least 2 (training and validation)")
-    names = {i.id: f"item_{i.id:05d}" for i in items}
-    split = split_series(list(names.values()), test=0, val_fraction=val_fraction)
-    meta: dict = {"kind": "ultrasound", "organs": sorted({i.organ for i in items}), "test": 0,
-                  "val_fraction": val_fraction, "seed": 0, "series": {}, "source": f"queue {source}"}
-    for item in items:
-        folder = root / "series" / names[item.id]
-        folder.mkdir(parents=True)
-        write_stack(folder / "frames.tif", item.image()[item.touched])
-        write_stack(folder / f"{item.organ}_labels.tif", item.labels()[item.touched], compress=True)
-        meta["series"][names[item.id]] = {"split": split[names[item.id]], "frames": len(item.touched),
-                                          "organs": [item.organ], "source": f"queue item {item.id}"}
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def _runs(indices: list[int]) -> list[list[int]]:
-    runs: list[list[int]] = []
-    for k in sorted(indices):
-        if runs and k == runs[-1][-1] + 1:
-            runs[-1].append(k)
-        else:
-            runs.append([k])
-    return runs
-
-
-def _export_ct(items: list[Item], root: Path, condition: str) -> None:
-    from ..io.volumes import write_tiff
-    from ..models.registry import resolve
-    from ..models.store import read_config
-
-    models = {i.model for i in items}
-    if None in models or len(models) != 1:
-        raise QueueError(f"micro-CT items of condition {condition!r} must name one model (to number the "
-                         f"organs); they name {sorted(map(str, models))}")
-    organs = read_config(resolve(next(iter(models))))["organs"]
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    spacings = {i.spacing for i in items}
-    meta = {"name": root.name, "condition": condition, "organs": {o: k + 1 for k, o in enumerate(organs)},
-            "spacing_mm": list(next(iter(spacings)))}
-    for item in items:
-        image, labels = item.image(), item.labels()
-        for run in _runs(item.touched):  # consecutive slices: resampling in z stays between real neighbours
-            case = f"item_{item.id:05d}_z{run[0]:04d}-{run[-1]:04d}"
-            write_tiff(root / "images" / f"{case}.tif", image[run], item.spacing)
-            write_tiff(root / "labels" / f"{case}.tif", labels[run].astype(np.uint8), item.spacing)
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+            return [Round.from_row(dict(r)) for r in db.execute("SELECT * FROM rounds ORDER BY id")]

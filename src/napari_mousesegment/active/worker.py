@@ -1,43 +1,53 @@
 """Retraining rounds: queued corrections -> fine-tuned model -> a new version, promoted if not worse.
 
-One worker at a time per queue (an OS file lock, released even when the process is killed). A
-round marks its items used only after its version is published, so a killed round leaves them
-pending and the next run does the whole round again; the store keeps serving the last good
-version throughout.
+One worker at a time per queue (an OS file lock, released even when the process is killed, on
+every platform). A round marks its items used only after its version is published, so a killed
+round leaves them pending and the next run does the whole round again; the store keeps serving
+the last good version throughout.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
+from ..metrics import dice
+from ..models.folder import ModelError
+from ..models.preprocess import pick_device
+from ..store import versions
+from ..store.load import load_model
+from ..store.registry import model_config
 from .queue import Item, Queue, QueueError
+from .rounds import RoundResult, RoundState
 
 
 @contextmanager
 def worker_lock(root: Path) -> Iterator[None]:
-    """Hold the queue's worker lock, or refuse at once if another worker has it."""
-    path = Path(root) / "worker.lock"
-    with open(path, "a+") as fh:
+    """Hold the queue's worker lock, or refuse at once if another worker has it.
+
+    The holder's pid is kept beside the lock (``worker.pid``) to name it in the refusal.
+    """
+    root = Path(root)
+    lock = FileLock(root / "worker.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise QueueError(f"{root}: another worker is running a round on this queue "
-                             f"(pid {fh.read().strip() or '?'}); wait for it to finish") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            pid = (root / "worker.pid").read_text().strip()
+        except OSError:
+            pid = ""
+        raise QueueError(f"{root}: another worker is running a round on this queue "
+                         f"(pid {pid or '?'}); wait for it to finish") from None
+    try:
+        (root / "worker.pid").write_text(str(os.getpid()))
+        yield
+    finally:
+        lock.release()
 
 
 def split_frames(items: list[Item], every: int = 4) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -70,10 +80,7 @@ def pixel_dice(model, frames: np.ndarray, masks: np.ndarray) -> float:
     """Pixel Dice of the model's thresholded probability against ``masks`` over all frames."""
     from ..inference.ultrasound import predict_probabilities
 
-    pred = predict_probabilities(model, frames) > model.config.threshold
-    truth = masks > 0
-    denom = pred.sum() + truth.sum()
-    return 1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom)
+    return dice(predict_probabilities(model, frames) > model.config.threshold, masks > 0)
 
 
 def _replay(data: str | None, organ: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -92,16 +99,13 @@ def _replay(data: str | None, organ: str, n: int, seed: int) -> tuple[np.ndarray
 
 
 def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare, *, device: str, guard: float,
-           settings, log: Callable[[str], None], should_stop: Callable[[], bool]) -> dict:
+           settings, log: Callable[[str], None], should_stop: Callable[[], bool]) -> RoundResult:
     """The round both modalities share: base version, fine-tune, score on held-out data, publish,
     promote when not worse, and only then mark the items used.
 
     ``prepare(model, config, items)`` returns ``(fine_tune(model, progress) -> tuned, score(model) -> Dice,
     n_train, n_held)``.
     """
-    from ..models import versions
-    from ..models.preprocess import pick_device
-    from ..models.store import load_model
     from ..training.finetune import FineTuneSettings
 
     name = versions.lab_name(model_spec)
@@ -126,21 +130,21 @@ def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare,
         after = score(tuned) if n_held else float("nan")
         if np.isnan(before) or np.isnan(after):  # held-out data with nothing to score (no organ in it)
             n_held, before, after = 0, None, None
-        metrics = {"held_out": n_held, "dice_before": before, "dice_after": after, "trained_on": n_train}
-        version = versions.publish(name, tuned, config, current, [i.id for i in items], metrics)
+        scored = RoundResult(name, held_out=n_held, dice_before=before, dice_after=after, trained_on=n_train)
+        version = versions.publish(name, tuned, config, current, [i.id for i in items], scored.metrics())
         promoted = bool(n_held) and after >= before - guard  # nothing to check it on: never promoted blind
         if promoted:
             versions.promote(name, version)
         queue.mark_used([i.id for i in items], f"{name}:v{version}")
         verdict = ("promoted" if promoted else "kept, not promoted ("
                    + ("worse on the held-out data)" if n_held else "nothing held out to check it on)"))
-        queue.update_round(round_id, state="done", version=version,
-                           metrics={**metrics, "promoted": promoted}, message=verdict)
+        queue.update_round(round_id, state=RoundState.DONE, version=version,
+                           metrics={**scored.metrics(), "promoted": promoted}, message=verdict)
         log(f"round {round_id}: held-out Dice {_fmt(before)} -> {_fmt(after)}; version {version} {verdict}")
-        return {"model": name, "version": version, "promoted": promoted, **metrics}
+        return RoundResult(name, version, promoted, n_held, before, after, n_train)
     except BaseException as exc:
-        queue.update_round(round_id, state="cancelled" if isinstance(exc, InterruptedError) else "failed",
-                           message=str(exc))
+        queue.update_round(round_id, message=str(exc),
+                           state=RoundState.CANCELLED if isinstance(exc, InterruptedError) else RoundState.FAILED)
         raise
 
 
@@ -150,7 +154,8 @@ def _fmt(value: float | None) -> str:
 
 def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto",
                      guard: float = 0.0, replay: str | None = None, settings=None,
-                     log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False) -> dict:
+                     log: Callable[[str], None] = print,
+                     should_stop: Callable[[], bool] = lambda: False) -> RoundResult:
     """Fine-tune one organ's U-Net on its queued corrections and publish the result as a version."""
     from ..training.finetune import fine_tune_unet
 
@@ -172,11 +177,12 @@ def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device
 
 def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto", guard: float = 0.0,
              replay: str | None = None, settings=None, log: Callable[[str], None] = print,
-             should_stop: Callable[[], bool] = lambda: False) -> dict:
+             should_stop: Callable[[], bool] = lambda: False) -> RoundResult:
     """Fine-tune a MOSnet on the corrected slices of one condition and publish the result as a version."""
     import torch
 
-    from ..training.finetune import ct_dice, ct_slices, fine_tune_mosnet
+    from ..training.finetune import ct_dice, fine_tune_mosnet
+    from ..training.slices import corrected_slices
 
     condition = items[0].condition
 
@@ -188,9 +194,9 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
             hold = item.touched[3::4] or (item.touched[-1:] if len(item.touched) >= 2 else [])
             keep = [k for k in item.touched if k not in hold]
             image, labels = item.image(), item.labels()
-            train.append(ct_slices(image, labels, item.spacing, keep, config))
+            train.append(corrected_slices(image, labels, item.spacing, keep, config))
             if hold:
-                held.append(ct_slices(image, labels, item.spacing, hold, config))
+                held.append(corrected_slices(image, labels, item.spacing, hold, config))
         images, masks = (torch.cat(t) for t in zip(*train))
         held_i, held_m = (torch.cat(t) for t in zip(*held)) if held else (images[:0], masks[:0])
         beta = torch.tensor(read_beta(model_spec, len(config.organs)))
@@ -215,39 +221,35 @@ def _ct_replay(data: str | None, config, n: int, seed: int):
     """``n`` random slices of an original micro-CT dataset folder (the model's preprocessing), or None."""
     if not data:
         return None
-    from ..training.ct_data import build_slices, read_ct_dataset
+    import torch
+
+    from ..data.ct_dataset import read_ct_dataset
+    from ..training.slices import build_slices
 
     dataset = read_ct_dataset(data)
     if dataset.condition not in config.conditions:
         return None
-    import torch
-
     slices = build_slices([dataset], config, stride=4)
-    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(slices.images), size=min(n, len(slices.images)),
-                                                               replace=False))
-    slices.images, slices.organ_masks = slices.images[pick], slices.organ_masks[pick]
-    slices.annotated, slices.condition = slices.annotated[pick], slices.condition[pick]
-    return slices
+    size = min(n, len(slices.images))
+    return slices.subset(torch.from_numpy(np.random.default_rng(seed).choice(len(slices.images), size=size,
+                                                                             replace=False)))
 
 
 def read_beta(model_spec: str, n_organs: int) -> list[float]:
     """The organ weights β the model was trained with (its config), or 1 for each organ."""
-    from ..models.registry import resolve
-    from ..models.store import read_config
-
-    beta = read_config(resolve(model_spec)).get("training", {}).get("beta")
+    beta = model_config(model_spec).get("training", {}).get("beta")
     return list(map(float, beta)) if beta and len(beta) == n_organs else [1.0] * n_organs
 
 
 def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: float = 0.0,
                replay: str | None = None, settings=None, log: Callable[[str], None] = print,
-               should_stop: Callable[[], bool] = lambda: False) -> list[dict]:
+               should_stop: Callable[[], bool] = lambda: False) -> list[RoundResult]:
     """One round per (model, organ) group of pending items; returns what each round did."""
     queue = Queue(queue_dir)
     results = []
     with worker_lock(queue.root):
-        for stale in (r for r in queue.rounds() if r["state"] == "running"):  # we hold the lock: it died
-            queue.update_round(stale["id"], state="interrupted", message="the worker stopped mid-round; rerun")
+        for stale in (r for r in queue.rounds() if r.state is RoundState.RUNNING):  # we hold the lock: it died
+            queue.update_round(stale.id, state=RoundState.INTERRUPTED, message="the worker stopped mid-round; rerun")
         pending = queue.items("pending")
         if not pending:
             log("no pending corrections")
@@ -255,8 +257,6 @@ def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: flo
         groups: dict[tuple, list[Item]] = {}
         for item in pending:
             groups.setdefault((item.kind, item.model, item.organ, item.condition), []).append(item)
-        from ..models.store import ModelError
-
         for (kind, model, organ, condition), items in groups.items():
             if not model:
                 log(f"{len(items)} {organ or condition} correction(s) name no model and stay pending; "
@@ -269,5 +269,5 @@ def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: flo
             except (QueueError, ModelError, ValueError, OSError) as exc:  # one bad group does not stall the rest
                 log(f"{kind} {organ or condition} with {model}: round failed, its {len(items)} item(s) stay "
                     f"pending: {exc}")
-                results.append({"model": model, "failed": str(exc)})
+                results.append(RoundResult(model, error=str(exc)))
     return results

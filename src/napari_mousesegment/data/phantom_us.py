@@ -12,12 +12,15 @@ exactly the masks used here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..io.roi import fill_polygon
+from ..io.roi import fill_polygon, polygon_roi
+from ..io.series import write_series
 from ..organs import US_FRAMES, US_ORGANS
 
 DEFAULT_FRAME_SHAPE = (240, 320)
@@ -267,3 +270,11 @@ def _visible_weights(litter: int) -> np.ndarray:
     weights[0] = 0.35
     weights[-1] = 1.6
     return weights / weights.sum()
+
+
+def write_us_series(folder: str | os.PathLike, series: USSeries, name: str | None = None) -> Path:
+    """Write a series in the lab's layout (:func:`~napari_mousesegment.io.series.write_series`):
+    the stack, the 5x7 montage and one RoiSet per organ and frame, each ROI on its frame."""
+    rois = {organ: {frame: [polygon_roi(i.polygon, i.name, frame=frame) for i in series.organ_instances(organ, frame)]
+                    for frame in range(len(series.frames))} for organ in US_ORGANS}
+    return write_series(folder, series.frames, rois, name)

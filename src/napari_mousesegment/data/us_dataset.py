@@ -1,10 +1,12 @@
-"""Ultrasound training data: series folders to a dataset folder, split by series, never by frame.
+"""The ultrasound dataset folder, written and read here alone: series split by series, never by frame.
 
-Dataset folder contract (written by ``mousesegment dataset ultrasound``)::
+Contract (``mousesegment dataset ultrasound`` and ``queue export``; read by ``train unet``,
+``evaluate ultrasound`` and ``worker --replay``)::
 
     DATASET/dataset.json                     {"kind": "ultrasound", "organs": [...],
                                               "series": {NAME: {"split": "train"|"val"|"test",
-                                                                "frames": N, "organs": [...], "source": ...}}}
+                                                                "frames": N, "organs": [...],
+                                                                "instances": {organ: n}, "source": ...}}}
     DATASET/series/NAME/frames.tif           (N, H, W) frames
     DATASET/series/NAME/ORGAN_labels.tif     (N, H, W) uint16 instance ids, for annotated organs
 
@@ -14,19 +16,20 @@ and validation series.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from ..io.composites import write_stack
+from ..io.jsonfile import read_object, write_object
 from ..io.series import read_series, series_folders
+from ..io.tiff import read_array, write_stack
 
 SPLITS = ("train", "val", "test")
+META = "dataset.json"
 
 
 @dataclass
@@ -37,6 +40,7 @@ class USItem:
     split: str
     frames: np.ndarray  #: (N, H, W)
     labels: dict[str, np.ndarray]  #: organ -> (N, H, W) instance ids; only annotated organs
+    source: str = ""
 
 
 def split_series(names: list[str], test: int = 5, val_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
@@ -58,6 +62,31 @@ def split_series(names: list[str], test: int = 5, val_fraction: float = 0.2, see
     return split
 
 
+def write_us_dataset(root: str | os.PathLike, items: Iterable[USItem], organs: list[str], *, test: int,
+                     val_fraction: float, seed: int, source: str | None = None,
+                     log: Callable[[str], None] = lambda _: None) -> Path:
+    """Write the dataset folder contract into ``root`` (which the caller stages and renames): each
+    series' frames and label stacks as they come (one series in memory at a time), dataset.json last."""
+    root = Path(root)
+    meta: dict = {"kind": "ultrasound", "organs": list(organs), "test": test, "val_fraction": val_fraction,
+                  "seed": seed, "series": {}}
+    if source is not None:
+        meta["source"] = source
+    for item in items:
+        target = root / "series" / item.name
+        target.mkdir(parents=True)
+        write_stack(target / "frames.tif", item.frames)
+        for organ, labels in item.labels.items():
+            write_stack(target / f"{organ}_labels.tif", labels, compress=True)
+        counts = {o: int(sum(len(np.unique(f[f > 0])) for f in lab)) for o, lab in item.labels.items()}
+        meta["series"][item.name] = {"split": item.split, "frames": len(item.frames), "organs": sorted(item.labels),
+                                     "instances": counts, "source": item.source}
+        log(f"  {item.source} -> {item.split}: {len(item.frames)} frames, instances {counts}")
+    root.mkdir(parents=True, exist_ok=True)
+    write_object(root / META, meta)
+    return root
+
+
 def build_us_dataset(sources: list[str | os.PathLike], out: str | os.PathLike, organs: list[str],
                      test: int = 5, val_fraction: float = 0.2, seed: int = 0,
                      grid: tuple[int, int] | None = None, log=print) -> Path:
@@ -67,24 +96,17 @@ def build_us_dataset(sources: list[str | os.PathLike], out: str | os.PathLike, o
         raise FileExistsError(f"{root} is not empty; choose another --out")
     folders = series_folders(list(sources))
     split = split_series([f.name for f in folders], test, val_fraction, seed)
+
+    def items() -> Iterable[USItem]:
+        for folder in folders:
+            series = read_series(folder, organs, grid=grid)
+            if not series.labels:
+                log(f"  {folder}: no ROIs for {', '.join(organs)}; kept as an unannotated series")
+            yield USItem(series.name, split[series.name], series.frames, series.labels, str(folder))
+
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    meta: dict = {"kind": "ultrasound", "organs": list(organs), "test": test, "val_fraction": val_fraction,
-                  "seed": seed, "series": {}}
-    for folder in folders:
-        series = read_series(folder, organs, grid=grid)
-        if not series.labels:
-            log(f"  {folder}: no ROIs for {', '.join(organs)}; kept as an unannotated series")
-        target = staging / "series" / series.name
-        target.mkdir(parents=True)
-        write_stack(target / "frames.tif", series.frames)
-        for organ, labels in series.labels.items():
-            write_stack(target / f"{organ}_labels.tif", labels, compress=True)
-        counts = {o: int(sum(len(np.unique(f[f > 0])) for f in lab)) for o, lab in series.labels.items()}
-        meta["series"][series.name] = {"split": split[series.name], "frames": len(series.frames),
-                                       "organs": sorted(series.labels), "instances": counts, "source": str(folder)}
-        log(f"  {folder} -> {split[series.name]}: {len(series.frames)} frames, instances {counts}")
-    (staging / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_us_dataset(staging, items(), organs, test=test, val_fraction=val_fraction, seed=seed, log=log)
     if root.exists():
         root.rmdir()
     os.replace(staging, root)
@@ -92,8 +114,8 @@ def build_us_dataset(sources: list[str | os.PathLike], out: str | os.PathLike, o
 
 
 def is_us_dataset(path: str | os.PathLike) -> bool:
-    meta = Path(path) / "dataset.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("kind") == "ultrasound"
+    meta = Path(path) / META
+    return meta.is_file() and read_object(meta, "a dataset description").get("kind") == "ultrasound"
 
 
 def load_us_items(data: list[str | os.PathLike], organ: str, test: int = 5, val_fraction: float = 0.2,
@@ -104,13 +126,13 @@ def load_us_items(data: list[str | os.PathLike], organ: str, test: int = 5, val_
     lab: list[Path] = []
     for path in map(Path, data):
         if is_us_dataset(path):
-            meta = json.loads((path / "dataset.json").read_text())
+            meta = read_object(path / META, "a dataset description")
             for name, info in meta["series"].items():
                 if organ not in info["organs"]:
                     continue
                 folder = path / "series" / name
-                items.append(USItem(name, info["split"], tifffile.imread(folder / "frames.tif"),
-                                    {organ: tifffile.imread(folder / f"{organ}_labels.tif")}))
+                items.append(USItem(name, info["split"], read_array(folder / "frames.tif"),
+                                    {organ: read_array(folder / f"{organ}_labels.tif")}, str(folder)))
         else:
             lab.extend(series_folders([path]))
     if lab:
@@ -119,7 +141,7 @@ def load_us_items(data: list[str | os.PathLike], organ: str, test: int = 5, val_
         for folder in lab:
             series = read_series(folder, [organ], grid=grid)
             if organ in series.labels:
-                items.append(USItem(series.name, split[series.name], series.frames, series.labels))
+                items.append(USItem(series.name, split[series.name], series.frames, series.labels, str(folder)))
     names = [i.name for i in items]
     if len(set(names)) != len(names):
         raise ValueError(f"series names repeat across --data folders: {sorted(n for n in names if names.count(n) > 1)}")

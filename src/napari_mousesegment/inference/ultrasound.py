@@ -1,4 +1,4 @@
-"""Ultrasound U-Net prediction: probabilities per frame, then separate organ instances.
+"""Ultrasound U-Net prediction: probabilities per frame, then separate organ instances (:func:`segment_frames`).
 
 The network sees whole frames at their own resolution (it is fully convolutional), padded to a
 multiple of its downsampling. Instances come from the thresholded probability by hole filling,
@@ -140,3 +140,13 @@ def instances(probability: np.ndarray, threshold: float, min_size: int, depth: f
         lookup[values] = np.arange(1, len(values) + 1)
         labels[k][crop] = lookup[split]
     return labels
+
+
+def segment_frames(model: UNet, frames: np.ndarray, threshold: float | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   should_stop: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and instance labels of (N, H, W) frames with one organ's U-Net, at the model's
+    own threshold and smallest instance size unless ``threshold`` is given."""
+    prob = predict_probabilities(model, frames, progress=progress, should_stop=should_stop)
+    config = model.config
+    return prob, instances(prob, config.threshold if threshold is None else threshold, config.min_size)

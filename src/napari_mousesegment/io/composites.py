@@ -14,9 +14,9 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import tifffile
 
 from ..organs import US_FRAMES, US_GRID
+from .tiff import read_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -47,21 +47,6 @@ def montage(frames: np.ndarray, grid: tuple[int, int] = US_GRID, gap: int = 2, g
         r, c = divmod(k, cols)
         out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = frame
     return out
-
-
-def write_stack(path: str | os.PathLike, frames: np.ndarray, compress: bool = False) -> Path:
-    """Write (n, H, W) frames as a TIFF stack that ImageJ/Fiji opens with n slices.
-
-    ``compress`` uses deflate (ImageJ reads it), which shrinks mostly-empty label stacks ~1000x.
-    The file is written under a temporary name and renamed, so it is whole or absent.
-    """
-    path = Path(path)
-    frames = np.asarray(frames)
-    tmp = path.with_name(path.name + ".partial")
-    tifffile.imwrite(tmp, frames, imagej=True, metadata={"axes": "ZYX" if frames.ndim == 3 else "YX"},
-                     compression="zlib" if compress else None)
-    os.replace(tmp, path)
-    return path
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -178,11 +163,14 @@ def read_composite(path: str | os.PathLike, grid: tuple[int, int] | None = None)
 
 
 def _read_any(path: Path) -> np.ndarray:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            return read_array(path)
+        except ValueError as exc:
+            raise CompositeError(f"{path}: cannot read image ({exc.__cause__ or exc})") from exc
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return tifffile.imread(path)
         return iio.imread(path)
-    except Exception as exc:  # imageio and tifffile raise many types for corrupt files
+    except Exception as exc:  # imageio raises many types for corrupt files
         raise CompositeError(f"{path}: cannot read image ({exc})") from exc
 
 

@@ -1,4 +1,4 @@
-"""Annotated ultrasound series in the lab's layouts, read into frames plus instance labels.
+"""Annotated ultrasound series in the lab's layouts: read into frames plus instance labels, and written.
 
 Folder layout (one folder per series)::
 
@@ -21,10 +21,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
+from roifile import ImagejRoi
 
-from .composites import IMAGE_SUFFIXES, Composite, read_composite
-from .roi import read_rois, rois_to_labels
+from ..organs import US_FOLDERS, US_GRID
+from .composites import IMAGE_SUFFIXES, Composite, montage, read_composite
+from .roi import read_rois, rois_to_labels, write_roiset
+from .tiff import write_stack
 
 ROI_SUFFIXES = (".zip", ".roi")
 
@@ -164,3 +168,25 @@ def series_folders(roots: list[str | Path]) -> list[Path]:
         if not any(p.parent == root for p in found):
             raise FileNotFoundError(f"{root}: neither a series folder nor a folder of series folders")
     return found
+
+
+def write_series(folder: str | Path, frames: np.ndarray, rois: dict[str, dict[int, list[ImagejRoi]]],
+                 name: str | None = None) -> Path:
+    """Write a series in the lab's layout: SERIES.tif, SERIES_montage.png (for 35 frames) and, per organ,
+    one RoiSet per frame with instances (``rois[organ][frame]``, frames counted from 0) in its folder.
+
+    A frame with no instance of an organ gets no RoiSet, as the lab's annotators leave it.
+    """
+    root = Path(folder)
+    name = name or root.name
+    root.mkdir(parents=True, exist_ok=True)
+    write_stack(root / f"{name}.tif", frames)
+    if len(frames) == US_GRID[0] * US_GRID[1]:
+        iio.imwrite(root / f"{name}_montage.png", montage(frames, US_GRID))
+    for organ, by_frame in rois.items():
+        organ_dir = root / US_FOLDERS.get(organ, organ)
+        organ_dir.mkdir(exist_ok=True)
+        for frame, found in sorted(by_frame.items()):
+            if found:
+                write_roiset(organ_dir / f"frame_{frame + 1:02d}.zip", found)
+    return root

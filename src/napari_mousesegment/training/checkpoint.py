@@ -1,6 +1,7 @@
 """Durable training runs: per-epoch checkpoints written atomically, and resuming from them.
 
-A checkpoint folder holds last.safetensors (weights), optimizer.pt (optimizer and scheduler state,
+A run's folder is the model folder itself: the best epoch's weights and config (what every command
+loads), ``history.csv`` and ``curves.png``, and ``checkpoint/``, which holds last.safetensors (weights), optimizer.pt (optimizer and scheduler state,
 tensors and plain values only, loaded with ``weights_only=True``), state.json (epoch, best score,
 history, split) and config.json (the model config, which a resume must match).
 """
@@ -16,6 +17,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..models.folder import save_model
+from .curves import plot_history, write_history
 
 
 class TrainingError(ValueError):
@@ -78,3 +82,21 @@ def load_checkpoint(checkpoint_dir: Path, model: torch.nn.Module, optimizer: tor
     except Exception as exc:  # safetensors, torch and json raise many types for damaged files
         raise TrainingError(f"{checkpoint_dir}: cannot resume from this checkpoint ({exc})") from exc
     return state
+
+
+def last_done(row: dict) -> int:
+    """The 0-based epoch done in full by the time of ``row``: an interrupted epoch does not count,
+    so ``--resume`` runs it again."""
+    return row["epoch"] - 1 if row["complete"] else row["epoch"] - 2
+
+
+def record_epoch(out: Path, checkpoint_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, history: list[dict], state: dict, title: str,
+                 best: tuple[Any, dict] | None = None) -> None:
+    """What every training run writes after an epoch: the weights as the model folder's when they
+    are the best so far (``best`` = (config, config.json extras)), the checkpoint, history and curves."""
+    if best is not None:
+        save_model(out, model, *best)
+    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+    write_history(out / "history.csv", history)
+    plot_history(out / "curves.png", history, title)

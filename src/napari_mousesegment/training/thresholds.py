@@ -1,11 +1,14 @@
-"""Per-organ decision thresholds for MOSnet's label vote, chosen on the validation scans.
+"""Label thresholds chosen on the validation data after training; test data are never used.
 
-The β-weighted BCE (eq. 7) counts each positive pixel β_i times, which moves the probability at
-which a pixel is best called organ i well above the true odds: at 0.5 the model over-segments,
-most for organs with large β. The label vote (see :func:`..inference.ct.predict_volume`) takes
-the organ whose logit most exceeds its threshold's logit. The thresholds that maximise the mean
-validation Dice of that vote are found by coordinate ascent, one organ at a time, so that organs
-competing for the same voxels are tuned together. Test scans are never used.
+- **MOSnet, per organ.** The β-weighted BCE (eq. 7) counts each positive pixel β_i times, which
+  moves the probability at which a pixel is best called organ i well above the true odds: at 0.5
+  the model over-segments, most for organs with large β. The label vote (see
+  :func:`..inference.ct.predict_volume`) takes the organ whose logit most exceeds its threshold's
+  logit. The thresholds that maximise the mean validation Dice of that vote are found by
+  coordinate ascent, one organ at a time, so that organs competing for the same voxels are tuned
+  together.
+- **U-Nets, for precision.** A missed organ can be added by hand; a false one misleads research.
+  The threshold with the largest F0.5 (or the lowest reaching a precision target) is chosen.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import numpy as np
 import torch
 
 from ..inference.ct import vote
+from ..metrics import dice, segmentation_scores
 from ..models.mosnet import MOSnet
-from .ct_data import SliceSet
+from .slices import SliceSet
 
-#: Threshold logits tried for each organ: probabilities from 0.27 to 0.993.
+#: Threshold logits tried for each MOSnet organ: probabilities from 0.27 to 0.993.
 OFFSETS = np.arange(-1.0, 5.01, 0.25)
+#: Probability thresholds tried for a U-Net.
+THRESHOLDS = (*np.round(np.arange(0.3, 0.96, 0.05), 2), 0.97, 0.98, 0.99)
 
 
 def vote_dice(logits: torch.Tensor, data: SliceSet, offsets: torch.Tensor) -> float:
@@ -28,10 +34,8 @@ def vote_dice(logits: torch.Tensor, data: SliceSet, offsets: torch.Tensor) -> fl
     for i in range(logits.shape[1]):
         annotated = data.annotated[:, i]
         truth = data.organ_masks[annotated, i]
-        if not truth.any():
-            continue
-        pred = labels[annotated] == i + 1
-        scores.append(float(2 * (pred & truth).sum() / (pred.sum() + truth.sum())))
+        if truth.any():
+            scores.append(dice((labels[annotated] == i + 1).numpy(), truth.numpy()))
     return float(np.mean(scores)) if scores else 0.0
 
 
@@ -60,9 +64,7 @@ def choose_thresholds(model: MOSnet, data: SliceSet, device: torch.device, passe
     At most ``max_slices`` evenly spaced slices are used, to bound time and memory.
     """
     if len(data.images) > max_slices:
-        keep = torch.linspace(0, len(data.images) - 1, max_slices).long()
-        data = SliceSet(data.images[keep], data.organ_masks[keep], data.annotated[keep], data.condition[keep],
-                        [data.scan[i] for i in keep.tolist()])
+        data = data.subset(torch.linspace(0, len(data.images) - 1, max_slices).long())
     logits = validation_logits(model, data, device)
     offsets = torch.zeros(logits.shape[1])
     start = best = vote_dice(logits, data, offsets)
@@ -76,3 +78,32 @@ def choose_thresholds(model: MOSnet, data: SliceSet, device: torch.device, passe
                     best, offsets = score, trial
     thresholds = {organ: round(float(torch.sigmoid(offsets[i])), 4) for i, organ in enumerate(model.config.organs)}
     return thresholds, start, best
+
+
+def pixel_scores(prob: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[str, float]:
+    """Pixel Dice, precision, recall (as :func:`..metrics.segmentation_scores`) and F0.5 at one threshold."""
+    pred, truth = prob > threshold, masks > 0.5
+    counts = (int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum()))
+    s = segmentation_scores(*counts, 0, 0, 0)
+    precision, recall = s["precision"], s["recall"]
+    f05 = 1.25 * precision * recall / (0.25 * precision + recall) if precision + recall else 0.0
+    return {"dice": s["dice"], "precision": precision, "recall": recall, "f05": f05}
+
+
+def choose_threshold(prob: torch.Tensor, masks: torch.Tensor,
+                     precision_target: float | None = None) -> tuple[float, dict[str, float]]:
+    """A U-Net's probability threshold for precision, chosen on validation frames.
+
+    By default the one with the largest F0.5 (precision weighted over recall); with a
+    ``precision_target``, the lowest threshold whose precision reaches it (the most recall at that
+    precision), or the most precise one when none does.
+    """
+    scored = [pixel_scores(prob, masks, float(t)) | {"threshold": float(t)} for t in THRESHOLDS]
+    if masks.any():  # predicting nothing is not precise, it is empty
+        scored = [s for s in scored if s["recall"] > 0] or scored[:1]
+    if precision_target is None:
+        best = max(scored, key=lambda s: s["f05"])
+    else:
+        reaching = [s for s in scored if s["precision"] >= precision_target]
+        best = reaching[0] if reaching else max(scored, key=lambda s: s["precision"])
+    return round(best["threshold"], 2), best

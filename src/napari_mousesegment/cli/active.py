@@ -1,0 +1,160 @@
+"""``mousesegment queue ...`` and ``mousesegment worker``: the active-learning loop from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import options
+
+
+def _check_model(args: argparse.Namespace) -> str:
+    """The version of the model whose prediction was corrected; an unknown or unfit model is refused
+    before anything is written."""
+    from ..store.registry import model_config
+
+    meta = model_config(args.model)
+    wanted = {"ct": "mosnet", "ultrasound": "unet"}[args.kind]
+    if meta.get("kind") != wanted:
+        raise ValueError(f"--model {args.model} is a {meta.get('kind')} model; {args.kind} corrections "
+                         f"need a {wanted} model")
+    if args.kind == "ultrasound" and meta.get("organ") not in (None, args.organ):
+        raise ValueError(f"--model {args.model} segments {meta.get('organ')!r}, not {args.organ!r}")
+    if args.kind == "ct" and args.condition not in meta.get("conditions", [args.condition]):
+        raise ValueError(f"--model {args.model} knows conditions {meta.get('conditions')}, not {args.condition!r}")
+    return str(meta.get("version", ""))
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    from ..active.queue import Queue
+    from ..io.tiff import read_array, read_tiff
+
+    model_version = _check_model(args) if args.model else None
+    image, labels = read_array(args.image), read_array(args.labels)
+    spacing = None
+    if args.kind == "ct":
+        spacing = args.spacing or read_tiff(args.image)[1]
+        if spacing is None:
+            raise ValueError(f"{args.image}: the file has no voxel size; give --spacing Z,Y,X in mm")
+    prediction = read_array(args.prediction) if args.prediction else None
+    item = Queue(args.queue).add(image, labels, args.kind, organ=args.organ, condition=args.condition,
+                                 model=args.model, model_version=model_version, prediction=prediction,
+                                 source=str(args.labels), spacing=spacing)
+    print(f"added item {item.id}: {item.kind} {item.organ or item.condition}, "
+          f"{len(item.touched)} corrected frame(s)/slice(s)")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..active.queue import Queue
+
+    items = Queue(args.queue).items()
+    if args.json:
+        print(json.dumps([{k: (str(v) if k == "folder" else v) for k, v in asdict(i).items()} for i in items],
+                         indent=2))
+        return 0
+    for i in items:
+        used = f" used in {', '.join(i.used_in)}" if i.used_in else ""
+        print(f"{i.id:>5}  {i.state:<8} {i.kind:<10} {i.organ or i.condition:<10} model {i.model or '-'}  "
+              f"{len(i.touched)} touched{used}  {i.created}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ..active.queue import Queue
+
+    status = Queue(args.queue).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{status['items']} items: {status['pending']} pending, {status['used']} used")
+    last = status["last_round"]
+    if last:
+        print(f"last round {last['id']}: {last['model']} {last['state']}"
+              f"{' -> version ' + str(last['version']) if last['version'] else ''} {last['message'] or ''}")
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    from ..active.queue import Queue
+
+    Queue(args.queue).remove(args.id)
+    print(f"removed item {args.id}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..active.export import export_dataset
+    from ..active.queue import Queue
+
+    print(f"dataset -> {export_dataset(Queue(args.queue), args.out)}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import time
+
+    from ..active.worker import run_rounds
+    from ..training.finetune import FineTuneSettings
+
+    settings = FineTuneSettings(epochs=args.epochs, lr=args.lr)
+    start = time.monotonic()
+    stop = (lambda: time.monotonic() - start > args.max_minutes * 60) if args.max_minutes else (lambda: False)
+    while True:
+        for result in run_rounds(args.queue, device=args.device, guard=args.guard, replay=args.replay,
+                                 settings=settings, should_stop=stop):
+            print(result.summary())
+        if args.once or stop():
+            return 0
+        time.sleep(args.poll)
+
+
+def add_commands(sub) -> None:
+    """``queue add|list|status|remove|export`` and ``worker``."""
+    queue = sub.add_parser("queue", help="the active-learning queue of corrections")
+    qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = qsub.add_parser("add", help="queue a corrected labels stack with its image")
+    add.add_argument("--queue", type=Path, required=True)
+    add.add_argument("--image", type=Path, required=True, help="(frames or slices, y, x) TIFF")
+    add.add_argument("--labels", type=Path, required=True, help="the corrected labels, same shape")
+    add.add_argument("--kind", choices=["ct", "ultrasound"], required=True)
+    who = add.add_mutually_exclusive_group(required=True)
+    who.add_argument("--organ", help="ultrasound: the organ the labels are of")
+    who.add_argument("--condition", help="ct: native, contrast or another condition of the model")
+    add.add_argument("--model", default=None, help="the model (name or folder) whose prediction was corrected")
+    add.add_argument("--prediction", type=Path, default=None,
+                     help="that prediction: touched frames are where they differ")
+    add.add_argument("--spacing", type=options.spacing, default=None,
+                     help="ct: voxel size Z,Y,X in mm when the TIFF lacks it")
+    add.set_defaults(func=_cmd_add)
+    for action, helptext, func in (("list", "every item", _cmd_list), ("status", "counts and the last round", _cmd_status)):
+        p = qsub.add_parser(action, help=helptext)
+        p.add_argument("--queue", type=Path, required=True)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    rm = qsub.add_parser("remove", help="delete one item")
+    rm.add_argument("--queue", type=Path, required=True)
+    rm.add_argument("id", type=int)
+    rm.set_defaults(func=_cmd_remove)
+    ex = qsub.add_parser("export", help="the corrections as a dataset folder for `train unet`")
+    ex.add_argument("--queue", type=Path, required=True)
+    ex.add_argument("--out", type=Path, required=True)
+    ex.set_defaults(func=_cmd_export)
+
+    worker = sub.add_parser("worker", help="retrain on the queued corrections and publish model versions")
+    worker.add_argument("--queue", type=Path, required=True)
+    worker.add_argument("--once", action="store_true", help="one pass over the pending items, then exit")
+    options.add_device(worker)
+    worker.add_argument("--max-minutes", type=float, default=None, help="stop (cleanly) after this long")
+    worker.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs per round (40)")
+    worker.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (3e-4)")
+    worker.add_argument("--guard", type=float, default=0.0,
+                        help="promote when held-out Dice drops by at most this much (0: must not get worse)")
+    worker.add_argument("--replay", default=None, metavar="DATASET",
+                        help="the model's original dataset folder (ultrasound or micro-CT): replayed alongside "
+                             "the corrections so the model does not forget")
+    worker.add_argument("--poll", type=float, default=30.0, help="seconds between passes without --once (30)")
+    worker.set_defaults(func=_cmd_worker)

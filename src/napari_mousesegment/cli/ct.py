@@ -1,0 +1,128 @@
+"""``mousesegment train mosnet``, ``predict ct``, ``evaluate ct`` and ``evaluate compare``: micro-CT."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import options
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..data.ct_dataset import read_ct_dataset
+    from ..models.mosnet import MOSnetConfig
+    from ..organs import CT_ORGANS
+    from ..training.mosnet import TrainSettings, train_mosnet
+
+    datasets = [read_ct_dataset(d) for d in args.data]
+    organs = [o for o in CT_ORGANS if any(o in d.organs for d in datasets)]
+    organs += sorted({o for d in datasets for o in d.organs} - set(organs))
+    conditions = list(dict.fromkeys(["native", "contrast", *(d.condition for d in datasets)]))
+    config = MOSnetConfig(organs=organs, conditions=conditions, variant=args.variant, width=args.width,
+                          image_size=args.image_size, spacing_mm=args.voxel_mm)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
+                             seed=args.seed, slice_stride=args.slice_stride, resume=args.resume)
+    result = options.run_training(train_mosnet, args.data, args.out, config, settings)
+    if result is not None:
+        print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "
+              f"model in {result['out']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ..jobs.ct import predict_ct, predict_ct_batch
+
+    if options.distributed(args):
+        return options.exit_code(predict_ct_batch(
+            args.scans, args.model, args.condition, args.out, workers=args.workers, scheduler=args.scheduler,
+            overwrite=args.overwrite, spacing=args.spacing, device=args.device, cleanup=args.cleanup,
+            batch_size=args.batch_size, connect_timeout=args.connect_timeout))
+    predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device, args.cleanup,
+               batch_size=args.batch_size)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..jobs.ct import evaluate_ct
+
+    summary = evaluate_ct(args.model, args.data, args.out, args.device, borrow=not args.no_borrow)
+    for organ, metrics in summary.items():
+        print(f"{organ:10s} DSC {metrics['dsc'][0]:.3f} ({metrics['dsc'][1]:.3f})  "
+              f"HD95 {metrics['hd95_mm'][0]:.2f} mm")
+    print(f"report in {args.out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..jobs.reports import compare_reports
+
+    reports = {}
+    for item in args.reports:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"report must be NAME=DIR, got {item!r}")
+        reports[name] = path
+    table = compare_reports(reports, args.reference or next(iter(reports)), args.metric)
+    if args.out:
+        args.out.write_text(table)
+    print(table, end="")
+    return 0
+
+
+def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
+    """``train mosnet``, ``predict ct``, ``evaluate ct`` and ``evaluate compare``."""
+    mosnet = train_sub.add_parser("mosnet", help="MOSnet, jointly on micro-CT dataset folders")
+    mosnet.add_argument("--data", type=Path, action="append", required=True,
+                        help="dataset folder (repeat for joint training over several datasets)")
+    mosnet.add_argument("--out", type=Path, required=True, help="model folder to write")
+    mosnet.add_argument("--variant", choices=["full", "bm", "bm_cm", "bm_rb"], default="full")
+    mosnet.add_argument("--width", type=int, default=32,
+                        help="channels of the first level (default 32: ~12.7M parameters)")
+    mosnet.add_argument("--image-size", type=int, default=128, help="in-plane slice size (default 128)")
+    mosnet.add_argument("--voxel-mm", type=float, default=0.28,
+                        help="isotropic voxel size scans are resampled to (default 0.28 mm, the Rosenhain scans')")
+    mosnet.add_argument("--epochs", type=int, default=100)
+    mosnet.add_argument("--max-minutes", type=float, default=None,
+                        help="stop cleanly after this long, keeping the best weights")
+    mosnet.add_argument("--batch-size", type=int, default=16)
+    mosnet.add_argument("--lr", type=float, default=1e-3)
+    mosnet.add_argument("--val-fraction", type=float, default=0.1,
+                        help="scans per dataset held out for validation (default 0.1)")
+    mosnet.add_argument("--slice-stride", type=int, default=1, help="use every n-th slice (default 1: all)")
+    options.add_device(mosnet)
+    mosnet.add_argument("--seed", type=int, default=0)
+    mosnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    mosnet.set_defaults(func=_cmd_train)
+
+    pct = predict_sub.add_parser("ct", help="micro-CT scans with MOSnet")
+    pct.add_argument("scans", type=Path, nargs="+",
+                     help="scans in HU: TIFF, NIfTI, Analyze, GFF or Rosenhain scan folders")
+    pct.add_argument("--model", required=True, help="model name (see `mousesegment models list`) or folder")
+    pct.add_argument("--condition", required=True, help="native or contrast (or a condition the model knows)")
+    pct.add_argument("--out", type=Path, required=True)
+    pct.add_argument("--spacing", type=options.spacing, default=None,
+                     help="voxel size Z,Y,X in mm when the file lacks it")
+    options.add_device(pct)
+    pct.add_argument("--cleanup", action="store_true",
+                     help="keep the largest piece of single-piece organs, drop fragments under 5 mm3")
+    pct.add_argument("--batch-size", type=options.positive_int, default=None,
+                     help="slices per network pass (default 4 on a CPU, 32 on a GPU; ~5 MB per slice on a CPU)")
+    options.add_batch_options(pct)
+    pct.set_defaults(func=_cmd_predict)
+
+    ect = evaluate_sub.add_parser("ct", help="MOSnet on a micro-CT dataset folder")
+    ect.add_argument("--model", required=True, help="model name or folder")
+    ect.add_argument("--data", type=Path, required=True, help="dataset folder")
+    ect.add_argument("--out", type=Path, required=True, help="report folder")
+    options.add_device(ect)
+    ect.add_argument("--no-borrow", action="store_true",
+                     help="read every organ under the dataset's condition, also organs that no training dataset "
+                          "of that condition annotated (by default those are read under a condition that did)")
+    ect.set_defaults(func=_cmd_evaluate)
+    cmp = evaluate_sub.add_parser("compare", help="table of several evaluation reports with paired Wilcoxon tests")
+    cmp.add_argument("reports", nargs="+", metavar="NAME=REPORT_DIR", help="reports made by `evaluate ct`")
+    cmp.add_argument("--reference", default=None, help="model the others are tested against (default: the first)")
+    cmp.add_argument("--metric", choices=["dsc", "jsc", "hd95_mm"], default="dsc")
+    cmp.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    cmp.set_defaults(func=_cmd_compare)

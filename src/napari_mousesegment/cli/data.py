@@ -1,0 +1,130 @@
+"""``mousesegment demo``, ``split``, ``synth`` and ``dataset ct|ultrasound``: data in and out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..organs import US_ORGANS
+from . import options
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ..jobs.demo import run_demo
+    from ..store.registry import SHIPPED_CT
+
+    us_models = options.parse_models(args.us_model) if args.us_model else ({} if args.no_models else None)
+    ct_model = args.ct_model or (None if args.no_models else SHIPPED_CT)
+    run_demo(args.out, overwrite=args.overwrite, seed=args.seed, ct_model=ct_model, us_models=us_models)
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from ..io.composites import read_composite
+    from ..io.tiff import write_stack
+
+    with options.warnings_to_stderr():
+        composite = read_composite(args.composite, grid=args.grid)
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / "frames.tif"
+    write_stack(target, composite.frames)
+    grid = f" (grid {composite.grid[0]}x{composite.grid[1]})" if composite.grid else ""
+    print(f"{len(composite.frames)} frames{grid} -> {target}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{args.out} is not empty; choose another --out or pass --overwrite")
+    for k in range(args.count):
+        seed = args.seed + k
+        if args.kind == "ct":
+            from ..data.ct_dataset import write_ct_case
+            from ..data.phantom_ct import ct_phantom
+
+            drop = tuple(o for o in (args.unannotated or "").split(",") if o)
+            write_ct_case(args.out, f"phantom_{seed:04d}", ct_phantom(seed=seed, condition=args.condition),
+                          unannotated=drop)
+        else:
+            from ..data.phantom_us import ultrasound_series, write_us_series
+
+            write_us_series(args.out / f"series_{seed:04d}", ultrasound_series(seed=seed))
+        print(f"  {k + 1}/{args.count} seed {seed}", flush=True)
+    print(f"wrote {args.count} synthetic {args.kind} case(s) to {args.out}")
+    return 0
+
+
+def _cmd_dataset_ct(args: argparse.Namespace) -> int:
+    from ..data.ct_dataset import convert_ct_dataset
+
+    root = convert_ct_dataset(args.sources, args.out, args.condition, args.spacing)
+    print(f"dataset written to {root}")
+    return 0
+
+
+def _cmd_dataset_us(args: argparse.Namespace) -> int:
+    from ..data.us_dataset import build_us_dataset
+
+    with options.warnings_to_stderr():
+        root = build_us_dataset(args.series, args.out, args.organs, args.test, args.val_fraction, args.seed, args.grid)
+    print(f"dataset -> {root}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """``demo``, ``split`` and ``synth``."""
+    demo = sub.add_parser("demo", help="run the main job headless on the embedded synthetic samples")
+    demo.add_argument("--out", type=Path, default=Path("mousesegment-demo"),
+                      help="output folder (default: ./mousesegment-demo); must be empty or absent")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier demo output in --out (never a folder the demo did not write)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default 0)")
+    demo.add_argument("--ct-model", default=None,
+                      help="MOSnet name or folder that segments the micro-CT samples (default: mosnet-synthetic)")
+    demo.add_argument("--us-model", action="append", default=[], metavar="[ORGAN=]MODEL",
+                      help="U-Net name or folder (repeat per organ); replaces the built-in "
+                           "unet-{heart,liver,placenta}-synthetic")
+    demo.add_argument("--no-models", action="store_true",
+                      help="do not use the built-in models: segment only with the models given, if any")
+    demo.set_defaults(func=_cmd_demo)
+
+    split = sub.add_parser("split", help="split an ultrasound composite into a (frames, H, W) stack")
+    split.add_argument("composite", type=Path, help="multi-page TIFF, montage image (TIFF/PNG/JPEG) or folder")
+    split.add_argument("--out", type=Path, required=True, help="output folder; writes OUT/frames.tif")
+    split.add_argument("--grid", type=options.grid, default=None,
+                       help="montage grid as RxC, e.g. 5x7 (default: detect)")
+    split.set_defaults(func=_cmd_split)
+
+    synth = sub.add_parser("synth", help="write synthetic data: CT dataset folders or ultrasound series")
+    synth.add_argument("kind", choices=["ct", "ultrasound"])
+    synth.add_argument("--out", type=Path, required=True, help="dataset folder (ct) or folder of series")
+    synth.add_argument("--count", type=int, default=1, help="number of scans or series (default 1)")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the first case; the others follow")
+    synth.add_argument("--condition", choices=["native", "contrast"], default="native", help="ct only")
+    synth.add_argument("--unannotated", default="", metavar="ORGAN,...",
+                       help="ct only: organs to leave out of the labels and dataset.json (partial annotation)")
+    synth.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    synth.set_defaults(func=_cmd_synth)
+
+
+def add_dataset_commands(dataset_sub) -> None:
+    """``dataset ct`` and ``dataset ultrasound``."""
+    dct = dataset_sub.add_parser("ct", help="micro-CT scans with organ labels")
+    dct.add_argument("sources", nargs="+", type=Path,
+                     help="TIFF, NIfTI, Analyze, GFF files or Rosenhain scan folders (with labels)")
+    dct.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    dct.add_argument("--condition", required=True, help="native, contrast or a new condition name")
+    dct.add_argument("--spacing", type=options.spacing, default=None,
+                     help="voxel size Z,Y,X in mm for files without one")
+    dct.set_defaults(func=_cmd_dataset_ct)
+
+    dus = dataset_sub.add_parser("ultrasound", help="annotated series folders (lab layout) into a dataset folder")
+    dus.add_argument("series", nargs="+", type=Path, help="series folders, or folders of series folders")
+    dus.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    dus.add_argument("--organs", type=options.organs, default=list(US_ORGANS),
+                     help="organs or keywords (default: all three)")
+    dus.add_argument("--test", type=int, default=5, help="whole series held out for testing (default 5)")
+    dus.add_argument("--val-fraction", type=float, default=0.2, help="of the other series, for validation (0.2)")
+    dus.add_argument("--seed", type=int, default=0, help="seed of the series split")
+    dus.add_argument("--grid", type=options.grid, default=None, help="montage grid RxC when it cannot be detected")
+    dus.set_defaults(func=_cmd_dataset_us)

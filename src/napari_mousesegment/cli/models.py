@@ -1,0 +1,122 @@
+"""``mousesegment models``: list, import, export and remove named models; their versions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _size(n: int) -> str:
+    return "-" if n == 0 else f"{n / 1e6:.1f} MB"
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell."""
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..store.registry import home, list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return 0
+    print_table(("name", "kind", "organs", "version", "source", "size"),
+                [(r.name, r.kind, ",".join(r.organs), r.version, r.source, _size(r.size_bytes)) for r in rows])
+    print(f"(user models: {home()})")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from ..store.transfer import import_model
+
+    folder = import_model(args.source, args.name, args.force, args.sha256)
+    print(f"imported {args.source} as {folder.name} -> {folder}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..store.transfer import export_model
+
+    folder = export_model(args.name, args.dest, args.force)
+    print(f"exported {args.name} -> {folder}")
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    from ..store.transfer import remove_model
+
+    print(f"removed {remove_model(args.name)}")
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    from ..store.versions import versions
+
+    rows = versions(args.name)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"{args.name}: no versions (no retraining round has published one)")
+    for r in rows:
+        m = r.get("metrics") or {}
+        score = f"held-out Dice {m['dice_before']:.3f} -> {m['dice_after']:.3f}" if m.get("dice_after") is not None else ""
+        print(f"{'*' if r['current'] else ' '} v{r['version']:<4} {r['created']}  parent {r['parent']}  "
+              f"items {r['items']}  {score}")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from ..store.versions import promote
+
+    print(f"{args.name}: version {args.version} is current ({promote(args.name, args.version)})")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from ..store.versions import rollback
+
+    print(f"{args.name}: rolled back to version {rollback(args.name)}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """``models list|import|export|remove|versions|promote|rollback``."""
+    models = sub.add_parser("models", help="list, import, export and remove named models")
+    models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = models_sub.add_parser("list", help="built-in, user and published models")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=_cmd_list)
+    imp = models_sub.add_parser("import", help="install a model folder, or a zip of one at a URL, by name")
+    imp.add_argument("source", help="model folder, or URL of a zip of one")
+    imp.add_argument("--name", default=None, help="name to install it as (default: the folder's name)")
+    imp.add_argument("--force", action="store_true", help="replace a user model of the same name")
+    imp.add_argument("--sha256", default=None, help="URL only: the zip's sha256, checked after download")
+    imp.set_defaults(func=_cmd_import)
+    exp = models_sub.add_parser("export", help="copy a model to a folder, to share or archive it")
+    exp.add_argument("name", help="model name (or folder)")
+    exp.add_argument("dest", type=Path, help="folder to write (absent or empty)")
+    exp.add_argument("--force", action="store_true", help="replace an existing model folder at DEST")
+    exp.set_defaults(func=_cmd_export)
+    rm = models_sub.add_parser("remove", help="delete a user model")
+    rm.add_argument("name")
+    rm.set_defaults(func=_cmd_remove)
+    ver = models_sub.add_parser("versions", help="the versions of a retrained model")
+    ver.add_argument("name")
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(func=_cmd_versions)
+    pro = models_sub.add_parser("promote", help="make a version the current one")
+    pro.add_argument("name")
+    pro.add_argument("version")
+    pro.set_defaults(func=_cmd_promote)
+    rb = models_sub.add_parser("rollback", help="return to the version that was current before")
+    rb.add_argument("name")
+    rb.set_defaults(func=_cmd_rollback)

@@ -1,0 +1,149 @@
+"""The option rules every command shares, each written once: numbers, ``--spacing``, ``--device``,
+``--grid``, ``--shape``, organ lists, ``--model [ORGAN=]MODEL``, the Dask options, and warnings
+shown as one line each."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def numbers(text: str, cast: type, what: str, example: str) -> tuple:
+    """Comma-separated numbers of an option, or an argparse error that shows the expected form."""
+    try:
+        return tuple(cast(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must look like {example}, got {text!r}") from None
+
+
+def spacing(text: str) -> tuple[float, float, float]:
+    """``--spacing``: a voxel size Z,Y,X in mm, or one number for all three; finite and positive."""
+    values = numbers(text, float, "spacing", "0.28,0.28,0.28")
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"spacing needs 1 or 3 positive numbers in mm, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def shape(text: str) -> tuple[int, int, int]:
+    """``--shape``: N,H,W of a stack (or H,W of one frame)."""
+    values = numbers(text, int, "shape", "35,240,320")
+    if len(values) == 2:
+        values = (1, *values)
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be N,H,W (or H,W) positive integers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def grid(text: str) -> tuple[int, int]:
+    """``--grid``: a montage grid RxC, e.g. 5x7."""
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid must look like 5x7, got {text!r}") from None
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"grid must be at least 1x1, got {text!r}")
+    return rows, cols
+
+
+def organs(text: str) -> list[str]:
+    """``--organs``: comma-separated organ names or ROI keywords."""
+    names = [o.strip() for o in text.split(",") if o.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one organ, e.g. heart,liver,placenta")
+    return names
+
+
+def positive_int(text: str) -> int:
+    """An option's whole number of at least 1 (--workers, --batch-size), or an argparse error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda`` (auto: a GPU when torch sees one)."""
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto (a GPU when torch sees one, the default), cpu or cuda")
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """The Dask options of ``predict ct`` and ``predict ultrasound``: many inputs on a cluster."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="run on a local Dask cluster of N worker processes; inputs whose outputs are complete "
+                            "are skipped, failures are reported at the end")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run on an existing Dask cluster, e.g. tcp://host:8786 (dask-jobqueue on SLURM/PBS)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --workers/--scheduler: redo inputs whose outputs are already complete")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for --scheduler before giving up (default 10)")
+
+
+def distributed(args: argparse.Namespace) -> bool:
+    """Whether the batch options ask for Dask."""
+    return args.workers is not None or args.scheduler is not None
+
+
+def exit_code(outcomes: list) -> int:
+    """0 when every input is done or skipped; 1 when some failed (each was reported)."""
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    """Organ -> model, from --model values: ORGAN=MODEL, or a bare MODEL whose config names its organ.
+
+    MODEL is a model folder or an installed model's name (``mousesegment models list``).
+    """
+    from ..store.registry import model_config
+
+    models = {}
+    for spec in specs:
+        organ, sep, model = spec.partition("=")
+        if not sep:
+            organ, model = model_config(spec).get("organ", ""), spec
+            if not organ:
+                raise ValueError(f"--model {spec}: not an ultrasound U-Net (its config names no organ)")
+        if not organ or not model:
+            raise ValueError(f"--model takes ORGAN=MODEL or MODEL (a name or folder), got {spec!r}")
+        models[organ.strip()] = model.strip()
+    return models
+
+
+@contextmanager
+def warnings_to_stderr(show: bool = True) -> Iterator[None]:
+    """Show the warnings of the block as ``warning: ...`` lines on stderr after it ends (none when
+    ``show`` is false)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught if show else ():
+                print(f"warning: {w.message}", file=sys.stderr)
+
+
+def run_training(train, *args):
+    """Run a trainer, also under torchrun: leave its process group afterwards, whatever happens, and
+    show warnings once. The trainer's summary on rank 0 (the process that reports), None on the others."""
+    from ..training import distributed
+
+    main = distributed.main_process()
+    with warnings_to_stderr(show=main):
+        try:
+            summary = train(*args)
+        finally:
+            distributed.finish()
+    return summary if main else None

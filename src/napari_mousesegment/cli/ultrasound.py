@@ -1,0 +1,135 @@
+"""``mousesegment train unet``, ``predict ultrasound`` and ``evaluate ultrasound``: fetal ultrasound."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..organs import US_ORGANS
+from . import options
+
+
+def _augment(text: str | None):
+    """AugmentSettings from NAME=VALUE,...; 0 or false switches one off."""
+    from dataclasses import fields
+
+    from ..training.augment import AugmentSettings
+
+    settings = AugmentSettings()
+    names = {f.name: f.type for f in fields(AugmentSettings)}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise ValueError(f"--augment takes NAME=VALUE with NAME in {', '.join(names)}; got {item!r}")
+        if name in ("hflip", "vflip"):
+            setattr(settings, name, value.strip().lower() in ("1", "true", "yes", "on"))
+        else:
+            try:
+                setattr(settings, name, float(value))
+            except ValueError:
+                raise ValueError(f"--augment {name} needs a number, got {value!r}") from None
+    return settings
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..models.unet import DEFAULT_ARCH, UNetConfig
+    from ..training.augment import AugmentSettings
+    from ..training.unet import UNetSettings, train_unet
+
+    arch = args.arch or DEFAULT_ARCH.get(args.organ, "standard")
+    config = UNetConfig(organ=args.organ, arch=arch, width=args.width, image_size=args.image_size)
+    settings = UNetSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                            plateau_patience=args.plateau_patience, plateau_factor=args.plateau_factor,
+                            alpha=args.alpha, early_stop=args.early_stop,
+                            test_series=args.test, max_minutes=args.max_minutes, device=args.device,
+                            seed=args.seed, resume=args.resume, precision_target=args.precision_target,
+                            augment=_augment(args.augment) if not args.no_augment else AugmentSettings.off())
+    summary = options.run_training(train_unet, args.data, args.out, config, settings)
+    if summary is not None:
+        print(f"model -> {summary['out']} (best validation Dice {summary['best_val_dice']:.3f}, "
+              f"threshold {summary['threshold']})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ..jobs.ultrasound import predict_ultrasound, predict_ultrasound_batch
+
+    if options.distributed(args):
+        return options.exit_code(predict_ultrasound_batch(
+            args.composites, args.organs, options.parse_models(args.model), args.out, workers=args.workers,
+            scheduler=args.scheduler, overwrite=args.overwrite, grid=args.grid, device=args.device,
+            connect_timeout=args.connect_timeout))
+    with options.warnings_to_stderr():
+        predict_ultrasound(args.composites, args.organs, options.parse_models(args.model), args.out, args.grid,
+                           args.device)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..jobs.ultrasound import evaluate_ultrasound
+
+    evaluate_ultrasound(options.parse_models(args.model), args.data, args.out, args.device)
+    print(f"report -> {args.out}")
+    return 0
+
+
+def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
+    """``train unet``, ``predict ultrasound`` and ``evaluate ultrasound``."""
+    unet = train_sub.add_parser("unet", help="an ultrasound organ U-Net")
+    unet.add_argument("--organ", required=True, help="heart, liver, placenta or any ROI keyword (e.g. head)")
+    unet.add_argument("--data", type=Path, action="append", required=True,
+                      help="series folders in the lab layout, or a dataset folder (repeatable)")
+    unet.add_argument("--out", type=Path, required=True, help="model folder to write")
+    unet.add_argument("--arch", choices=["standard", "deep", "residual"], default=None,
+                      help="default: standard for hearts, deep for livers, residual for placentas")
+    unet.add_argument("--width", type=int, default=16, help="channels of the first level (default 16)")
+    unet.add_argument("--image-size", type=int, default=128, help="training crop size in pixels (default 128)")
+    unet.add_argument("--epochs", type=int, default=100, help="before fine-tuning (early stopping may end sooner)")
+    unet.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    unet.add_argument("--finetune-lr", type=float, default=1e-5, help="learning rate of fine-tuning (1e-5)")
+    unet.add_argument("--early-stop", type=int, default=10, help="epochs without a better validation Dice (10)")
+    unet.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
+    unet.add_argument("--batch-size", type=int, default=8)
+    unet.add_argument("--lr", type=float, default=1e-4)
+    unet.add_argument("--plateau-patience", type=int, default=5,
+                      help="epochs without a lower validation loss before the lr drops (5)")
+    unet.add_argument("--plateau-factor", type=float, default=0.1, help="the lr drop on a plateau (0.1)")
+    unet.add_argument("--alpha", type=float, default=0.5, help="weight of Dice in alpha*Dice + (1-alpha)*BCE (0.5)")
+    unet.add_argument("--test", type=int, default=5, help="lab-layout data: whole series held out for testing (5)")
+    unet.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
+                      help="augmentation ranges, 0 switches one off: rotation (degrees, 20), scale (0.15), "
+                           "translation (0.1), hflip (true), vflip (false), noise (0.03), brightness (0.1), "
+                           "contrast (0.2), elastic (0.02), crop (0.15)")
+    unet.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    unet.add_argument("--precision-target", type=float, default=None,
+                      help="choose the threshold as the lowest reaching this validation precision "
+                           "(default: the largest F0.5)")
+    options.add_device(unet)
+    unet.add_argument("--seed", type=int, default=0)
+    unet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    unet.set_defaults(func=_cmd_train)
+
+    pus = predict_sub.add_parser("ultrasound", help="composites to instance labels and RoiSets with the U-Nets")
+    pus.add_argument("composites", type=Path, nargs="+", help="multi-page TIFF, montage image or folder of frames")
+    pus.add_argument("--organs", type=options.organs, default=list(US_ORGANS),
+                     help="comma-separated (default: all three)")
+    pus.add_argument("--model", action="append", default=[], metavar="[ORGAN=]MODEL",
+                     help="one per organ: a model name or folder, optionally prefixed by its organ")
+    pus.add_argument("--out", type=Path, required=True)
+    pus.add_argument("--grid", type=options.grid, default=None, help="montage grid RxC (default: detect)")
+    options.add_device(pus)
+    options.add_batch_options(pus)
+    pus.set_defaults(func=_cmd_predict)
+
+    eus = evaluate_sub.add_parser("ultrasound", help="U-Nets on held-out series: pixel and instance scores")
+    eus.add_argument("--model", action="append", required=True, metavar="[ORGAN=]MODEL",
+                     help="one per organ: a model name or folder, optionally prefixed by its organ")
+    eus.add_argument("--data", type=Path, action="append", required=True,
+                     help="a dataset folder (its test series) or lab-layout series folders (all of them)")
+    eus.add_argument("--out", type=Path, required=True, help="report folder")
+    options.add_device(eus)
+    eus.set_defaults(func=_cmd_evaluate)

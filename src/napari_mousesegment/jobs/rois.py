@@ -1,0 +1,47 @@
+"""ImageJ RoiSets from instance labels and back: ``mousesegment roi export|import``, and the RoiSets
+that prediction, the demo and the ultrasound widget write."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..io.roi import labels_to_rois, read_rois, rois_to_labels, write_roiset
+from ..io.tiff import read_array, write_stack
+
+
+def write_rois(path: Path, labels: np.ndarray, organ: str, log=print, shown: Path | None = None) -> Path:
+    """A RoiSet of the instances, overwriting the file; an empty prediction gives an empty RoiSet.
+
+    ``shown`` is the path to name in the log when ``path`` is a staging file.
+    """
+    rois = labels_to_rois(labels, organ)
+    if not rois:
+        log(f"  {organ}: nothing found; wrote an empty RoiSet {shown or path}")
+    return write_roiset(path, rois, allow_empty=True)
+
+
+def import_rois(source: str | os.PathLike, shape: tuple[int, int, int], out: str | os.PathLike, log=print) -> Path:
+    """ROIs (zip or .roi) to a (N, H, W) instance-label TIFF, ids 1.. in ROI order."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = rois_to_labels(read_rois(source), shape, source=str(source))
+    for w in caught:
+        log(f"warning: {w.message}")
+    target = write_stack(Path(out), labels if shape[0] > 1 else labels[0], compress=True)
+    log(f"{source}: {len(np.unique(labels[labels > 0]))} ROIs -> {target}")
+    return target
+
+
+def export_rois(labels_path: str | os.PathLike, out: str | os.PathLike, organ: str = "organ", log=print) -> Path:
+    """A 2D or (N, H, W) instance-label image to a RoiSet zip (one ROI per instance per frame)."""
+    labels = read_array(labels_path)
+    if labels.ndim not in (2, 3) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{labels_path}: expected 2D or (N, H, W) integer instance labels, "
+                         f"got {labels.dtype} {labels.shape}")
+    target = write_rois(Path(out), labels, organ, log)
+    log(f"{labels_path} -> {target}")
+    return target

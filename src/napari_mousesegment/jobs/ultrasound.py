@@ -1,0 +1,145 @@
+"""The ultrasound jobs behind the CLI: predict composites to instance labels and RoiSets, evaluate.
+
+    predict:  DIR/<composite stem>/<organ>_labels.tif (N, H, W instance ids)
+              DIR/<composite stem>/<organ>_RoiSet.zip (one ROI per instance, on its frame)
+    evaluate: REPORT_DIR/per_frame.csv, per_series.csv, summary.csv, summary.md (see :mod:`.reports`)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..inference.ultrasound import segment_frames
+from ..io.composites import read_composite
+from ..io.tiff import write_stack
+from ..metrics import frame_counts, segmentation_scores
+from ..store.load import load_unets
+from ..store.registry import model_config
+from .outputs import is_complete, mark_complete, read_manifest, staged
+from .reports import write_us_report
+from .rois import write_rois
+
+
+def us_outputs(organ: str) -> list[str]:
+    return [f"{organ}_labels.tif", f"{organ}_RoiSet.zip"]
+
+
+def weights_of(models: dict[str, str], organs: list[str]) -> dict[str, str]:
+    """Organ -> sha256 of the weights of its model (a name or folder): what made each organ's output."""
+    return {organ: model_config(models[organ])["sha256"] for organ in organs}
+
+
+def predict_composite(loaded: dict, weights: dict[str, str], source: str | os.PathLike, out: str | os.PathLike,
+                      grid: tuple[int, int] | None = None, log=print) -> Path:
+    """Segment one composite with loaded U-Nets (organ -> model, whose weights' sha256 is in ``weights``)
+    and write OUT/<stem>/ (see :mod:`.outputs`).
+
+    Outputs of other organs already in the folder stay, and stay counted as complete.
+    """
+    source = Path(source)
+    frames = read_composite(source, grid=grid).frames
+    if frames.ndim != 3:
+        raise ValueError(f"{source}: frames must be grey (N, H, W), got shape {frames.shape}")
+    target = Path(out) / source.stem
+    before = (read_manifest(target) or {}).get("parts", {})
+    earlier = {o: made for o, made in (before.items() if isinstance(before, dict) else [])
+               if o not in loaded and is_complete(target, {o: made})}
+    with staged(target) as tmp:
+        for organ, model in loaded.items():
+            _, labels = segment_frames(model, frames)
+            write_stack(tmp / f"{organ}_labels.tif", labels, compress=True)
+            write_rois(tmp / f"{organ}_RoiSet.zip", labels, organ, log, shown=target / f"{organ}_RoiSet.zip")
+            n = sum(len(np.unique(f[f > 0])) for f in labels)
+            log(f"{source} {organ}: {n} instances in {int(np.any(labels > 0, axis=(1, 2)).sum())} frames")
+    parts = {**earlier, **{organ: weights[organ] for organ in loaded}}
+    mark_complete(target, [f for o in sorted(parts) for f in us_outputs(o)], parts, source=str(source))
+    return target
+
+
+def _check_stems(sources: list[Path]) -> None:
+    stems = [s.stem for s in sources]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise ValueError(f"several composites are named {clash}: their outputs would overwrite each other "
+                         "under --out; predict them in separate runs")
+
+
+def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
+                       out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
+                       log=print) -> list[Path]:
+    """Segment each composite for each organ in this process; write instance labels and RoiSets under ``out``."""
+    sources = [Path(c) for c in composites]
+    _check_stems(sources)
+    loaded = load_unets(models, organs, device)
+    weights = weights_of(models, organs)
+    return [predict_composite(loaded, weights, source, out, grid, log) for source in sources]
+
+
+def predict_us_task(source: str, *, organs: list[str], models: dict[str, str], weights: dict[str, str], out: str,
+                    grid: tuple[int, int] | None = None, device: str = "auto", threads: int | None = None):
+    """One composite on a Dask worker (each U-Net loaded once per worker); errors become a failed outcome."""
+    from .batch import Outcome, cached_model, failure
+
+    try:
+        loaded = {organ: cached_model("unet", models[organ], device, threads, weights[organ]) for organ in organs}
+        target = predict_composite(loaded, weights, source, out, grid, log=lambda _: None)
+        return Outcome(source, "done", str(target))
+    except Exception as exc:  # noqa: BLE001  (any error of one input is reported, the batch goes on)
+        return failure(source, exc)
+
+
+def predict_ultrasound_batch(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
+                             out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
+                             overwrite: bool = False, grid: tuple[int, int] | None = None, device: str = "auto",
+                             connect_timeout: float = 10.0, log=print):
+    """Segment many composites on Dask; complete ones are skipped unless ``overwrite``, failures reported."""
+    from functools import partial
+
+    from .batch import run_batch, threads_per_worker
+
+    sources = [Path(c).absolute() for c in composites]  # workers may start elsewhere
+    _check_stems(sources)
+    missing = [o for o in organs if o not in models]
+    if missing:
+        raise ValueError(f"no model for {', '.join(missing)}; pass --model ORGAN=MODEL for each organ")
+    specs = {o: str(Path(models[o]).absolute()) if Path(models[o]).exists() else models[o] for o in organs}
+    weights = weights_of(models, list(organs))
+    out = Path(out).absolute()
+    task = partial(predict_us_task, organs=list(organs), models=specs, weights=weights, out=str(out), grid=grid,
+                   device=device, threads=threads_per_worker(workers))
+    return run_batch([str(s) for s in sources], task, lambda s: is_complete(out / Path(s).stem, weights),
+                     workers=workers, scheduler=scheduler, overwrite=overwrite, connect_timeout=connect_timeout,
+                     log=log)
+
+
+def evaluate_ultrasound(models: dict[str, str], data: list[str | os.PathLike], out: str | os.PathLike,
+                        device: str = "auto", log=print) -> dict[str, dict[str, float]]:
+    """Score organ models on held-out series: a dataset folder's test split, or every lab series given."""
+    from ..data.us_dataset import load_us_items
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_unets(models, list(models), device)
+    frame_rows, series_rows, summary = [], [], {}
+    for organ, model in loaded.items():
+        items = [i for i in load_us_items(data, organ, lab_split="test") if i.split == "test"]
+        if not items:
+            raise ValueError(f"no held-out (test) series annotated for {organ!r} in {', '.join(map(str, data))}")
+        totals = np.zeros(6, np.int64)
+        for item in items:
+            _, pred = segment_frames(model, item.frames)
+            counts = frame_counts(pred, item.labels[organ])
+            frame_rows += [{"organ": organ, "series": item.name, "frame": k + 1, **segmentation_scores(*c)}
+                           for k, c in enumerate(counts)]
+            series_totals = counts.sum(0)
+            totals += series_totals
+            series_rows.append({"organ": organ, "series": item.name, **segmentation_scores(*series_totals)})
+        summary[organ] = {"series": len(items), **segmentation_scores(*totals)}
+        s = summary[organ]
+        log(f"{organ}: {len(items)} series, Dice {s['dice']:.3f}, precision {s['precision']:.3f}, "
+            f"recall {s['recall']:.3f}, instance F1 {s['instance_f1']:.3f}")
+    write_us_report(out, frame_rows, series_rows, summary)
+    return summary

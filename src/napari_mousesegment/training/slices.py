@@ -1,0 +1,106 @@
+"""Micro-CT scans to MOSnet's preprocessed 2D slices (see :mod:`..models.preprocess`), for training,
+fine-tuning and threshold choice; and the train/validation split by scan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.ct_dataset import CTDataset, load_case
+from ..models.mosnet import MOSnetConfig
+from ..models.preprocess import fit_square, resample, to_slices, window
+
+
+@dataclass
+class SliceSet:
+    """Preprocessed training slices of many scans, kept compact in memory."""
+
+    images: torch.Tensor  #: (N, 1, S, S) float16 in [0, 1]
+    organ_masks: torch.Tensor  #: (N, M, S, S) bool, model organ order
+    annotated: torch.Tensor  #: (N, M) bool: α of each slice's dataset
+    condition: torch.Tensor  #: (N,) long
+    scan: list[str]  #: per slice: "dataset/case", the unit of the train/validation split
+
+    def subset(self, index: torch.Tensor) -> SliceSet:
+        """The slices at ``index``, in that order."""
+        return SliceSet(self.images[index], self.organ_masks[index], self.annotated[index], self.condition[index],
+                        [self.scan[i] for i in index.tolist()])
+
+
+def model_slices(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], config: MOSnetConfig,
+                 stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scan (or some of its slices) as the model sees it: windowed, resampled to its voxel size, cut
+    on its plane (every ``stride``-th slice) and fitted to its square; images (N, 1, S, S) float32,
+    labels (N, S, S) long, aligned pixel for pixel."""
+    img = to_slices(resample(window(hu, config.window_level, config.window_width), spacing,
+                             config.spacing_mm, order=1), config.plane)[::stride]
+    lab = to_slices(resample(labels, spacing, config.spacing_mm, order=0), config.plane)[::stride]
+    img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img))[:, None], config.image_size, "bilinear")
+    lab_t = fit_square(torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))[:, None].float(),
+                       config.image_size, "nearest-exact").long()[:, 0]
+    return img_t, lab_t
+
+
+def organ_masks(labels: torch.Tensor, values: list[int | None]) -> torch.Tensor:
+    """(N, M, S, S) bool masks of (N, S, S) labels, organ i being label ``values[i]`` (None: not annotated)."""
+    masks = torch.zeros((len(labels), len(values), *labels.shape[1:]), dtype=torch.bool)
+    for i, value in enumerate(values):
+        if value is not None:
+            masks[:, i] = labels == value
+    return masks
+
+
+def build_slices(datasets: list[CTDataset], config: MOSnetConfig, cases: dict[str, list[str]] | None = None,
+                 stride: int = 1) -> SliceSet:
+    """Preprocess the given cases (default: all) of the datasets into a :class:`SliceSet`."""
+    images, masks, annotated, condition, scan = [], [], [], [], []
+    for ds in datasets:
+        if ds.condition not in config.conditions:
+            raise ValueError(f"{ds.root}: condition {ds.condition!r} is not one of the model's {config.conditions}")
+        alpha = torch.tensor([o in ds.organs for o in config.organs])
+        values = [ds.organs.get(o) for o in config.organs]
+        for case in (cases or {}).get(str(ds.root), ds.cases):
+            hu, labels, spacing = load_case(ds, case)
+            img_t, lab_t = model_slices(hu, labels, spacing, config, stride)
+            images.append(img_t.half())
+            masks.append(organ_masks(lab_t, values))
+            annotated.append(alpha.expand(len(lab_t), -1))
+            condition.append(torch.full((len(lab_t),), config.conditions.index(ds.condition)))
+            scan += [f"{ds.name}/{case}"] * len(lab_t)
+    return SliceSet(torch.cat(images), torch.cat(masks), torch.cat(annotated), torch.cat(condition), scan)
+
+
+def corrected_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], touched: list[int],
+                     config: MOSnetConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's slices (N, 1, S, S) and organ masks (N, M, S, S) of the touched input slices (axis
+    0, axial), labels numbered as the model's organs (1 = its first organ, as predict writes them)."""
+    if config.plane != "axial":
+        raise ValueError("micro-CT corrections are taken slice by slice on the axial plane")
+    # Each corrected axial slice becomes one model slice: resampled in plane only, so its labels
+    # are the corrected ones whatever the scan's z spacing (a z resample would mix in neighbours).
+    in_plane = (config.spacing_mm, *spacing[1:])
+    img_t, lab_t = model_slices(image[touched], labels[touched], in_plane, config)
+    return img_t, organ_masks(lab_t, list(range(1, len(config.organs) + 1)))
+
+
+def split_by_scan(scans: list[str], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split scan ids ("dataset/case"), never slices, into train and validation, per dataset.
+
+    Each dataset with two or more scans gives round(val_fraction·n) of them, at least one, to
+    validation, so every condition is validated.
+    """
+    unique = sorted(set(scans))
+    by_dataset: dict[str, list[str]] = {}
+    for s in unique:
+        by_dataset.setdefault(s.split("/", 1)[0], []).append(s)
+    rng = np.random.default_rng(seed)
+    val: list[str] = []
+    for members in by_dataset.values():
+        if len(members) >= 2:
+            n_val = min(max(1, round(val_fraction * len(members))), len(members) - 1)
+            val += [members[i] for i in rng.permutation(len(members))[:n_val]]
+    if not val:
+        raise ValueError("need at least two scans in a dataset to split into training and validation")
+    return sorted(set(unique) - set(val)), sorted(val)

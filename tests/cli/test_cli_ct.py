@@ -1,0 +1,129 @@
+"""The micro-CT commands end to end on tiny phantoms: dataset, train, predict, evaluate, compare."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mousesegment.cli import main
+from napari_mousesegment.data.ct_dataset import write_ct_case
+from napari_mousesegment.data.phantom_ct import ct_phantom
+from napari_mousesegment.io.tiff import read_tiff
+
+SHAPE = (40, 32, 40)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_ct")
+    for condition, seed in (("native", 0), ("contrast", 10)):
+        for k in range(2):  # small phantoms on a coarse grid keep the test fast
+            write_ct_case(root / condition, f"p{k}", ct_phantom(seed + k, condition, shape=SHAPE, spacing=1.4))
+    model = root / "model"
+    assert main(["train", "mosnet", "--data", str(root / "native"), "--data", str(root / "contrast"),
+                 "--out", str(model), "--width", "4", "--image-size", "32", "--epochs", "2", "--voxel-mm", "1.4",
+                 "--device", "cpu", "--val-fraction", "0.5"]) == 0
+    return root, model
+
+
+def test_train_writes_a_loadable_model_folder(trained):
+    _, model = trained
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["kind"] == "mosnet" and meta["width"] == 4 and "stomach" in meta["organs"]
+    assert meta["spacing_mm"] == 1.4
+    assert (model / "curves.png").exists() and (model / "history.csv").exists()
+
+
+def test_predict_ct_contract(trained, tmp_path):
+    root, model = trained
+    scan = next((root / "native" / "images").glob("*.tif"))
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
+                 "--out", str(tmp_path / "pred")]) == 0
+    out = tmp_path / "pred" / scan.stem
+    labels, spacing = read_tiff(out / "labels.tif")
+    assert labels.shape == tifffile.imread(scan).shape and spacing == pytest.approx((1.4, 1.4, 1.4))
+    assert json.loads((out / "labels.json").read_text())["organs"]["heart"] == 1
+    assert (out / "volumes.csv").read_text().startswith("organ,voxels,mm3")
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "arterial",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
+                 "--out", str(tmp_path / "one"), "--batch-size", "1"]) == 0
+    assert np.array_equal(read_tiff(tmp_path / "one" / scan.stem / "labels.tif")[0], labels)
+    with pytest.raises(SystemExit):
+        main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
+              "--out", str(tmp_path / "bad"), "--batch-size", "0"])
+
+
+def test_evaluate_and_compare(trained, tmp_path, capsys):
+    root, model = trained
+    assert main(["evaluate", "ct", "--model", str(model), "--data", str(root / "contrast"),
+                 "--out", str(tmp_path / "report")]) == 0
+    rows = (tmp_path / "report" / "per_scan.csv").read_text().splitlines()
+    assert rows[0].startswith("scan,organ,dsc,jsc,hd95_mm") and len(rows) == 1 + 2 * 9
+    assert "DSC" in (tmp_path / "report" / "summary.md").read_text()
+    assert main(["evaluate", "compare", f"a={tmp_path / 'report'}", f"b={tmp_path / 'report'}",
+                 "--out", str(tmp_path / "table.md")]) == 0
+    assert "| a |" in (tmp_path / "table.md").read_text()
+
+
+def test_evaluate_with_and_without_borrowed_organs(trained, tmp_path, monkeypatch):
+    from napari_mousesegment.jobs import ct as ct_jobs
+    from napari_mousesegment.store.load import load_mosnet
+
+    root, model = trained
+    assert load_mosnet(model)[1].borrowed_organs("native")  # stomach and bone: no native dataset annotates them
+    seen = []
+    real = ct_jobs.evaluate_ct
+    monkeypatch.setattr(ct_jobs, "evaluate_ct", lambda *a, **k: seen.append(k["borrow"]) or real(*a, **k))
+    for flags in ([], ["--no-borrow"]):
+        assert main(["evaluate", "ct", "--model", str(model), "--data", str(root / "native"),
+                     "--out", str(tmp_path / f"report{len(flags)}"), *flags]) == 0
+        rows = (tmp_path / f"report{len(flags)}" / "per_scan.csv").read_text().splitlines()
+        assert len(rows) == 1 + 2 * 7  # the native dataset's organs
+    assert seen == [True, False]
+
+
+def test_dataset_ct_from_the_real_label_map_needs_an_image(tmp_path, capsys):
+    from ..conftest import shared_file
+
+    segff = shared_file("rosenhain", "CT280_organs.segff")
+    assert main(["dataset", "ct", str(segff), "--out", str(tmp_path / "ds"), "--condition", "native"]) == 2
+    assert "needs both an image and organ labels" in capsys.readouterr().err
+
+
+def test_dataset_ct_converts_and_renumbers(tmp_path):
+    import nibabel
+
+    scan = ct_phantom(3, "native", shape=SHAPE)
+    # another lab's numbering: liver = 20, heart = 40
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[scan.labels == 3] = 20
+    labels[scan.labels == 1] = 40
+    folder = tmp_path / "M01_024h"
+    folder.mkdir()
+    affine = np.diag([0.28, 0.28, 0.28, 1])
+    nibabel.save(nibabel.AnalyzeImage(np.transpose(scan.image, (2, 1, 0)), affine), str(folder / "CT280.hdr"))
+    nibabel.save(nibabel.AnalyzeImage(np.transpose(labels, (2, 1, 0)), affine), str(folder / "Organ_280.hdr"))
+    (folder / "Organ_280.cls").write_text("ClassIndices=0|20|40\nClassNames=unclassified|Liver|Heart\n")
+    assert main(["dataset", "ct", str(folder), "--out", str(tmp_path / "ds"), "--condition", "native"]) == 0
+    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert meta["organs"] == {"heart": 1, "liver": 3}
+    out, _ = read_tiff(tmp_path / "ds" / "labels" / "M01_024h.tif")
+    assert np.array_equal(out == 3, scan.labels == 3) and np.array_equal(out == 1, scan.labels == 1)
+
+
+def test_demo_segments_and_scores_with_a_trained_model(trained, tmp_path):
+    _, model = trained
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--ct-model", str(model), "--no-models"]) == 0
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    done = [s for s in report["steps"] if s["name"].endswith("MOSnet segmentation and organ volumes")]
+    assert [s["status"] for s in done] == ["done", "done"]
+    assert len(report["scores"]) == 18 and all(0 <= r["dsc"] <= 1 for r in report["scores"])
+    assert (tmp_path / "demo" / "ct" / "native" / "labels.tif").exists()
+    assert "| ct contrast | liver |" in (tmp_path / "demo" / "report.md").read_text()
+
+
+def test_demo_refuses_a_folder_that_is_not_a_model(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--ct-model", str(tmp_path)]) == 2
+    assert not (tmp_path / "demo").exists()

@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_mousesegment.data.ct_dataset import read_ct_dataset, write_ct_case
+from napari_mousesegment.data.phantom_ct import ct_phantom
+from napari_mousesegment.inference.ct import predict_volume
+from napari_mousesegment.models.mosnet import MOSnetConfig
+from napari_mousesegment.organs import CT_ORGANS
+from napari_mousesegment.store.load import load_mosnet
+from napari_mousesegment.training.mosnet import TrainSettings, train_mosnet
+from napari_mousesegment.training.slices import build_slices, split_by_scan
+
+SHAPE = (40, 32, 40)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ct")
+    for seed in range(3):
+        write_ct_case(root / "native", f"n{seed}", ct_phantom(seed, "native", shape=SHAPE),
+                      unannotated=("kidneys", "bladder"))
+        write_ct_case(root / "contrast", f"c{seed}", ct_phantom(10 + seed, "contrast", shape=SHAPE))
+    return [root / "native", root / "contrast"]
+
+
+def _config():
+    return MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32)
+
+
+def test_slices_carry_condition_and_alpha(datasets):
+    sets = [read_ct_dataset(d) for d in datasets]
+    slices = build_slices(sets, _config(), stride=4)
+    organs = list(CT_ORGANS)
+    native = slices.condition == 0
+    assert slices.images.shape[1:] == (1, 32, 32) and float(slices.images.max()) <= 1
+    assert not slices.annotated[native][:, organs.index("kidneys")].any()
+    assert slices.annotated[~native][:, organs.index("kidneys")].all()
+    assert slices.organ_masks[:, organs.index("liver")].any()
+
+
+def test_split_is_by_scan_and_per_dataset():
+    scans = [f"native/n{i}" for i in range(10)] + [f"contrast/c{i}" for i in range(3)]
+    train, val = split_by_scan(scans, 0.1, seed=1)
+    assert not set(train) & set(val) and sorted(train + val) == sorted(scans)
+    assert {v.split("/")[0] for v in val} == {"native", "contrast"}
+
+
+def test_training_learns_checkpoints_and_resumes(datasets, tmp_path):
+    settings = TrainSettings(epochs=3, batch_size=8, lr=3e-3, device="cpu", slice_stride=2, val_fraction=0.34)
+    out = tmp_path / "model"
+    result = train_mosnet(datasets, out, _config(), settings, log=lambda _: None, progress=False)
+    history = json.loads((out / "checkpoint" / "state.json").read_text())["history"]
+    assert result["epochs_run"] == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (out / "history.csv").read_text().count("\n") == 4 and (out / "curves.png").stat().st_size > 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["training"]["val_scans"] and not set(meta["training"]["val_scans"]) & set(meta["training"]["train_scans"])
+    assert "kidneys" not in meta["annotated"]["native"] and "kidneys" in meta["annotated"]["contrast"]
+    assert set(meta["thresholds"]) == set(CT_ORGANS) and all(0 < t < 1 for t in meta["thresholds"].values())
+    assert load_mosnet(out)[1].thresholds == meta["thresholds"]
+    with pytest.raises(FileExistsError):
+        train_mosnet(datasets, out, _config(), settings, log=lambda _: None, progress=False)
+    more = TrainSettings(**{**vars(settings), "epochs": 4, "resume": True})
+    resumed = train_mosnet(datasets, out, _config(), more, log=lambda _: None, progress=False)
+    assert resumed["epochs_run"] == 4  # history kept, one more epoch run
+    rows = json.loads((out / "checkpoint" / "state.json").read_text())["history"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[3]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # new length's cosine, not 0
+    other = TrainSettings(**{**vars(more), "epochs": 5, "seed": 9})
+    with pytest.raises(ValueError, match="split differs"):
+        train_mosnet(datasets, out, _config(), other, log=lambda _: None, progress=False)
+
+
+def test_max_minutes_stops_cleanly_keeps_weights_and_resume_reruns_the_epoch(datasets, tmp_path):
+    settings = TrainSettings(epochs=2, batch_size=8, device="cpu", slice_stride=4, max_minutes=1e-4, val_fraction=0.34)
+    result = train_mosnet(datasets, tmp_path / "m", _config(), settings, log=lambda _: None, progress=False)
+    assert result["stopped"].startswith("--max-minutes") and result["epochs_run"] == 1
+    model, config, _ = load_mosnet(tmp_path / "m")
+    assert config.width == 4
+    state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == -1 and state["history"][0]["complete"] is False  # epoch 1 not done
+    again = TrainSettings(**{**vars(settings), "max_minutes": None, "resume": True})
+    resumed = train_mosnet(datasets, tmp_path / "m", _config(), again, log=lambda _: None, progress=False)
+    rows = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())["history"]
+    assert resumed["stopped"] is None and [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["complete"] for r in rows)
+
+
+def test_predict_volume_returns_the_input_grid(datasets, tmp_path):
+    config = _config()
+    from napari_mousesegment.models.mosnet import MOSnet
+
+    model = MOSnet(config).eval()
+    scan = ct_phantom(5, "native", shape=SHAPE)
+    fine = np.repeat(scan.image, 2, axis=0)  # 0.14 mm along z: resampled with the spacing, then back
+    pred = predict_volume(model, fine, (0.14, 0.28, 0.28), "native", batch_size=7, keep_probabilities=True)
+    assert pred.labels.shape == fine.shape and pred.probabilities.shape == (9, *fine.shape)
+    with pytest.raises(ValueError, match="NaN"):
+        predict_volume(model, np.full(SHAPE, np.nan), (0.28,) * 3, "native")
+    with pytest.raises(ValueError, match="unknown"):
+        predict_volume(model, scan.image, (0.28,) * 3, "arterial")
+    with pytest.raises(ValueError, match="3D"):
+        predict_volume(model, scan.image[0], (0.28,) * 3, "native")
+    with pytest.raises(InterruptedError):
+        predict_volume(model, scan.image, (0.28,) * 3, "native", should_stop=lambda: True)
+
+
+def test_labels_stay_aligned_with_images_when_resized():
+    import torch
+
+    from napari_mousesegment.models.preprocess import fit_square
+
+    mask = torch.zeros(1, 1, 60, 60)
+    mask[..., 20:40, 10:30] = 1.0
+    image = fit_square(mask, 32, "bilinear")[0, 0]
+    label = fit_square(mask, 32, "nearest-exact")[0, 0]
+
+    def centre(a):
+        ys, xs = torch.nonzero(a > 0.5, as_tuple=True)
+        return float(ys.float().mean()), float(xs.float().mean())
+
+    for got, want in zip(centre(label), centre(image)):
+        assert abs(got - want) < 0.2  # plain "nearest" was half a pixel off

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from napari_mousesegment.data.phantom_us import ultrasound_series, write_us_series
+from napari_mousesegment.models.unet import UNetConfig
+from napari_mousesegment.store.load import load_unet
+from napari_mousesegment.training.checkpoint import TrainingError
+from napari_mousesegment.training.unet import UNetSettings, train_unet
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*not the usual 35:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    for seed in range(4):
+        write_us_series(root / f"S{seed}", ultrasound_series(seed=seed, n_frames=4, frame_shape=(64, 96)))
+    return root
+
+
+def settings(**kw):
+    base = dict(epochs=3, finetune_epochs=1, batch_size=4, lr=3e-3, test_series=1, val_fraction=0.34)
+    return UNetSettings(**{**base, **kw})
+
+
+def test_training_learns_and_writes_a_durable_model(tmp_path, lab):
+    config = UNetConfig(organ="placenta", arch="residual", width=4, image_size=32)
+    summary = train_unet([lab], tmp_path / "m", config, settings(), log=lambda m: None, progress=False)
+    rows = (tmp_path / "m" / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[-1].split(",")[1] == "finetune"
+    losses = [float(r.split(",")[2]) for r in rows[1:]]
+    assert losses[-1] < losses[0]
+    model, cfg, meta = load_unet(tmp_path / "m")
+    assert 0.3 <= cfg.threshold <= 0.95 and cfg.threshold == summary["threshold"]
+    assert meta["training"]["test_series"] and not set(meta["training"]["test_series"]) & set(meta["training"]["train_series"])
+    assert (tmp_path / "m" / "curves.png").stat().st_size > 0
+
+
+def test_resume_continues_and_refuses_a_changed_split(tmp_path, lab):
+    config = UNetConfig(organ="heart", width=4, image_size=32)
+    train_unet([lab], tmp_path / "m", config, settings(epochs=2, finetune_epochs=0), log=lambda m: None, progress=False)
+    with pytest.raises(FileExistsError):
+        train_unet([lab], tmp_path / "m", config, settings(), log=lambda m: None, progress=False)
+    train_unet([lab], tmp_path / "m", config, settings(epochs=3, finetune_epochs=0, resume=True),
+               log=lambda m: None, progress=False)
+    state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
+    assert [r["epoch"] for r in state["history"]] == [1, 2, 3]
+    with pytest.raises(TrainingError, match="split differs"):
+        train_unet([lab], tmp_path / "m", config, settings(epochs=4, seed=7, resume=True),
+                   log=lambda m: None, progress=False)
+
+
+def test_threshold_by_f05_or_by_a_precision_target():
+    import torch
+
+    from napari_mousesegment.training.thresholds import choose_threshold
+
+    truth = torch.zeros(1, 1, 1, 100)
+    truth[..., :50] = 1
+    prob = torch.linspace(1.0, 0.0, 100).view(1, 1, 1, 100)  # confident inside, fading outside
+    prob[..., 40:50] = 0.45  # some organ pixels look doubtful
+    prob[..., 50:60] = 0.6  # and some background looks like organ
+    t, scores = choose_threshold(prob, truth)
+    assert t >= 0.6 and scores["precision"] == 1.0  # F0.5 prefers dropping the false organ pixels
+    t_low, s_low = choose_threshold(prob, truth, precision_target=0.8)
+    assert t_low <= 0.45 and s_low["precision"] >= 0.8 and s_low["recall"] == 1.0
+
+
+def test_augment_option_parses_ranges_and_switches(capsys):
+    from napari_mousesegment.cli.ultrasound import _augment
+
+    settings = _augment("rotation=10,vflip=true,noise=0")
+    assert settings.rotation == 10 and settings.vflip and settings.noise == 0 and settings.scale == 0.15
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        _augment("spin=3")
+
+
+@pytest.mark.parametrize("bad", [{"alpha": 1.5}, {"plateau_factor": 1.0}, {"lr": 0}, {"finetune_lr": -1e-5}])
+def test_settings_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+        UNetSettings(**bad)
