@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,8 @@ def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare,
         after = score(tuned) if n_held else float("nan")
         if np.isnan(before) or np.isnan(after):  # held-out data with nothing to score (no organ in it)
             n_held, before, after = 0, None, None
-        scored = RoundResult(name, held_out=n_held, dice_before=before, dice_after=after, trained_on=n_train)
-        version = versions.publish(name, tuned, config, current, [i.id for i in items], scored.metrics())
+        result = RoundResult(name, held_out=n_held, dice_before=before, dice_after=after, trained_on=n_train)
+        version = versions.publish(name, tuned, config, current, [i.id for i in items], result.metrics())
         promoted = bool(n_held) and after >= before - guard  # nothing to check it on: never promoted blind
         if promoted:
             versions.promote(name, version)
@@ -139,9 +140,9 @@ def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare,
         verdict = ("promoted" if promoted else "kept, not promoted ("
                    + ("worse on the held-out data)" if n_held else "nothing held out to check it on)"))
         queue.update_round(round_id, state=RoundState.DONE, version=version,
-                           metrics={**scored.metrics(), "promoted": promoted}, message=verdict)
+                           metrics={**result.metrics(), "promoted": promoted}, message=verdict)
         log(f"round {round_id}: held-out Dice {_fmt(before)} -> {_fmt(after)}; version {version} {verdict}")
-        return RoundResult(name, version, promoted, n_held, before, after, n_train)
+        return replace(result, version=version, promoted=promoted)
     except BaseException as exc:
         queue.update_round(round_id, message=str(exc),
                            state=RoundState.CANCELLED if isinstance(exc, InterruptedError) else RoundState.FAILED)

@@ -71,12 +71,18 @@ class _Round:
 def _run(model: torch.nn.Module, make_loss: Callable[[torch.nn.Module], Callable[[], Step]],
          settings: FineTuneSettings, progress: Callable[[dict], None] | None,
          should_stop: Callable[[], bool]) -> torch.nn.Module:
-    """Fine-tune a channels-last copy of ``model``; a cancel raises InterruptedError (nothing is kept)."""
+    """Fine-tune a channels-last copy of ``model``; a cancel raises InterruptedError (nothing is kept).
+
+    Dropout draws from torch's own generator, seeded here from ``settings.seed`` (and restored
+    after), so a round on the same corrections gives the same version.
+    """
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
-    run = fit(tuned, optimizer, _Round(make_loss(tuned), settings.steps_per_epoch), epochs=settings.epochs,
-              where="fine-tuning", should_stop=should_stop, progress=progress)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        run = fit(tuned, optimizer, _Round(make_loss(tuned), settings.steps_per_epoch), epochs=settings.epochs,
+                  where="fine-tuning", should_stop=should_stop, progress=progress)
     if run.stopped:
         raise InterruptedError("retraining cancelled")
     return tuned.eval()
