@@ -122,7 +122,7 @@ def ct_main() -> None:
         [r] = run_rounds(queue.root, settings=FineTuneSettings(epochs=epochs, lr=1e-4), log=lambda m: None)
         seconds = time.monotonic() - t0
         tuned, _, _ = load_mosnet("mosnet-synthetic-lab")
-        print(f"| {n} | {epochs} | {large_organ_dsc(tuned):.3f} | {r['dice_before']:.3f} -> {r['dice_after']:.3f} "
+        print(f"| {n} | {epochs} | {large_organ_dsc(tuned):.3f} | {r.dice_before:.3f} -> {r.dice_after:.3f} "
               f"| {seconds:.0f} |")
 
 
