@@ -171,6 +171,8 @@ class UltrasoundWidget(JobWidget):
                 composite = read_composite(source, grid)
                 frames, name, note = composite.frames, Path(source).stem, f"{len(composite.frames)} frames"
             else:
+                self._source.reset_choices()
+                self._source.value = source  # the widget shows what a script chose
                 data = np.asarray(source.data)
                 if data.ndim == 3 and not getattr(source, "rgb", False) and grid is None:
                     frames_from_layer(source)  # checks dtype and values
