@@ -31,11 +31,13 @@ def test_lazy_public_api_resolves():
     assert "read_composite" in dir(napari_mousesegment) and "CTWidget" in dir(napari_mousesegment)
 
 
-def test_the_old_layers_path_still_works_for_scripts():
+def test_the_old_paths_documented_for_scripts_still_work():
+    from napari_mousesegment.ct_jobs import predict_ct_batch
+    from napari_mousesegment.jobs.ct import predict_ct_batch as new_batch
     from napari_mousesegment.layers import ct_layers
     from napari_mousesegment.plugin.layers import ct_layers as new
 
-    assert ct_layers is new
+    assert ct_layers is new and predict_ct_batch is new_batch
 
 
 def test_unknown_attribute_raises():

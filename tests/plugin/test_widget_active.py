@@ -77,10 +77,13 @@ def test_cancelling_a_round_kills_the_child_and_keeps_the_items_pending(make_nap
     assert widget.send(image, labels, model=BASE) is not None
     job = widget.retrain()
     qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=120_000)  # a round is under way
+    assert "ETA" in widget.status and widget._send.enabled and not widget._rank.enabled
+    assert widget.send(image, labels, model=BASE) is not None  # corrections can be queued meanwhile
     widget.cancel()
     qtbot.waitUntil(job.done, timeout=60_000)
     assert isinstance(job.exception(), InterruptedError) and "cancel" in widget.status
-    assert [i.state for i in widget.items()] == ["pending"] and widget._retrain.enabled
+    assert [i.state for i in widget.items()] == ["pending", "pending"] and widget._retrain.enabled
+    assert "current version" in widget.status
 
 
 def test_sending_bad_input_names_the_problem_and_queues_nothing(make_napari_viewer, home, tmp_path, monkeypatch):

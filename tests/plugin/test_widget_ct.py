@@ -102,11 +102,11 @@ def test_bad_layers_get_a_clear_message_and_nothing_runs(make_napari_viewer, mon
 def test_closing_the_viewer_mid_run_stops_the_worker(viewer_with_scan, qtbot):
     viewer, _ = viewer_with_scan
     widget = _dock(viewer)
-    widget._condition.value = "contrast"
-    widget.run()
+    job = widget.run(condition="contrast")
     stop = widget._stop
     viewer.close()
     qtbot.waitUntil(stop.is_set, timeout=10_000)
+    assert job.done() and isinstance(job.exception(), InterruptedError)  # a script waiting on it is released
 
 
 def test_a_second_run_never_removes_an_edited_organ_layer(viewer_with_scan):

@@ -66,9 +66,10 @@ def test_cancel_and_bad_input_leave_layers_alone(make_napari_viewer, qtbot, seri
     viewer = make_napari_viewer()
     viewer.add_image(series.frames, name="stack")
     widget = _dock(viewer)
-    widget.run()
-    widget.cancel()
+    job = widget.run()
+    assert job.cancel()  # the job handle cancels as the button does
     qtbot.waitUntil(lambda: widget._run.enabled, timeout=60_000)
+    assert isinstance(job.exception(), InterruptedError) and not job.cancel()
     assert [layer.name for layer in viewer.layers] == ["stack"] and "cancel" in widget._status.value
     shown = []
     monkeypatch.setattr("napari_mousesegment.plugin.widgets.ultrasound.show_error", shown.append)
@@ -117,3 +118,5 @@ def test_a_second_run_keeps_an_edited_layer_and_replaces_an_untouched_one(make_n
     assert second in viewer.layers and third in viewer.layers and third is not second
     assert np.array_equal(second.data, painted)
     assert [layer.name for layer in viewer.layers].count(second.name) == 1
+    other = widget.run(viewer.add_image(series.frames[:5], name="another series"), organs=["heart"]).wait(120)
+    assert third in viewer.layers and other["heart"] in viewer.layers  # another image's result is kept too

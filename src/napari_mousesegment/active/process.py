@@ -8,6 +8,7 @@ rounds the pass ran when it ends. The napari widget runs this in a thread.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from .queue import Queue
 from .rounds import Round
@@ -39,29 +41,42 @@ def run_worker_pass(queue_dir: str | os.PathLike, *, progress: Callable[..., Non
                     worker_args: tuple[str, ...] = ()) -> WorkerPass:
     """Run ``mousesegment worker --queue DIR --once`` in a child process until it ends.
 
-    ``progress(epoch, epochs, loss)`` is called whenever the running round reports a new epoch;
-    ``should_stop`` kills the child and raises InterruptedError (the current version is unchanged).
+    ``progress(epoch, epochs, loss, eta_s)`` is called whenever the running round reports a new
+    epoch; ``should_stop`` kills the child and raises InterruptedError (the current version is
+    unchanged). The child is also killed if this process exits first.
     """
     queue = Queue(queue_dir)
     known = {r.id for r in queue.rounds()}
     command = [sys.executable, "-m", "napari_mousesegment.cli", "worker", "--queue", str(queue.root), "--once",
                *worker_args]
+    reported = set()
+
+    def report() -> None:
+        for r in (r for r in queue.rounds() if r.id not in known and r.epoch):
+            if progress is not None and (r.id, r.epoch) not in reported:
+                reported.add((r.id, r.epoch))
+                progress(r.epoch, r.epochs, r.loss, r.eta_s or 0.0)
+
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as output:
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        last = None
+        kill = partial(_kill, child)
+        atexit.register(kill)  # napari closing without the widget: no orphaned round
         try:
             while child.poll() is None:
                 if should_stop():
                     raise InterruptedError("retraining cancelled; the current version is unchanged")
-                fresh = [r for r in queue.rounds() if r.id not in known]
-                if fresh and fresh[-1].epoch and progress is not None and (fresh[-1].id, fresh[-1].epoch) != last:
-                    last = (fresh[-1].id, fresh[-1].epoch)
-                    progress(fresh[-1].epoch, fresh[-1].epochs, fresh[-1].loss)
+                report()
                 time.sleep(poll_s)
+            report()  # the last epochs of a round that ended between two polls
         finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+            kill()
+            atexit.unregister(kill)
         output.seek(0)
         text = output.read()
     return WorkerPass(child.returncode, [r for r in queue.rounds() if r.id not in known], text)
+
+
+def _kill(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait()

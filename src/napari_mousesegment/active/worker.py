@@ -48,6 +48,7 @@ def worker_lock(root: Path) -> Iterator[None]:
         (root / "worker.pid").write_text(str(os.getpid()))
         yield
     finally:
+        (root / "worker.pid").unlink(missing_ok=True)
         lock.release()
 
 

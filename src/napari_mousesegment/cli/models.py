@@ -11,14 +11,6 @@ def _size(n: int) -> str:
     return "-" if n == 0 else f"{n / 1e6:.1f} MB"
 
 
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Columns padded to their widest cell."""
-    table = [header, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -28,8 +20,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
-    print_table(("name", "kind", "organs", "version", "source", "size"),
-                [(r.name, r.kind, ",".join(r.organs), r.version, r.source, _size(r.size_bytes)) for r in rows])
+    header = ("name", "kind", "organs", "version", "source", "size")
+    table = [header] + [(r.name, r.kind, ",".join(r.organs), r.version, r.source, _size(r.size_bytes)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     print(f"(user models: {home()})")
     return 0
 

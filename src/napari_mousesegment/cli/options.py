@@ -44,13 +44,15 @@ def shape(text: str) -> tuple[int, int, int]:
 
 def grid(text: str) -> tuple[int, int]:
     """``--grid``: a montage grid RxC, e.g. 5x7."""
+    from ..io.composites import parse_grid
+
     try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"grid must look like 5x7, got {text!r}") from None
-    if rows < 1 or cols < 1:
-        raise argparse.ArgumentTypeError(f"grid must be at least 1x1, got {text!r}")
-    return rows, cols
+        value = parse_grid(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value is None:
+        raise argparse.ArgumentTypeError("grid must look like 5x7, got ''")
+    return value
 
 
 def organs(text: str) -> list[str]:
@@ -125,9 +127,9 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 @contextmanager
 def warnings_to_stderr(show: bool = True) -> Iterator[None]:
     """Show the warnings of the block as ``warning: ...`` lines on stderr after it ends (none when
-    ``show`` is false)."""
+    ``show`` is false); a warning repeated from the same place with the same text is shown once."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")
         try:
             yield
         finally:

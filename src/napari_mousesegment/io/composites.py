@@ -122,6 +122,20 @@ def split_montage(image: np.ndarray, grid: tuple[int, int] | None = None) -> tup
     return frames, (len(rows), len(cols))
 
 
+def parse_grid(text: str) -> tuple[int, int] | None:
+    """A montage grid written RxC (``5x7``); None for an empty text (detect it)."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    try:
+        rows, cols = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise ValueError(f"grid must look like 5x7, got {text!r}") from None
+    if rows < 1 or cols < 1:
+        raise ValueError(f"grid must be at least 1x1, got {text!r}")
+    return rows, cols
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
     """RGB(A) to gray; exact when the channels are equal, as in exported B-mode images."""
     rgb = image[..., :3]

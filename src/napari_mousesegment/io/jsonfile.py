@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
+
 
 def read_object(path: str | os.PathLike, what: str = "a JSON object") -> dict[str, Any]:
     """The JSON object (a dict) in ``path``, or a ValueError naming the file and the problem."""
@@ -27,8 +29,4 @@ def read_object(path: str | os.PathLike, what: str = "a JSON object") -> dict[st
 
 def write_object(path: str | os.PathLike, value: dict[str, Any]) -> Path:
     """Write ``value`` as indented JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))

@@ -17,21 +17,16 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .atomic import write_atomic
+
 #: Length units ImageJ writes in a TIFF's ``unit``, in mm.
 UNITS_MM = {"mm": 1.0, "micron": 1e-3, "µm": 1e-3, "um": 1e-3, "cm": 10.0}
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def write_tiff(path: str | os.PathLike, volume: np.ndarray, spacing: tuple[float, float, float]) -> Path:
     """Write a (z, y, x) volume as an ImageJ TIFF with its spacing in mm (Fiji reads it)."""
     dz, dy, dx = (float(s) for s in spacing)
-    return _atomic(Path(path), lambda tmp: tifffile.imwrite(
+    return write_atomic(path, lambda tmp: tifffile.imwrite(
         tmp, np.ascontiguousarray(volume), imagej=True, resolution=(1 / dx, 1 / dy),
         metadata={"axes": "ZYX", "spacing": dz, "unit": "mm"}))
 
@@ -64,7 +59,7 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, compress: bool = Fa
     ``compress`` uses deflate (ImageJ reads it), which shrinks mostly-empty label stacks ~1000x.
     """
     frames = np.asarray(frames)
-    return _atomic(Path(path), lambda tmp: tifffile.imwrite(
+    return write_atomic(path, lambda tmp: tifffile.imwrite(
         tmp, frames, imagej=True, metadata={"axes": "ZYX" if frames.ndim == 3 else "YX"},
         compression="zlib" if compress else None))
 
@@ -72,7 +67,7 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, compress: bool = Fa
 def write_array(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Write an array exactly as it is (any dtype; one gray page per frame, even for 3 or 4 frames),
     deflate-compressed."""
-    return _atomic(Path(path), lambda tmp: tifffile.imwrite(tmp, np.asarray(array), compression="zlib",
+    return write_atomic(path, lambda tmp: tifffile.imwrite(tmp, np.asarray(array), compression="zlib",
                                                              photometric="minisblack"))
 
 

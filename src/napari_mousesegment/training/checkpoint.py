@@ -9,7 +9,6 @@ history, split) and config.json (the model config, which a resume must match).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +17,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io.atomic import write_atomic
 from ..models.folder import save_model
 from .curves import plot_history, write_history
 
 
 class TrainingError(ValueError):
     """Training cannot go on: a diverged loss, a checkpoint that does not fit, a changed split."""
-
-
-def atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def stop_reason(should_stop: Callable[[], bool], started: float, max_minutes: float | None) -> str | None:
@@ -61,10 +54,10 @@ def save_checkpoint(checkpoint_dir: Path, model: torch.nn.Module, optimizer: tor
                     scheduler: Any, state: dict) -> None:
     """Weights, optimizer and scheduler, then state.json last: a checkpoint is whole or absent."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic(checkpoint_dir / "last.safetensors", lambda p: save_file(weights, str(p)))
-    atomic(checkpoint_dir / "optimizer.pt",
+    write_atomic(checkpoint_dir / "last.safetensors", lambda p: save_file(weights, str(p)))
+    write_atomic(checkpoint_dir / "optimizer.pt",
            lambda p: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, p))
-    atomic(checkpoint_dir / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
+    write_atomic(checkpoint_dir / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
 
 
 def load_checkpoint(checkpoint_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -89,6 +89,12 @@ def epoch_order(n: int, epoch: int, seed: int, ranks: Ranks) -> np.ndarray:
     return np.fromiter(iter(sampler), dtype=np.int64)
 
 
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, ranks: Ranks) -> list[np.ndarray]:
+    """This rank's share of an epoch (:func:`epoch_order`) in batches of ``batch_size`` sample indices."""
+    order = epoch_order(n, epoch, seed, ranks)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def sum_over_ranks(values: list[float], ranks: Ranks) -> list[float]:
     """Element-wise sums of per-rank figures (losses, counts)."""
     if not ranks.distributed:

@@ -70,7 +70,7 @@ def autocast(device: torch.device):
 def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, where: str) -> float:
     """One optimisation step on ``loss``; a loss that is not finite stops training with an error naming ``where``."""
     if not torch.isfinite(loss):
-        raise TrainingError(f"{where}: loss became {float(loss)}; lower --lr")
+        raise TrainingError(f"{where}: loss became {float(loss.detach())}; lower --lr")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -132,8 +132,8 @@ class MOSnetRecipe:
         return {}
 
     def batches(self, epoch: int) -> list[np.ndarray]:
-        order = distributed.epoch_order(len(self.train.images), epoch, self.settings.seed, self.ranks)
-        return [order[i:i + self.settings.batch_size] for i in range(0, len(order), self.settings.batch_size)]
+        return distributed.epoch_batches(len(self.train.images), self.settings.batch_size, epoch, self.settings.seed,
+                                         self.ranks)
 
     def step(self, idx: np.ndarray) -> Step:
         return batch_loss(self.net, _to_device(self.train, idx, self.device), self.beta, self.settings.recon_weight)

@@ -174,8 +174,8 @@ class UNetRecipe:
         return {"stage": "finetune" if finetune else "train"}
 
     def batches(self, epoch: int) -> list[np.ndarray]:
-        order = distributed.epoch_order(len(self.train_f), epoch, self.settings.seed, self.ranks)
-        return [order[i:i + self.settings.batch_size] for i in range(0, len(order), self.settings.batch_size)]
+        return distributed.epoch_batches(len(self.train_f), self.settings.batch_size, epoch, self.settings.seed,
+                                         self.ranks)
 
     def step(self, idx: np.ndarray) -> Step:
         image, mask = crops(self.train_f, self.train_m, idx, self.model.config.image_size, self.rng)

@@ -36,7 +36,7 @@ from ...store import versions as model_versions
 from ...store.load import load_unet
 from ...store.registry import list_models
 from ..layers import us_labels_layer
-from .base import Job, JobWidget
+from .base import Job, JobWidget, installed
 from .edits import show_result
 from .loss_plot import LossPlot
 from .threads import run_reporting
@@ -51,14 +51,15 @@ class ActiveLearningWidget(JobWidget):
     """The active-learning loop in napari (ultrasound corrections; micro-CT ones can be queued)."""
 
     job_name = "active learning"
+    cancelled_status = "cancelled; the queue and the current version are as they were"
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
         self._queue_dir = FileEdit(label="queue folder", mode="d", value=str(DEFAULT_QUEUE))
-        self._image = ComboBox(label="image", choices=self._layers_of("Image"))
-        self._labels = ComboBox(label="corrected labels", choices=self._layers_of("Labels"))
+        self._image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
+        self._labels = ComboBox(label="corrected labels", choices=lambda _: self._layers("Labels"))
         self._organ = ComboBox(label="organ", choices=list(US_ORGANS))
-        self._model = ComboBox(label="model", choices=lambda _: self._model_names())
+        self._model = ComboBox(label="model", choices=lambda _: installed("unet"))
         self._send = PushButton(text="Send correction to queue")
         self._items = Table(value={"id": [], "state": [], "organ": [], "model": [], "touched": []})
         self._rank = PushButton(text="Rank frames to correct next")
@@ -93,18 +94,6 @@ class ActiveLearningWidget(JobWidget):
         self.refresh()
 
     # -- choices -----------------------------------------------------------------------------
-    def _layers_of(self, kind: str):
-        def choices(_=None) -> list:
-            import napari.layers
-
-            cls = getattr(napari.layers, kind)
-            return [layer for layer in self.viewer.layers if isinstance(layer, cls)]
-        return choices
-
-    @staticmethod
-    def _model_names() -> list[str]:
-        return [m.name for m in list_models() if m.kind == "unet" and m.source != "registry"]
-
     def _versioned(self) -> list[str]:
         return [m.name for m in list_models() if m.source == "user" and model_versions.versions(m.name)]
 
@@ -237,10 +226,12 @@ class ActiveLearningWidget(JobWidget):
         The job's result is the :class:`~...active.process.WorkerPass`; when its last round promoted
         a version, the current image is predicted with it as a new layer (a second job).
         """
-        self._plot.clear()
         job = self._start(self._run_worker, str(self.queue.root), show=self._show_pass, name="retraining",
                           buttons=self._starters())
-        return job.then(self._after_pass) if job is not None else None
+        if job is None:
+            return None
+        self._plot.clear()  # before the first epoch arrives: progress comes through the event loop
+        return job.then(self._after_pass)
 
     @thread_worker(ignore_errors=True)
     def _run_worker(self, queue_dir: str, stop):
@@ -248,10 +239,10 @@ class ActiveLearningWidget(JobWidget):
 
     def _on_progress(self, event: tuple) -> None:
         super()._on_progress(event)
-        if len(event) > 2:  # a round's epoch and loss
-            epoch, epochs, loss = event
+        if len(event) > 2:  # a round's epoch, loss and ETA
+            epoch, epochs, loss, eta_s = event
             self._plot.add(epoch, loss)
-            self._status.value = f"retraining: epoch {epoch}/{epochs}, loss {loss:.4f}"
+            self._status.value = f"retraining: epoch {epoch}/{epochs}, loss {loss:.4f}, ETA {eta_s:.0f} s"
 
     def _show_pass(self, result: WorkerPass) -> WorkerPass:
         self.refresh()
@@ -291,7 +282,8 @@ class ActiveLearningWidget(JobWidget):
         return self.repredicted
 
     def _starters(self) -> tuple[PushButton, ...]:
-        return (self._send, self._rank, self._retrain, self._promote, self._rollback)
+        """The buttons a job disables; Send stays, so corrections can be queued while a round runs."""
+        return (self._rank, self._retrain, self._promote, self._rollback)
 
     # -- versions ----------------------------------------------------------------------------
     def refresh_versions(self, _=None) -> None:

@@ -17,6 +17,13 @@ from napari.utils.notifications import show_error, show_info
 from .threads import ActivityProgress, stop_and_wait
 
 
+def installed(kind: str) -> list[str]:
+    """Names of the installed models of a kind ("mosnet" or "unet"), for the model boxes."""
+    from ...store.registry import list_models
+
+    return [m.name for m in list_models() if m.kind == kind and m.source != "registry"]
+
+
 class Job(Future):
     """A widget's background job, for scripts: :meth:`wait` for its result, or :meth:`then` chain on it.
 
@@ -26,9 +33,18 @@ class Job(Future):
     :meth:`then` callback.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, stop: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.name = name
+        self._stop = stop
+
+    def cancel(self) -> bool:
+        """Ask the running job to stop at its next batch; it then ends with InterruptedError.
+        False when it has already ended."""
+        if self.done():
+            return False
+        self._stop()
+        return True
 
     def then(self, fn: Callable[[Any], Any]) -> Job:
         """Call ``fn(result)`` on the GUI thread once the job succeeds (at once if it already has)."""
@@ -68,6 +84,8 @@ class JobWidget(Container):
     """
 
     job_name = "job"
+    #: the status line after a cancel
+    cancelled_status = "cancelled; no layer was changed"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -77,8 +95,8 @@ class JobWidget(Container):
         self._status = Label(value="")
         self._cancel.clicked.connect(self.cancel)
         self._activity = ActivityProgress(self.job_name)
-        self._running: dict = {}  # the running worker and its stop flag, for when the viewer closes
-        self.native.destroyed.connect(partial(stop_and_wait, self._running))
+        self._running: dict = {}  # the running worker, its stop flag and its job, for when the viewer closes
+        self.native.destroyed.connect(partial(_closed, self._running))
         self._stop: threading.Event | None = None
         self._buttons: list[PushButton] = []
         self.worker = None
@@ -106,6 +124,13 @@ class JobWidget(Container):
             self._stop.set()
             self._status.value = "cancelling…"
 
+    def _layers(self, kind: str) -> list:
+        """The viewer's layers of a napari layer class ("Image", "Labels"), for the choice boxes."""
+        import napari.layers
+
+        cls = getattr(napari.layers, kind)
+        return [layer for layer in self.viewer.layers if isinstance(layer, cls)]
+
     def _start(self, make_worker: Callable, *args: Any, show: Callable[[Any], Any], name: str | None = None,
                buttons: tuple[PushButton, ...] = ()) -> Job | None:
         """Start ``make_worker(*args, stop)`` (a napari thread_worker) and return its :class:`Job`.
@@ -117,8 +142,8 @@ class JobWidget(Container):
         if self.busy:
             show_error(f"{name}: wait for {self.job.name} to finish, or cancel it")
             return None
-        job = Job(name)
         self._stop = stop = threading.Event()
+        job = Job(name, self.cancel)
         self.worker = worker = make_worker(*args, stop)
         outcome: dict[str, Any] = {}
         worker.returned.connect(lambda value: outcome.setdefault("value", value))
@@ -126,7 +151,7 @@ class JobWidget(Container):
         if hasattr(worker, "yielded"):
             worker.yielded.connect(self._on_progress)
         worker.finished.connect(lambda: self._finish(job, outcome, show))
-        self._running.update(worker=worker, stop=stop)
+        self._running.update(worker=worker, stop=stop, job=job)
         self._buttons = [*buttons]
         for button in self._buttons:
             button.enabled = False
@@ -157,9 +182,17 @@ class JobWidget(Container):
             except Exception as exc:  # noqa: BLE001  (showing failed: reported like a failed job)
                 error = exc
         if isinstance(error, InterruptedError):
-            self._status.value = "cancelled; no layer was changed"
+            self._status.value = self.cancelled_status
             show_info(f"{job.name} cancelled")
         else:
             self._status.value = f"failed: {error}"
             show_error(f"{job.name} failed: {error}")
         job.set_exception(error)
+
+
+def _closed(running: dict, *_: Any) -> None:
+    """The viewer closed under a job: stop it, and end its Job so no script waits for it forever."""
+    stop_and_wait(running)
+    job = running.get("job")
+    if job is not None and not job.done():
+        job.set_exception(InterruptedError(f"{job.name}: the viewer was closed"))

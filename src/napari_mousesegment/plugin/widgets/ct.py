@@ -25,18 +25,14 @@ from ...metrics import volume_mm3
 from ...models.folder import ModelError
 from ...models.preprocess import pick_device
 from ...store.load import load_mosnet
-from ...store.registry import list_models, model_config
+from ...store.registry import model_config
 from ..layers import ct_labels_layer
-from .base import Job, JobWidget
+from .base import Job, JobWidget, installed
 from .edits import show_result
 from .threads import run_reporting
 
 if TYPE_CHECKING:
     import napari
-
-
-def _mosnet_names() -> list[str]:
-    return [m.name for m in list_models() if m.kind == "mosnet" and m.source != "registry"]
 
 
 def check_ct_layer(layer) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -62,8 +58,8 @@ class CTWidget(JobWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
-        self._image = ComboBox(label="image (HU)", choices=self._images)
-        names = _mosnet_names()
+        self._image = ComboBox(label="image (HU)", choices=lambda _: self._layers("Image"))
+        names = installed("mosnet")
         self._model = ComboBox(label="model", choices=names, value=names[0] if names else None)
         self._folder = FileEdit(label="or folder", mode="d", value="")
         self._meta: dict = {}
@@ -83,11 +79,6 @@ class CTWidget(JobWidget):
         self.result_layer = None
         self.volumes: list[dict] = []  #: the last run's organ volumes: organ, volume_mm3, voxels
         self._load_model_info()
-
-    def _images(self, _=None) -> list:
-        from napari.layers import Image
-
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     # -- the inputs, for scripts -------------------------------------------------------------
     @property
@@ -193,7 +184,7 @@ class CTWidget(JobWidget):
         labels, organs, spacing, source, model_spec, condition = result
         data, kwargs, _ = ct_labels_layer(labels, organs, spacing, f"{source.name} organs ({model_spec})")
         kwargs["translate"] = tuple(source.translate)
-        kwargs["metadata"].update(model=model_spec, condition=condition, spacing_mm=tuple(spacing))
+        kwargs["metadata"].update(model=model_spec, condition=condition, spacing_mm=tuple(spacing), source=source.name)
         self.result_layer = show_result(self.viewer, self.result_layer, data, kwargs)
         self.volumes = [{"organ": o, "volume_mm3": round(volume_mm3(labels == v, spacing), 2),
                          "voxels": int((labels == v).sum())} for o, v in organs.items()]

@@ -34,9 +34,11 @@ def set_labels(layer: Any, labels: np.ndarray) -> None:
 
 
 def show_result(viewer: Any, old: Any, data: np.ndarray, kwargs: dict) -> Any:
-    """A widget's new Labels result: it replaces ``old`` (the widget's previous result) only while the
-    user has not edited that layer; otherwise it arrives as a new layer and ``old`` stays as it is."""
+    """A widget's new Labels result: it replaces ``old`` (the widget's previous result) only when
+    that was made from the same image (``metadata["source"]``) and the user has not edited it;
+    otherwise it arrives as a new layer and ``old`` stays as it is."""
     kwargs["metadata"]["prediction"] = np.array(data, copy=True)
-    if old is not None and old in viewer.layers and not is_edited(old):
+    if (old is not None and old in viewer.layers and not is_edited(old)
+            and (old.metadata or {}).get("source") == kwargs["metadata"].get("source")):
         viewer.layers.remove(old)
     return viewer.add_labels(data, **kwargs)

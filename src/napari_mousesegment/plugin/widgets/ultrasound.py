@@ -26,14 +26,13 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 # Imported with the widget, not during a run (an import in a worker thread stalls the viewer).
 from ...inference.ultrasound import instances, predict_probabilities
-from ...io.composites import read_composite, split_montage, to_gray
+from ...io.composites import parse_grid, read_composite, split_montage, to_gray
 from ...io.roi import read_rois, rois_to_labels
 from ...jobs.rois import write_rois
 from ...organs import US_FRAMES, US_ORGANS
 from ...store.load import load_unet
-from ...store.registry import list_models
 from ..layers import us_labels_layer
-from .base import Job, JobWidget
+from .base import Job, JobWidget, installed
 from .edits import is_edited, set_labels, show_result
 from .threads import run_reporting
 
@@ -62,21 +61,6 @@ def frames_from_layer(layer, grid: tuple[int, int] | None = None) -> tuple[np.nd
     return data, note
 
 
-def parse_grid(text: str) -> tuple[int, int] | None:
-    """A montage grid typed as RxC (empty: detect it)."""
-    text = text.strip().lower()
-    if not text:
-        return None
-    rows, _, cols = text.partition("x")
-    try:
-        grid = int(rows), int(cols)
-    except ValueError:
-        raise ValueError(f"grid must look like 5x7, got {text!r}") from None
-    if min(grid) < 1:
-        raise ValueError(f"grid must be at least 1x1, got {text!r}")
-    return grid
-
-
 class UltrasoundWidget(JobWidget):
     """Split a composite, run the organ U-Nets, tune the threshold, export and import RoiSets."""
 
@@ -85,7 +69,7 @@ class UltrasoundWidget(JobWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
         self._probabilities: dict[str, np.ndarray] = {}
-        self._source = ComboBox(label="composite layer", choices=self._images)
+        self._source = ComboBox(label="composite layer", choices=lambda _: self._layers("Image"))
         self._file = FileEdit(label="or file", mode="r", filter="*.tif *.tiff *.png *.jpg *.jpeg", value="")
         self._grid = LineEdit(label="grid RxC", value="")
         self._split = PushButton(text="Split into frames")
@@ -114,15 +98,9 @@ class UltrasoundWidget(JobWidget):
         self._min_size: dict[str, int] = {}
         self.thresholds: dict[str, float] = {}
 
-    def _images(self, _=None) -> list:
-        from napari.layers import Image
-
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-
     @staticmethod
     def _unet_names(organ: str, _=None) -> list[str]:
-        rows = [m for m in list_models() if m.kind == "unet" and m.source != "registry"]
-        return sorted((m.name for m in rows), key=lambda n: (organ not in n, n))
+        return sorted(installed("unet"), key=lambda n: (organ not in n, n))
 
     # -- the inputs, for scripts -------------------------------------------------------------
     @property
@@ -218,26 +196,27 @@ class UltrasoundWidget(JobWidget):
         if self.frames_layer is None or self.frames_layer not in self.viewer.layers:
             if self.split() is None:
                 return None
-        return self._start(self._predict, np.asarray(self.frames_layer.data), chosen, show=self._show,
-                           buttons=(self._run, self._split))
+        return self._start(self._predict, np.asarray(self.frames_layer.data), chosen, self.frames_layer.name,
+                           show=self._show, buttons=(self._run, self._split))
 
     @thread_worker(ignore_errors=True)  # errors reach the job as a message, not a crash
-    def _predict(self, frames: np.ndarray, models: dict[str, str], stop):
+    def _predict(self, frames: np.ndarray, models: dict[str, str], source: str, stop):
         results = {}
         for organ, spec in models.items():
             model, config, _ = load_unet(spec)
             prob = yield from run_reporting(predict_probabilities, stop, model, frames)
             results[organ] = (spec, prob, config.threshold, config.min_size,
                               instances(prob, config.threshold, config.min_size))
-        return results
+        return results, source
 
-    def _show(self, results) -> dict[str, Any]:
+    def _show(self, outcome) -> dict[str, Any]:
+        results, source = outcome
         for organ, (spec, prob, threshold, min_size, labels) in results.items():
             self._probabilities[organ], self._min_size[organ] = prob, min_size
             self.thresholds[organ] = threshold
             data, kwargs, _ = us_labels_layer(labels, organ, f"{organ} instances")
             # What the correction starts from: the active-learning widget sends only the frames that differ.
-            kwargs["metadata"]["model"] = spec
+            kwargs["metadata"].update(model=spec, source=source)
             self.organ_layers[organ] = show_result(self.viewer, self.organ_layers.get(organ), data, kwargs)
         self._threshold_organ.reset_choices()
         self._threshold_organ.value = next(iter(results))
@@ -269,7 +248,8 @@ class UltrasoundWidget(JobWidget):
         labels = instances(self._probabilities[organ], value, self._min_size[organ])
         if is_edited(layer):
             data, kwargs, _ = us_labels_layer(labels, organ, f"{organ} instances (threshold {value:.2f})")
-            kwargs["metadata"].update(model=layer.metadata.get("model"), prediction=labels.copy())
+            kwargs["metadata"].update(model=layer.metadata.get("model"), source=layer.metadata.get("source"),
+                                      prediction=labels.copy())
             self.organ_layers[organ] = self.viewer.add_labels(data, **kwargs)
             self._status.value = (f"{organ}: {layer.name!r} holds your edits and is kept; threshold {value:.2f} "
                                   f"went to a new layer")
