@@ -12,12 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..io.readers import SCAN_SUFFIXES as SCAN_FORMATS
+from ..io.readers import TIFF_SUFFIXES
 from ..io.readers import suffix as _suffix
 from ..io.rosenhain import is_scan_folder
 from .layers import LayerData
 
 Reader = Callable[[Any], list[LayerData]]
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".gff", ".segff")  # TIFFs are ultrasound stacks to napari
+#: The scan formats this reader claims: every one io.readers reads but TIFF (a TIFF is an ultrasound stack to napari).
+SCAN_SUFFIXES = tuple(s for s in SCAN_FORMATS if s not in TIFF_SUFFIXES)
 COMPOSITE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
