@@ -82,11 +82,16 @@ def test_bad_scans_name_the_file(tmp_path):
     write_tiff(tmp_path / "nan.tif", nan, (0.28,) * 3)
     with pytest.raises(ValueError, match="NaN"):
         read_scan(tmp_path / "nan.tif")
+    (tmp_path / "x.mha").write_text("x")
+    with pytest.raises(ValueError, match="x.mha: unsupported"):
+        read_scan(tmp_path / "x.mha")
     (tmp_path / "x.dcm").write_text("x")
-    with pytest.raises(ValueError, match="unsupported"):
+    with pytest.raises(ValueError, match="x.dcm: .*DICOM"):
         read_scan(tmp_path / "x.dcm")
-    with pytest.raises(ValueError, match="not a Rosenhain"):
-        read_scan(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty: not a scan folder"):
+        read_scan(empty)
 
 
 def test_gff_spacing_comes_back_in_zyx_order(tmp_path):

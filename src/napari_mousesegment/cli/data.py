@@ -57,7 +57,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_dataset_ct(args: argparse.Namespace) -> int:
     from ..data.ct_dataset import convert_ct_dataset
 
-    root = convert_ct_dataset(args.sources, args.out, args.condition, args.spacing)
+    if args.labels and len(args.labels) != len(args.sources):
+        raise ValueError(f"give one --labels per scan: {len(args.sources)} scan(s), {len(args.labels)} --labels")
+    root = convert_ct_dataset(args.sources, args.out, args.condition, args.spacing, labels=args.labels or None,
+                              hu=args.hu, series=args.series)
     print(f"dataset written to {root}")
     return 0
 
@@ -111,11 +114,14 @@ def add_dataset_commands(dataset_sub) -> None:
     """``dataset ct`` and ``dataset ultrasound``."""
     dct = dataset_sub.add_parser("ct", help="micro-CT scans with organ labels")
     dct.add_argument("sources", nargs="+", type=Path,
-                     help="TIFF, NIfTI, Analyze, GFF files or Rosenhain scan folders (with labels)")
+                     help="scans with labels (GFF/SEGFF files, Rosenhain folders), or any scan `predict ct` reads "
+                          "with its --labels")
     dct.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     dct.add_argument("--condition", required=True, help="native, contrast or a new condition name")
-    dct.add_argument("--spacing", type=options.spacing, default=None,
-                     help="voxel size Z,Y,X in mm for files without one")
+    dct.add_argument("--labels", type=Path, action="append", default=[],
+                     help="the organ labels of each scan, in order (TIFF or NIfTI on the scan's grid, organ names "
+                          "from a labels.json or .ctbl beside it, as `predict ct` writes them)")
+    options.add_scan_options(dct)
     dct.set_defaults(func=_cmd_dataset_ct)
 
     dus = dataset_sub.add_parser("ultrasound", help="annotated series folders (lab layout) into a dataset folder")

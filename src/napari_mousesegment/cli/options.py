@@ -32,6 +32,27 @@ def spacing(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def hu(text: str) -> str | tuple[float, float]:
+    """``--hu``: ``auto``, or AIR,WATER raw grey values that become -1000 and 0 HU."""
+    from ..io.hu import parse_hu
+
+    try:
+        return parse_hu(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_scan_options(parser) -> None:
+    """``--spacing``, ``--hu`` and ``--series``: how to read a micro-CT scan, for every command that reads one."""
+    parser.add_argument("--spacing", type=spacing, default=None,
+                        help="voxel size Z,Y,X in mm (one number for all three) when the file lacks it")
+    parser.add_argument("--hu", type=hu, default=None, metavar="AIR,WATER|auto",
+                        help="grey values are not HU (SkyScan, raw TIFF): map the raw values of air and water to "
+                             "-1000 and 0 HU, or 'auto' to find air and soft tissue in the histogram")
+    parser.add_argument("--series", default=None, metavar="UID",
+                        help="the DICOM series to read when a folder holds several")
+
+
 def shape(text: str) -> tuple[int, int, int]:
     """``--shape``: N,H,W of a stack (or H,W of one frame)."""
     values = numbers(text, int, "shape", "35,240,320")

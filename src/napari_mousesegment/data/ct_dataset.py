@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.jsonfile import read_object, write_object
-from ..io.readers import read_scan
+from ..io.readers import read_label_map, read_scan
 from ..io.scan import case_name
 from ..io.tiff import read_tiff, write_tiff
 from ..organs import CT_DATASET_ORGANS, CT_ORGANS
@@ -130,10 +130,13 @@ def write_ct_case(dataset: str | os.PathLike, case: str, scan: CTPhantom, name: 
 
 
 def convert_ct_dataset(sources: list[str | os.PathLike], out: str | os.PathLike, condition: str,
-                       spacing: tuple[float, float, float] | None = None, log=print) -> Path:
+                       spacing: tuple[float, float, float] | None = None, log=print,
+                       labels: list[str | os.PathLike] | None = None, hu=None, series: str | None = None) -> Path:
     """Convert scans with labels (any format :func:`~napari_mousesegment.io.readers.read_scan`
     reads) into a dataset folder, renumbering organs to :data:`CT_ORGANS`.
 
+    A scan's labels come from the scan itself (GFF/SEGFF, Rosenhain folders) or from ``labels``,
+    one label map per scan on its grid (see :func:`~napari_mousesegment.io.readers.read_label_map`).
     The dataset annotates the organs every scan annotates; an organ missing from some scans'
     class lists is left out, with a message, rather than being taught as background.
     """
@@ -141,8 +144,12 @@ def convert_ct_dataset(sources: list[str | os.PathLike], out: str | os.PathLike,
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty; choose another --out")
     scans = []
-    for src in sources:
-        scan = read_scan(src, spacing)
+    for k, src in enumerate(sources):
+        scan = read_scan(src, spacing, hu=hu, series=series)
+        if labels is not None and scan.image is not None:
+            scan.labels, scan.organs = read_label_map(labels[k], scan)
+            if scan.organs is None:
+                raise ValueError(f"{labels[k]}: no organ names beside it (a labels.json or .ctbl, as predict writes)")
         if scan.image is None or scan.labels is None or not scan.organs:
             raise ValueError(f"{src}: needs both an image and organ labels to join a dataset")
         scans.append((Path(src), scan))

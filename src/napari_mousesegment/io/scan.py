@@ -9,19 +9,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .geometry import Geometry
 
 
 @dataclass
 class Scan:
     """A volume read from disk, (z, y, x), with what the file says about it."""
 
-    image: np.ndarray | None  #: HU, or None for a label map alone (e.g. a .segff)
+    image: Any  #: numpy or (lazy) dask array in HU, or None for a label map alone (e.g. a .segff)
     spacing: tuple[float, float, float] | None  #: mm
     labels: np.ndarray | None = None
     organs: dict[str, int] | None = None  #: our organ name -> label value in ``labels``
     source: str = ""
+    geometry: Geometry | None = None  #: the file's own grid and affine, for outputs in its geometry
+    calibrated: bool = True  #: False when the grey values are not HU (SkyScan): see :mod:`.hu`
 
 
 def case_name(path: str | os.PathLike) -> str:
@@ -62,3 +67,12 @@ def orient_body(scan: Scan) -> Scan:
             labels = labels[::-1, :, ::-1]
     return Scan(None if image is None else np.ascontiguousarray(image), spacing,  # type: ignore[arg-type]
                 None if labels is None else np.ascontiguousarray(labels), scan.organs, scan.source)
+
+
+def load(array: Any) -> np.ndarray:
+    """A numpy array of ``array`` (numpy, memory-mapped or dask). A dask array is computed in this
+    thread (the synchronous scheduler): inside a Dask worker, or a napari thread, nothing is sent to
+    another scheduler, and file handles in the graph never need pickling."""
+    if hasattr(array, "compute"):
+        return np.asarray(array.compute(scheduler="synchronous"))
+    return np.asarray(array)
