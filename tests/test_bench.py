@@ -40,7 +40,11 @@ def test_quick_benchmark_reports_every_section(tmp_path):
     scaling = results["scaling"]
     assert [scaling[f"x{f}_slices"] for f in (1, 2, 4)] == [scaling["x1_slices"] * f for f in (1, 2, 4)]
     assert all(_positive(scaling[f"x{f}_seconds"]) for f in (1, 2, 4))
-    for section in ("ct", "ultrasound", "train", "active", "scaling"):
+    big = results["bigscan"]
+    assert big["size_ratio_full_vs_quarter"] == pytest.approx(4, rel=0.01)
+    assert all(_positive(big[f"{n}_{k}"]) for n in ("quarter", "full") for k in ("seconds", "peak_rss_mb", "gb"))
+    assert big["full_labelled_fraction"] > 0  # the streamed labels.tif holds organs
+    for section in ("ct", "ultrasound", "train", "active", "scaling", "bigscan"):
         assert f"## {section}" in run.stdout
 
 

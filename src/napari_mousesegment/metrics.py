@@ -59,7 +59,13 @@ def volume_mm3(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
 def write_volumes_csv(path: str | os.PathLike, labels: np.ndarray, organs: dict[str, int],
                       spacing: tuple[float, ...]) -> None:
     """Organ volumes of a label volume as CSV: organ, voxels, mm3."""
-    counts = np.bincount(labels.ravel(), minlength=max(organs.values()) + 1)
+    write_counts_csv(path, np.bincount(labels.ravel(), minlength=max(organs.values()) + 1), organs, spacing)
+
+
+def write_counts_csv(path: str | os.PathLike, counts: np.ndarray, organs: dict[str, int],
+                     spacing: tuple[float, ...]) -> None:
+    """Organ volumes from voxel counts per label value (``counts[value]``) as CSV: organ, voxels, mm3."""
+    counts = np.pad(counts, (0, max(0, max(organs.values()) + 1 - len(counts))))
     voxel = float(np.prod(spacing))
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)

@@ -37,9 +37,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return options.exit_code(predict_ct_batch(
             args.scans, args.model, args.condition, args.out, workers=args.workers, scheduler=args.scheduler,
             overwrite=args.overwrite, spacing=args.spacing, device=args.device, cleanup=args.cleanup,
-            batch_size=args.batch_size, connect_timeout=args.connect_timeout))
+            batch_size=args.batch_size, connect_timeout=args.connect_timeout, hu=args.hu, series=args.series))
     predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device, args.cleanup,
-               batch_size=args.batch_size)
+               batch_size=args.batch_size, hu=args.hu, series=args.series)
     return 0
 
 
@@ -97,12 +97,12 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
 
     pct = predict_sub.add_parser("ct", help="micro-CT scans with MOSnet")
     pct.add_argument("scans", type=Path, nargs="+",
-                     help="scans in HU: TIFF, NIfTI, Analyze, GFF or Rosenhain scan folders")
+                     help="scans: TIFF, OME-TIFF, NIfTI, Analyze, GFF or DICOM files; DICOM, SkyScan, OME-Zarr "
+                          "or Rosenhain folders (see docs/scanner-files.md)")
     pct.add_argument("--model", required=True, help="model name (see `mousesegment models list`) or folder")
     pct.add_argument("--condition", required=True, help="native or contrast (or a condition the model knows)")
     pct.add_argument("--out", type=Path, required=True)
-    pct.add_argument("--spacing", type=options.spacing, default=None,
-                     help="voxel size Z,Y,X in mm when the file lacks it")
+    options.add_scan_options(pct)
     options.add_device(pct)
     pct.add_argument("--cleanup", action="store_true",
                      help="keep the largest piece of single-piece organs, drop fragments under 5 mm3")

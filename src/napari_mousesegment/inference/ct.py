@@ -17,9 +17,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..io.scan import load
 from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
 from ..models.preprocess import PLANE_AXIS, fit_square, model_grid, to_slices, unfit_square, window
+
+#: Bytes of full-resolution probabilities turned into labels at once (a 1024 x 1024 scan with 9
+#: organs holds 38 MB per slice, so one slice at a time; a 128 x 128 one, batch_size slices).
+CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -67,21 +72,38 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], con
             raise InterruptedError("prediction cancelled")
         lo, hi, wt = low[start:start + batch_size], high[start:start + batch_size], weight[start:start + batch_size]
         first = int(lo[0])
-        slab = torch.from_numpy(window(stack[first:int(hi[-1]) + 1], config.window_level, config.window_width))
+        raw = load(stack[first:int(hi[-1]) + 1])  # the one read of this slab (numpy, memmap or dask)
+        slab = torch.from_numpy(window(raw, config.window_level, config.window_width))
         mixed = torch.lerp(slab[lo - first], slab[hi - first], torch.from_numpy(wt)[:, None, None])
         x = _resize(mixed[:, None].to(device), plane)
         x = fit_square(x, config.image_size, "bilinear").contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = net.segment(x, cond.expand(len(x)), borrowed)
-        del x, mixed, slab  # nothing of this slab outlives its probabilities (bounded memory)
+        del x, mixed, slab, raw  # nothing of this slab outlives its probabilities (bounded memory)
         probs = _resize(unfit_square(logits.float().sigmoid_(), *plane), (h, w))
         del logits
         yield probs
 
 
-def predict_volume(
+def _check(model: MOSnet, image, spacing, condition: str, batch_size: int | None) -> int:
+    """The batch size to use, after refusing what the predictor cannot segment."""
+    config = model.config
+    if image.ndim != 3:
+        raise ValueError(f"expected a 3D (z, y, x) volume, got shape {tuple(image.shape)}")
+    if condition not in config.conditions:
+        raise ValueError(f"condition {condition!r} is unknown to this model; it knows {config.conditions}")
+    if spacing is None or len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive numbers in mm, got {spacing!r}")
+    if batch_size is None:
+        batch_size = 32 if next(model.parameters()).device.type == "cuda" else 4
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return batch_size
+
+
+def iter_labels(
     model: MOSnet,
-    image: np.ndarray,
+    image,
     spacing: tuple[float, float, float],
     condition: str,
     batch_size: int | None = None,
@@ -90,43 +112,30 @@ def predict_volume(
     borrow: bool = True,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-) -> CTPrediction:
-    """Segment a (z, y, x) HU volume with known spacing (mm); the result is on the input grid.
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Labels of successive input slices on the model's plane, as they are ready.
 
-    ``image`` may be a memory-mapped array: it is read one slab at a time. ``batch_size`` slices
-    go through the network at once (default: 4 on a CPU, where larger batches gain little speed
-    and cost about 5 MB per slice at 128 px; 32 on a GPU). ``keep_probabilities`` also returns the
-    per-organ probabilities (2 bytes per organ per voxel). A voxel is labelled with the organ whose
-    probability most exceeds that organ's threshold (in logits): ``threshold`` for every organ, or by
-    default the model's own (:meth:`MOSnetConfig.organ_thresholds`). With ``borrow``, organs that no
-    training dataset of ``condition`` annotated are read under a condition that did
-    (:meth:`MOSnetConfig.borrowed_organs`); without it, every organ is read under ``condition``.
+    Yields ``(start, labels, probabilities)``: ``labels`` (k, ...) uint8 are the input slices
+    ``start .. start + k`` along the plane's axis, ``probabilities`` (M, k, ...) float16 or None.
+    At most ``batch_size`` slices come at a time, so nothing here grows with the scan: a caller
+    may write them out as they come (:func:`predict_volume` gathers them). ``image`` may be a
+    numpy, memory-mapped or dask array; it is read one slab at a time.
     """
     config = model.config
-    if image.ndim != 3:
-        raise ValueError(f"expected a 3D (z, y, x) volume, got shape {image.shape}")
-    if condition not in config.conditions:
-        raise ValueError(f"condition {condition!r} is unknown to this model; it knows {config.conditions}")
-    if spacing is None or len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be three positive numbers in mm, got {spacing!r}")
+    batch_size = _check(model, image, spacing, condition, batch_size)
     device = next(model.parameters()).device
-    if batch_size is None:
-        batch_size = 32 if device.type == "cuda" else 4
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     net = inference_copy(model)
     axis = PLANE_AXIS[config.plane]
     stack = to_slices(image, config.plane)  # a view: slices along axis 0
     grid = model_grid(stack.shape, [spacing[axis], *(s for i, s in enumerate(spacing) if i != axis)],
                       config.spacing_mm)
-    labels = np.zeros(image.shape, np.uint8)
-    label_stack = to_slices(labels, config.plane)
-    probabilities = np.zeros((len(config.organs), *image.shape), np.float16) if keep_probabilities else None
-    prob_stack = np.moveaxis(probabilities, 1 + axis, 1) if probabilities is not None else None
     n, n_model = len(stack), grid[0]
     # Each input slice j reads model slices low[j] and high[j]; emit it once both are computed.
     low, high, weight = linear_taps(n, n_model)
     same_grid = n_model == n  # then input slice j is model slice j: no interpolation, no copies
+    # Input slices labelled at once: at most batch_size, and ~CHUNK_BYTES of float32 probabilities.
+    slice_bytes = 4 * len(config.organs) * int(np.prod(stack.shape[1:]))
+    per_chunk = max(1, min(batch_size, CHUNK_BYTES // slice_bytes))
     done, emitted, tail, tail_start = 0, 0, None, 0
     with torch.inference_mode():
         borrowed = config.borrowed_organs(condition) if borrow else []
@@ -138,20 +147,20 @@ def predict_volume(
             held = slab if tail is None else torch.cat([tail, slab])
             done += len(slab)
             ready = int(np.searchsorted(high, done, side="left"))  # input slices whose taps are all done
-            if ready > emitted:
+            for start in range(emitted, ready, per_chunk):  # a few slices at full size at once
+                stop = min(start + per_chunk, ready)
                 if same_grid:
-                    chunk = held[emitted - tail_start:ready - tail_start]
+                    chunk = held[start - tail_start:stop - tail_start]
                 else:
-                    lo = torch.from_numpy(low[emitted:ready] - tail_start).to(held.device)
-                    hi = torch.from_numpy(high[emitted:ready] - tail_start).to(held.device)
-                    wt = torch.from_numpy(weight[emitted:ready]).to(held.device)[:, None, None, None]
+                    lo = torch.from_numpy(low[start:stop] - tail_start).to(held.device)
+                    hi = torch.from_numpy(high[start:stop] - tail_start).to(held.device)
+                    wt = torch.from_numpy(weight[start:stop]).to(held.device)[:, None, None, None]
                     chunk = torch.lerp(held[lo], held[hi], wt)
-                best = vote(torch.logit(chunk, eps=1e-6), offsets)
-                label_stack[emitted:ready] = best.to(torch.uint8).cpu().numpy()
-                if prob_stack is not None:
-                    prob_stack[:, emitted:ready] = chunk.to(torch.float16).permute(1, 0, 2, 3).cpu().numpy()
-                emitted = ready
-                del chunk, best
+                best = vote(torch.logit(chunk, eps=1e-6), offsets).to(torch.uint8).cpu().numpy()
+                probs = chunk.to(torch.float16).permute(1, 0, 2, 3).cpu().numpy() if keep_probabilities else None
+                del chunk
+                yield start, best, probs
+            emitted = max(emitted, ready)
             # Keep the model slices the next input slice still needs; the next slab starts at `done`
             # (when slices are thicker than two model voxels, the next one may need none of these).
             keep_from = min(int(low[emitted]) if emitted < n else done, done)
@@ -160,4 +169,42 @@ def predict_volume(
             del held, slab
             if progress:
                 progress(done, n_model)
+
+
+def predict_volume(
+    model: MOSnet,
+    image,
+    spacing: tuple[float, float, float],
+    condition: str,
+    batch_size: int | None = None,
+    threshold: float | None = None,
+    keep_probabilities: bool = False,
+    borrow: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> CTPrediction:
+    """Segment a (z, y, x) HU volume with known spacing (mm); the result is on the input grid.
+
+    ``image`` may be a memory-mapped or dask array: it is read one slab at a time. ``batch_size``
+    slices go through the network at once (default: 4 on a CPU, where larger batches gain little
+    speed and cost about 5 MB per slice at 128 px; 32 on a GPU). ``keep_probabilities`` also returns
+    the per-organ probabilities (2 bytes per organ per voxel). A voxel is labelled with the organ
+    whose probability most exceeds that organ's threshold (in logits): ``threshold`` for every
+    organ, or by default the model's own (:meth:`MOSnetConfig.organ_thresholds`). With ``borrow``,
+    organs that no training dataset of ``condition`` annotated are read under a condition that did
+    (:meth:`MOSnetConfig.borrowed_organs`); without it, every organ is read under ``condition``.
+    The whole label volume is kept in memory; :func:`iter_labels` streams it instead.
+    """
+    config = model.config
+    _check(model, image, spacing, condition, batch_size)
+    axis = PLANE_AXIS[config.plane]
+    labels = np.zeros(image.shape, np.uint8)
+    label_stack = to_slices(labels, config.plane)
+    probabilities = np.zeros((len(config.organs), *image.shape), np.float16) if keep_probabilities else None
+    prob_stack = np.moveaxis(probabilities, 1 + axis, 1) if probabilities is not None else None
+    for start, best, probs in iter_labels(model, image, spacing, condition, batch_size, threshold,
+                                          keep_probabilities, borrow, progress, should_stop):
+        label_stack[start:start + len(best)] = best
+        if prob_stack is not None:
+            prob_stack[:, start:start + len(best)] = probs
     return CTPrediction(labels, {o: i + 1 for i, o in enumerate(config.organs)}, probabilities)

@@ -1,6 +1,8 @@
 """The micro-CT jobs behind the CLI and the demo: predict and evaluate, with their output contracts.
 
-    predict:  DIR/<scan stem>/labels.tif, labels.json ({"organs": {name: value}}), volumes.csv
+    predict:  DIR/<scan stem>/labels.tif, labels.json ({"organs": {name: value}}), volumes.csv;
+              for NIfTI, Analyze, DICOM and OME-Zarr inputs also labels.nii.gz (the input's own
+              grid and affine) and labels.ctbl (a 3D Slicer colour table naming the organs)
     evaluate: REPORT_DIR/per_scan.csv, summary.csv, summary.md, dsc.png (see :mod:`.reports`)
 """
 
@@ -15,11 +17,12 @@ import numpy as np
 
 from ..io.scan import case_name
 from ..io.tiff import write_tiff
-from ..metrics import write_rows, write_volumes_csv
+from ..metrics import write_counts_csv, write_rows, write_volumes_csv
 from .outputs import is_complete, mark_complete, staged
 from .reports import summarise, write_summary
 
 if TYPE_CHECKING:
+    from ..io.geometry import Geometry
     from ..models.mosnet import MOSnetConfig
 
 
@@ -35,15 +38,50 @@ def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str
 
 
 CT_OUTPUTS = ["labels.tif", "labels.json", "volumes.csv"]
+#: Written beside CT_OUTPUTS when the input has a geometry of its own (NIfTI, Analyze, DICOM, OME-Zarr).
+GEOMETRY_OUTPUTS = ["labels.nii.gz", "labels.ctbl"]
+
+
+def write_geometry_outputs(folder: Path, labels: np.ndarray, organs: dict[str, int], geometry: Geometry) -> None:
+    """labels.nii.gz on the input's own grid and affine, and labels.ctbl naming its values for Slicer."""
+    from ..io.geometry import write_labels_nifti
+    from ..io.slicer import write_color_table
+    from ..organs import CT_COLORS
+
+    write_labels_nifti(folder / "labels.nii.gz", labels, geometry)
+    write_color_table(folder / "labels.ctbl", {v: (o, CT_COLORS.get(o, "#808080")) for o, v in organs.items()})
+
+
+def stream_labels(folder: Path, slabs, shape: tuple[int, int, int], organs: dict[str, int],
+                  spacing: tuple[float, float, float]) -> None:
+    """labels.tif written slice by slice as the predictor yields them, and volumes.csv from their
+    counts: the label volume is never whole in memory."""
+    import tifffile
+
+    counts = np.zeros(256, np.int64)
+
+    def slices():
+        for _, labels, _ in slabs:
+            counts[:] += np.bincount(labels.ravel(), minlength=256)
+            yield from labels
+
+    dz, dy, dx = spacing
+    tifffile.imwrite(folder / "labels.tif", data=slices(), shape=shape, dtype=np.uint8, imagej=True,
+                     resolution=(1 / dx, 1 / dy), metadata={"axes": "ZYX", "spacing": dz, "unit": "mm"})
+    (folder / "labels.json").write_text(json.dumps({"organs": organs}, indent=2) + "\n")
+    write_counts_csv(folder / "volumes.csv", counts, organs, spacing)
 
 
 def ct_fingerprint(weights_sha256: str, condition: str, cleanup: bool,
-                   spacing: tuple[float, float, float] | None, config: MOSnetConfig) -> str:
+                   spacing: tuple[float, float, float] | None, config: MOSnetConfig,
+                   hu: str | tuple[float, float] | None = None, series: str | None = None) -> str:
     """What made a prediction: the model's weights, its label rule (per-organ thresholds, organs
     read under another condition) and the settings that change its labels."""
     return json.dumps({"weights": weights_sha256, "thresholds": config.organ_thresholds(),
                        "borrowed": config.borrowed_organs(condition), "condition": condition, "cleanup": cleanup,
-                       "spacing": list(spacing) if spacing else None}, sort_keys=True)
+                       "spacing": list(spacing) if spacing else None,
+                       **({"hu": hu if isinstance(hu, str) else list(hu)} if hu is not None else {}),
+                       **({"series": series} if series else {})}, sort_keys=True)
 
 
 def check_case_names(scans: list[str | os.PathLike]) -> None:
@@ -57,22 +95,40 @@ def check_case_names(scans: list[str | os.PathLike]) -> None:
 
 def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | os.PathLike, fingerprint: str,
                     spacing: tuple[float, float, float] | None = None, cleanup: bool = False,
-                    batch_size: int | None = None) -> Path:
-    """Segment one scan with a loaded MOSnet and write OUT/<scan stem>/ (see :mod:`.outputs`)."""
-    from ..inference.ct import predict_volume
+                    batch_size: int | None = None, hu: str | tuple[float, float] | None = None,
+                    series: str | None = None) -> Path:
+    """Segment one scan with a loaded MOSnet and write OUT/<scan stem>/ (see :mod:`.outputs`).
+
+    The scan is read lazily and its labels are written slab by slab, so memory stays bounded by a
+    slab whatever the scan's size; ``cleanup`` (which looks at whole organs) needs the labels whole.
+    """
+    from ..inference.ct import iter_labels, predict_volume
     from ..inference.postprocess import clean_labels
     from ..io.readers import read_scan
 
     scan = Path(scan)
-    volume = read_scan(scan, spacing)
+    volume = read_scan(scan, spacing, hu=hu, series=series, lazy=True)
     if volume.image is None:
         raise ValueError(f"{scan}: holds labels only, no image to segment")
-    result = predict_volume(model, volume.image, volume.spacing, condition, batch_size=batch_size)
-    labels = clean_labels(result.labels, result.organs, volume.spacing) if cleanup else result.labels
+    organs = {o: i + 1 for i, o in enumerate(model.config.organs)}
     target = Path(out) / case_name(scan)
-    with staged(target) as tmp:
-        write_labels(tmp, labels, result.organs, volume.spacing)
-    mark_complete(target, CT_OUTPUTS, {"labels": fingerprint}, source=str(scan))
+    files = CT_OUTPUTS + (GEOMETRY_OUTPUTS if volume.geometry is not None else [])
+    try:
+        with staged(target) as tmp:
+            if cleanup or model.config.plane != "axial":
+                result = predict_volume(model, volume.image, volume.spacing, condition, batch_size=batch_size)
+                labels = clean_labels(result.labels, organs, volume.spacing) if cleanup else result.labels
+                write_labels(tmp, labels, organs, volume.spacing)
+            else:
+                slabs = iter_labels(model, volume.image, volume.spacing, condition, batch_size=batch_size)
+                stream_labels(tmp, slabs, tuple(volume.image.shape), organs, volume.spacing)
+            if volume.geometry is not None:
+                import tifffile
+
+                write_geometry_outputs(tmp, tifffile.memmap(tmp / "labels.tif", mode="r"), organs, volume.geometry)
+    except ValueError as exc:  # deep checks (NaN in a slab, shapes) name the scan here
+        raise ValueError(str(exc) if str(scan) in str(exc) else f"{scan}: {exc}") from exc
+    mark_complete(target, files, {"labels": fingerprint}, source=str(scan))
     return target
 
 
@@ -82,14 +138,14 @@ def ct_output_complete(scan: str | os.PathLike, out: str | os.PathLike, fingerpr
 
 def predict_ct_task(scan: str, *, model: str, weights: str, condition: str, out: str, spacing=None,
                     device: str = "auto", cleanup: bool = False, batch_size: int | None = None,
-                    threads: int | None = None):
+                    threads: int | None = None, hu=None, series: str | None = None):
     """One scan on a Dask worker (the model loaded once per worker); errors become a failed outcome."""
     from .batch import Outcome, cached_model, failure
 
     try:
         net = cached_model("mosnet", model, device, threads, weights)
-        target = predict_ct_scan(net, scan, condition, out, ct_fingerprint(weights, condition, cleanup, spacing, net.config),
-                                 spacing, cleanup, batch_size)
+        fingerprint = ct_fingerprint(weights, condition, cleanup, spacing, net.config, hu, series)
+        target = predict_ct_scan(net, scan, condition, out, fingerprint, spacing, cleanup, batch_size, hu, series)
         return Outcome(scan, "done", str(target))
     except Exception as exc:  # noqa: BLE001  (any error of one input is reported, the batch goes on)
         return failure(scan, exc)
@@ -97,12 +153,14 @@ def predict_ct_task(scan: str, *, model: str, weights: str, condition: str, out:
 
 def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, condition: str,
                out: str | os.PathLike, spacing: tuple[float, float, float] | None = None,
-               device: str = "auto", cleanup: bool = False, log=print, batch_size: int | None = None) -> list[Path]:
+               device: str = "auto", cleanup: bool = False, log=print, batch_size: int | None = None,
+               hu: str | tuple[float, float] | None = None, series: str | None = None) -> list[Path]:
     """Segment each scan in this process and write its labels, organ names and volumes under ``out``.
 
     ``cleanup`` keeps the largest piece of single-piece organs and drops tiny fragments;
-    ``batch_size`` is the predictor's (None: its default for the device). The first bad scan
-    stops the run; :func:`predict_ct_batch` goes on past bad scans.
+    ``batch_size`` is the predictor's (None: its default for the device); ``hu`` calibrates scans
+    that are not in HU and ``series`` picks a DICOM series (see :func:`~..io.readers.read_scan`).
+    The first bad scan stops the run; :func:`predict_ct_batch` goes on past bad scans.
     """
     from ..models.preprocess import pick_device
     from ..store.load import load_mosnet
@@ -111,10 +169,10 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
     model, config, meta = load_mosnet(model_dir, pick_device(device))
     if condition not in config.conditions:
         raise ValueError(f"condition {condition!r} is unknown to model {model_dir}; it knows {config.conditions}")
-    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing, config)
+    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing, config, hu, series)
     written = []
     for scan in scans:
-        target = predict_ct_scan(model, scan, condition, out, fingerprint, spacing, cleanup, batch_size)
+        target = predict_ct_scan(model, scan, condition, out, fingerprint, spacing, cleanup, batch_size, hu, series)
         log(f"{scan} -> {target}")
         written.append(target)
     return written
@@ -123,7 +181,8 @@ def predict_ct(scans: list[str | os.PathLike], model_dir: str | os.PathLike, con
 def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str, out: str | os.PathLike, *,
                      workers: int | None = None, scheduler: str | None = None, overwrite: bool = False,
                      spacing: tuple[float, float, float] | None = None, device: str = "auto", cleanup: bool = False,
-                     batch_size: int | None = None, connect_timeout: float = 10.0, log=print):
+                     batch_size: int | None = None, connect_timeout: float = 10.0, log=print,
+                     hu: str | tuple[float, float] | None = None, series: str | None = None):
     """Segment many scans on Dask (``workers`` local processes, or the cluster at ``scheduler``).
 
     Scans whose outputs are complete (made by the same weights and settings) are skipped unless
@@ -140,13 +199,13 @@ def predict_ct_batch(scans: list[str | os.PathLike], model: str, condition: str,
     meta = model_config(model)
     if condition not in meta.get("conditions", []):  # checked once here rather than failing every scan
         raise ValueError(f"condition {condition!r} is unknown to model {model}; it knows {meta.get('conditions')}")
-    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing, MOSnetConfig.from_dict(meta))
+    fingerprint = ct_fingerprint(meta["sha256"], condition, cleanup, spacing, MOSnetConfig.from_dict(meta), hu, series)
     sources = [str(Path(s).absolute()) for s in scans]  # workers may start elsewhere
     spec = str(Path(model).absolute()) if Path(model).exists() else str(model)  # a folder, or a name
     out = Path(out).absolute()
     task = partial(predict_ct_task, model=spec, weights=meta["sha256"], condition=condition, out=str(out),
                    spacing=spacing, device=device, cleanup=cleanup, batch_size=batch_size,
-                   threads=threads_per_worker(workers))
+                   threads=threads_per_worker(workers), hu=hu, series=series)
     return run_batch(sources, task, partial(ct_output_complete, out=out, fingerprint=fingerprint), workers=workers,
                      scheduler=scheduler, overwrite=overwrite, connect_timeout=connect_timeout, log=log)
 
