@@ -79,10 +79,31 @@ class Item:
     spacing: tuple[float, float, float] | None = None  #: mm, micro-CT items
 
     def image(self) -> np.ndarray:
-        return read_array(self.folder / "image.tif")
+        return self._array("image")
 
     def labels(self) -> np.ndarray:
-        return read_array(self.folder / "labels.tif")
+        labels = self._array("labels")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise QueueError(f"{self.folder / 'labels.tif'}: labels read back as {labels.dtype}, not integers")
+        return labels
+
+    def _array(self, name: str) -> np.ndarray:
+        """An array of the item as it was queued: a damaged file that still reads, but with another
+        shape than the one recorded, is refused rather than trained on."""
+        import tifffile
+
+        path = self.folder / f"{name}.tif"
+        try:  # only the pages the item has (write_array writes one per frame): a damaged page chain can
+            # otherwise send tifffile walking for minutes
+            array = tifffile.imread(path, key=range(self.shape[0])) if len(self.shape) == 3 else read_array(path)
+        except Exception as exc:  # tifffile raises many types for damaged files
+            raise QueueError(f"{path}: not a readable TIFF ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from exc
+        if array.ndim == 2 and len(self.shape) == 3 and self.shape[0] == 1:
+            array = array[None]
+        if tuple(array.shape) != tuple(self.shape):
+            raise QueueError(f"{path}: shape {tuple(array.shape)}, but the item was queued as {tuple(self.shape)}")
+        return array
 
 
 def touched_planes(labels: np.ndarray, prediction: np.ndarray | None) -> list[int]:

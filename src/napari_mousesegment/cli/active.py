@@ -26,18 +26,50 @@ def _check_model(args: argparse.Namespace) -> str:
     return str(meta.get("version", ""))
 
 
+def _check_contents(args: argparse.Namespace, image, labels, prediction) -> None:
+    """What the files hold, checked with the file named (``Queue.add`` checks it too, but knows
+    arrays, not files): a damaged or wrong file is one clear line on the command line."""
+    import numpy as np
+
+    if np.ndim(image) != 3 or np.size(image) == 0:
+        raise ValueError(f"{args.image}: expected a (frames or slices, y, x) stack, got shape {np.shape(image)}")
+    if np.shape(labels) != np.shape(image):
+        raise ValueError(f"{args.labels}: shape {np.shape(labels)} does not match the image's {np.shape(image)}")
+    if not np.issubdtype(np.asarray(labels).dtype, np.integer):
+        raise ValueError(f"{args.labels}: labels must be integers, got {np.asarray(labels).dtype}")
+    if np.issubdtype(np.asarray(image).dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError(f"{args.image}: the image contains NaN or infinite values")
+    if prediction is not None and np.shape(prediction) != np.shape(labels):
+        raise ValueError(f"{args.prediction}: shape {np.shape(prediction)} differs from the labels' {np.shape(labels)}")
+    if not np.any(labels):
+        raise ValueError(f"{args.labels}: no labels at all: nothing to learn")
+
+
 def _cmd_add(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..active.queue import Queue
+    from ..io.hu import hu_map
+    from ..io.readers import TIFF_SUFFIXES, check_spacing, read_label_map, read_scan, suffix
     from ..io.tiff import read_array, read_tiff
 
     model_version = _check_model(args) if args.model else None
-    image, labels = read_array(args.image), read_array(args.labels)
     spacing = None
-    if args.kind == "ct":
-        spacing = args.spacing or read_tiff(args.image)[1]
-        if spacing is None:
-            raise ValueError(f"{args.image}: the file has no voxel size; give --spacing Z,Y,X in mm")
+    if args.kind == "ct" and suffix(args.image) not in TIFF_SUFFIXES:  # any scan format predict ct reads
+        scan = read_scan(args.image, args.spacing, hu=args.hu, series=args.series)
+        image, spacing = np.asarray(scan.image), scan.spacing
+        labels = read_label_map(args.labels, scan)[0]
+    else:
+        image, labels = read_array(args.image), read_array(args.labels)
+        if args.kind == "ct":
+            spacing = args.spacing or read_tiff(args.image)[1]
+            if spacing is None:
+                raise ValueError(f"{args.image}: the file has no voxel size; give --spacing Z,Y,X in mm")
+            spacing = check_spacing(spacing, str(args.image))
+            if args.hu is not None:
+                image = hu_map(image, args.hu, str(args.image)).apply(image)
     prediction = read_array(args.prediction) if args.prediction else None
+    _check_contents(args, image, labels, prediction)
     item = Queue(args.queue).add(image, labels, args.kind, organ=args.organ, condition=args.condition,
                                  model=args.model, model_version=model_version, prediction=prediction,
                                  source=str(args.labels), spacing=spacing)
@@ -118,8 +150,10 @@ def add_commands(sub) -> None:
     qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = qsub.add_parser("add", help="queue a corrected labels stack with its image")
     add.add_argument("--queue", type=Path, required=True)
-    add.add_argument("--image", type=Path, required=True, help="(frames or slices, y, x) TIFF")
-    add.add_argument("--labels", type=Path, required=True, help="the corrected labels, same shape")
+    add.add_argument("--image", type=Path, required=True,
+                     help="(frames or slices, y, x) TIFF; for ct also any scan `predict ct` reads")
+    add.add_argument("--labels", type=Path, required=True,
+                     help="the corrected labels, same shape (for ct scans: TIFF, or e.g. the labels.nii.gz predict wrote)")
     add.add_argument("--kind", choices=["ct", "ultrasound"], required=True)
     who = add.add_mutually_exclusive_group(required=True)
     who.add_argument("--organ", help="ultrasound: the organ the labels are of")
@@ -127,8 +161,7 @@ def add_commands(sub) -> None:
     add.add_argument("--model", default=None, help="the model (name or folder) whose prediction was corrected")
     add.add_argument("--prediction", type=Path, default=None,
                      help="that prediction: touched frames are where they differ")
-    add.add_argument("--spacing", type=options.spacing, default=None,
-                     help="ct: voxel size Z,Y,X in mm when the TIFF lacks it")
+    options.add_scan_options(add)
     add.set_defaults(func=_cmd_add)
     for action, helptext, func in (("list", "every item", _cmd_list), ("status", "counts and the last round", _cmd_status)):
         p = qsub.add_parser(action, help=helptext)

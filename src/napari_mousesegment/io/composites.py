@@ -16,6 +16,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from ..organs import US_FRAMES, US_GRID
+from .roi import brief
 from .tiff import read_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -55,14 +56,15 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
-def _pitch(length: int, n: int, gutter: np.ndarray) -> list[tuple[int, int]] | None:
+def _pitch(length: int, n: int, gutter: np.ndarray, prefer: int | None = None) -> list[tuple[int, int]] | None:
     """Bands of n equal frames separated by equal gutters that are all True in ``gutter``.
 
     Frames are cut at a regular pitch, so frame rows that happen to share the gutter's value
-    (black rows above an ultrasound sector next to black gutters) stay in their frame. The
-    narrowest gutter that fits wins; no gutter at all is the last resort.
+    (black rows above an ultrasound sector next to black gutters) stay in their frame. A gap of
+    ``prefer`` (the narrowest gutter run seen) is tried first, since a narrower gap also fits
+    inside a wide gutter; then the narrowest gutter that fits wins; no gutter at all is the last resort.
     """
-    for gap in [*range(1, length // max(n, 1)), 0]:
+    for gap in [*([prefer] if prefer else []), *range(1, length // max(n, 1)), 0]:
         size, rest = divmod(length - (n - 1) * gap, n)
         if rest or size < 1:
             continue
@@ -86,11 +88,13 @@ def detect_grid(image: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[in
     for value in sorted(candidates):
         rows_g, cols_g = row_const & (gray[:, 0] == value), col_const & (gray[0, :] == value)
         # gutters are the constant runs inside the image; runs touching its border belong to frames
-        n_rows = 1 + sum(1 for a, b in _runs(rows_g) if a > 0 and b < len(rows_g))
-        n_cols = 1 + sum(1 for a, b in _runs(cols_g) if a > 0 and b < len(cols_g))
+        inner_rows = [b - a for a, b in _runs(rows_g) if a > 0 and b < len(rows_g)]
+        inner_cols = [b - a for a, b in _runs(cols_g) if a > 0 and b < len(cols_g)]
+        n_rows, n_cols = 1 + len(inner_rows), 1 + len(inner_cols)
         if n_rows * n_cols < 2:
             continue
-        rows, cols = _pitch(gray.shape[0], n_rows, rows_g), _pitch(gray.shape[1], n_cols, cols_g)
+        rows = _pitch(gray.shape[0], n_rows, rows_g, min(inner_rows, default=None))
+        cols = _pitch(gray.shape[1], n_cols, cols_g, min(inner_cols, default=None))
         if rows and cols:
             score = abs(n_rows * n_cols - US_FRAMES)
             if best is None or score < best[0]:
@@ -181,11 +185,16 @@ def _read_any(path: Path) -> np.ndarray:
         try:
             return read_array(path)
         except ValueError as exc:
-            raise CompositeError(f"{path}: cannot read image ({exc.__cause__ or exc})") from exc
+            raise CompositeError(f"{path}: cannot read image ({brief(exc.__cause__ or exc)})") from exc
     try:
-        return iio.imread(path)
-    except Exception as exc:  # imageio raises many types for corrupt files
-        raise CompositeError(f"{path}: cannot read image ({exc})") from exc
+        image = iio.imread(path)
+    except Exception as exc:  # imageio and Pillow raise many types (and many-line messages) for corrupt files
+        raise CompositeError(f"{path}: cannot read image ({brief(exc)})") from exc
+    if image.ndim == 3 and image.shape[-1] == 2:  # gray + alpha (PNG "LA"): the gray values
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise CompositeError(f"{path}: not a frame or montage image (shape {image.shape})")
+    return image
 
 
 def _read_2d(path: Path) -> np.ndarray:

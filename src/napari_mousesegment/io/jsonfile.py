@@ -20,8 +20,8 @@ def read_object(path: str | os.PathLike, what: str = "a JSON object") -> dict[st
     path = Path(path)
     try:
         value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # bad syntax or bytes, 5000-digit numbers, deep nesting
+        raise ValueError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
     if not isinstance(value, dict):
         raise ValueError(f"{path}: holds a {type(value).__name__}, not {what}")
     return value

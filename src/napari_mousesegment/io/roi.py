@@ -30,6 +30,22 @@ POLYGON_TYPES = (ROI_TYPE.POLYGON, ROI_TYPE.FREEHAND, ROI_TYPE.TRACED)
 _OUTLINE_SUBTYPES = (0, ROI_SUBTYPE.ELLIPSE, ROI_SUBTYPE.ROTATED_RECT)
 
 
+#: Largest ROI file (or RoiSet member) read, in bytes: 5 million sub-pixel vertices. Damaged
+#: sizes are refused rather than inflated.
+MAX_ROI_BYTES = 64 << 20
+
+
+def brief(exc: BaseException) -> str:
+    """An exception as one short line (type and first line of its message), for messages that
+    wrap a library's error."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    if isinstance(exc, ValueError) and text:  # our own errors and numpy's: the text says it all
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class RoiError(ValueError):
     """An ROI file that cannot be read, or an ROI that cannot become a mask."""
 
@@ -141,9 +157,12 @@ def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
 
     rois = []
     for frame, plane in enumerate(stack):
-        boxes = ndi.find_objects(plane)  # each instance outlined inside its own bounding box: fewer pixels
-        for k, value in enumerate(np.unique(plane[plane > 0]), start=1):
-            rows, cols = boxes[value - 1]
+        values = np.unique(plane[plane > 0])
+        # ids renumbered 1..n first: find_objects makes a list as long as the largest id (up to 2**64)
+        compact = np.where(plane > 0, np.searchsorted(values, plane) + 1, 0)
+        boxes = ndi.find_objects(compact)  # each instance outlined inside its own bounding box: fewer pixels
+        for k, value in enumerate(values, start=1):
+            rows, cols = boxes[k - 1]
             mask = plane[rows, cols] == value
             name = f"{organ}_f{frame + 1:02d}_{k}"
             pieces = ndi.label(mask)[1]
@@ -270,6 +289,8 @@ def read_rois(path: str | os.PathLike) -> list[ImagejRoi]:
     path = Path(path)
     if not path.is_file():
         raise RoiError(f"{path}: no such ROI file")
+    if path.suffix.lower() != ".zip" and path.stat().st_size > MAX_ROI_BYTES:
+        raise RoiError(f"{path}: {path.stat().st_size} bytes, more than an ImageJ ROI holds ({MAX_ROI_BYTES})")
     try:
         if path.suffix.lower() != ".zip":
             return [_named(ImagejRoi.frombytes(path.read_bytes()), path.stem)]
@@ -281,14 +302,18 @@ def read_rois(path: str | os.PathLike) -> list[ImagejRoi]:
             if bad:
                 raise RoiError(f"{path}: zip members that are not ImageJ ROIs: {bad[:5]}")
             for member in members:
+                if member.file_size > MAX_ROI_BYTES:  # declared size, checked before anything is inflated
+                    raise RoiError(f"{path}: member {member.filename!r} declares {member.file_size} bytes, "
+                                   f"more than an ImageJ ROI holds ({MAX_ROI_BYTES})")
                 try:
                     rois.append(_named(ImagejRoi.frombytes(archive.read(member)), Path(member.filename).stem))
                 except Exception as exc:  # roifile raises many types for damaged members
-                    raise RoiError(f"{path}: member {member.filename} is not a readable ImageJ ROI ({exc})") from exc
+                    raise RoiError(f"{path}: member {member.filename!r} is not a readable ImageJ ROI "
+                                   f"({brief(exc)})") from exc
     except RoiError:
         raise
     except Exception as exc:  # zipfile, zlib and roifile raise many types for damaged files
-        raise RoiError(f"{path}: not a readable ImageJ ROI file ({exc})") from exc
+        raise RoiError(f"{path}: not a readable ImageJ ROI file ({brief(exc)})") from exc
     names = [roi.name for roi in rois]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -312,12 +337,14 @@ def rois_to_labels(
     for index, roi in enumerate(rois, start=1):
         try:
             mask = roi_mask(roi, shape[1:])
+            frame = roi_frame(roi)
         except RoiNoArea as exc:
             warnings.warn(f"{source}: skipped {exc}", RoiSkipped, stacklevel=2)
             continue
         except RoiError as exc:
             raise RoiError(f"{source}: {exc}") from exc
-        frame = roi_frame(roi)
+        except Exception as exc:  # a damaged ROI that roifile read: unknown types, coordinates, sizes
+            raise RoiError(f"{source}: ROI {index} ({roi.name!r}) cannot be filled ({brief(exc)})") from exc
         if frame is None:
             frame = 0 if default_frame is None and shape[0] == 1 else default_frame
         if frame is None or not 0 <= frame < shape[0]:

@@ -24,8 +24,17 @@ def write_rois(path: Path, labels: np.ndarray, organ: str, log=print, shown: Pat
     return write_roiset(path, rois, allow_empty=True)
 
 
+#: Most voxels of a labels stack ``roi import`` fills (2 GiB of uint16); a larger --shape is a typo,
+#: refused before it is allocated. One ultrasound series is 35x240x320 (5 MB).
+MAX_LABEL_VOXELS = 1 << 30
+
+
 def import_rois(source: str | os.PathLike, shape: tuple[int, int, int], out: str | os.PathLike, log=print) -> Path:
     """ROIs (zip or .roi) to a (N, H, W) instance-label TIFF, ids 1.. in ROI order."""
+    voxels = int(np.prod([int(n) for n in shape], dtype=object))
+    if len(shape) != 3 or min(shape) < 1 or voxels > MAX_LABEL_VOXELS:
+        raise ValueError(f"--shape {','.join(map(str, shape))}: need 3 positive sizes of at most "
+                         f"{MAX_LABEL_VOXELS} voxels in all (2 GiB of labels), got {voxels}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         labels = rois_to_labels(read_rois(source), shape, source=str(source))
@@ -39,9 +48,11 @@ def import_rois(source: str | os.PathLike, shape: tuple[int, int, int], out: str
 def export_rois(labels_path: str | os.PathLike, out: str | os.PathLike, organ: str = "organ", log=print) -> Path:
     """A 2D or (N, H, W) instance-label image to a RoiSet zip (one ROI per instance per frame)."""
     labels = read_array(labels_path)
-    if labels.ndim not in (2, 3) or not np.issubdtype(labels.dtype, np.integer):
+    if labels.ndim not in (2, 3) or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{labels_path}: expected 2D or (N, H, W) integer instance labels, "
                          f"got {labels.dtype} {labels.shape}")
+    if labels.min() < 0:
+        raise ValueError(f"{labels_path}: instance labels are 0 (background) or positive, found {labels.min()}")
     target = write_rois(Path(out), labels, organ, log)
     log(f"{labels_path} -> {target}")
     return target

@@ -1,0 +1,1 @@
+"""Property-based fuzzing of the file readers and the CLI's inputs (hypothesis)."""
