@@ -12,16 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..io.readers import SCAN_SUFFIXES as SCAN_FORMATS
-from ..io.readers import TIFF_SUFFIXES
+from ..io.readers import SCAN_SUFFIXES, TIFF_SUFFIXES, folder_kind
 from ..io.readers import suffix as _suffix
-from ..io.rosenhain import is_scan_folder
 from .layers import LayerData
 
 Reader = Callable[[Any], list[LayerData]]
-#: The scan formats this reader claims: every one io.readers reads but TIFF (a TIFF is an ultrasound stack to napari).
-SCAN_SUFFIXES = tuple(s for s in SCAN_FORMATS if s not in TIFF_SUFFIXES)
 COMPOSITE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Scans larger than this (bytes on disk) open as lazy dask layers, read slab by slab as you browse.
+LAZY_BYTES = 512 * 2**20
 
 
 def _one_path(path: str | os.PathLike | list) -> Path | None:
@@ -69,7 +67,7 @@ def get_composite_reader(path: str | os.PathLike | list) -> Reader | None:
     if p.is_dir():
         from ..io.composites import IMAGE_SUFFIXES
 
-        if any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()) and not is_scan_folder(p):
+        if any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()) and folder_kind(p) is None:
             return read_composite_layers
         return None
     return read_composite_layers if _suffix(p) in COMPOSITE_SUFFIXES else None
@@ -87,29 +85,64 @@ def read_composite_layers(path: str | os.PathLike | list) -> list[LayerData]:
 
 
 def get_scan_reader(path: str | os.PathLike | list) -> Reader | None:
-    """Micro-CT scans: NIfTI, Analyze, GFF/SEGFF files and Rosenhain database folders."""
+    """Micro-CT scans: NIfTI, Analyze, GFF/SEGFF and DICOM files; TIFFs that carry a voxel size in a
+    length unit (ImageJ or OME-TIFF; a plain TIFF stack is left to napari); DICOM, SkyScan,
+    OME-Zarr and Rosenhain folders."""
     p = _one_path(path)
     if p is None:
         return None
     if p.is_dir():
-        return read_scan_layers if is_scan_folder(p) else None
+        return read_scan_layers if folder_kind(p) is not None else None
+    if _suffix(p) in TIFF_SUFFIXES:
+        from ..io.tiff import tiff_kind
+
+        return read_scan_layers if tiff_kind(p) == "scan" else None
     return read_scan_layers if _suffix(p) in SCAN_SUFFIXES else None
 
 
+def _size_on_disk(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
 def read_scan_layers(path: str | os.PathLike | list) -> list[LayerData]:
-    """The scan in HU with its spacing as the scale in mm, and its organ labels when the file has them."""
+    """The scan in HU with its spacing as the scale in mm, and its organ labels when the file has them.
+
+    A scan over :data:`LAZY_BYTES` opens as a lazy dask layer (an OME-Zarr as a multiscale one,
+    when it has levels), so that napari reads only the slices on screen. Grey values that are not
+    HU (SkyScan) are shown as they are; the micro-CT widget calibrates them.
+    """
+    from ..io.omezarr import read_levels
     from ..io.readers import read_scan
     from ..io.scan import case_name
     from .layers import ct_labels_layer
 
     p = _one_path(path)
-    scan = read_scan(p)
+    lazy = folder_kind(p) == "omezarr" or _size_on_disk(p) > LAZY_BYTES
+    scan = read_scan(p, lazy=lazy, require_hu=False)
     layers: list[LayerData] = []
     if scan.image is not None:
-        layers.append((scan.image, {"name": case_name(p), "scale": scan.spacing, "units": ("mm",) * 3,
-                                    "axis_labels": ("z", "y", "x"), "colormap": "gray",
-                                    "contrast_limits": (-500, 1200), "metadata": {"spacing_mm": scan.spacing}},
+        data = scan.image
+        if folder_kind(p) == "omezarr":
+            levels, _ = read_levels(p)
+            data = levels if len(levels) > 1 else levels[0]
+        limits = (-500, 1200) if scan.calibrated else _limits(scan.image)
+        layers.append((data, {"name": case_name(p), "scale": scan.spacing, "units": ("mm",) * 3,
+                              "axis_labels": ("z", "y", "x"), "colormap": "gray", "multiscale": isinstance(data, list),
+                              "contrast_limits": limits,
+                              "metadata": {"spacing_mm": scan.spacing, "source": str(p), "hu": scan.calibrated}},
                        "image"))
     if scan.labels is not None and scan.organs:
         layers.append(ct_labels_layer(scan.labels, scan.organs, scan.spacing, f"{case_name(p)} organs"))
     return layers
+
+
+def _limits(image) -> tuple[float, float]:
+    """Display range of uncalibrated grey values, from a sample of slices (cheap on lazy scans)."""
+    import numpy as np
+
+    from ..io.hu import sample
+
+    low, high = np.percentile(sample(image, 8), [1, 99.5])
+    return float(low), float(max(high, low + 1))

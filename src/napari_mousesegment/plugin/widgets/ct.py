@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, PushButton, Select, Table
+from magicgui.widgets import ComboBox, FileEdit, LineEdit, PushButton, Select, Table
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 # Imported with the widget, not during a run: an import inside the worker thread holds the
 # import lock and the GIL long enough to stall the viewer (measured: 350 ms).
 from ...inference.ct import predict_volume
+from ...io.hu import hu_map, parse_hu
 from ...metrics import volume_mm3
 from ...models.folder import ModelError
 from ...models.preprocess import pick_device
@@ -35,15 +36,25 @@ if TYPE_CHECKING:
     import napari
 
 
-def check_ct_layer(layer) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The layer's volume in HU and its voxel size in mm, or a ValueError that says what is wrong."""
-    data = np.asarray(layer.data)
+def check_ct_layer(layer, hu: str | tuple[float, float] | None = None) -> tuple[Any, tuple[float, float, float]]:
+    """The layer's volume and its voxel size in mm, or a ValueError that says what is wrong.
+
+    The volume is the layer's own array (numpy or lazy dask; the full-resolution level of a
+    multiscale layer): nothing is loaded here. Without ``hu`` it must already be in HU; with it
+    (``"auto"`` or raw AIR,WATER values, as ``--hu``), any grey values are accepted and mapped
+    when the job runs.
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     if getattr(layer, "rgb", False):
         raise ValueError(f"{layer.name}: an RGB image is not a CT scan in HU")
     if data.ndim != 3:
         raise ValueError(f"{layer.name}: micro-CT needs a 3D (z, y, x) volume; this layer has {data.ndim} dimensions")
-    if data.dtype == np.uint8 or data.dtype == bool or not np.issubdtype(data.dtype, np.number):
-        raise ValueError(f"{layer.name}: {data.dtype} data is not in HU (expected signed integers or floats)")
+    dtype = np.dtype(data.dtype)
+    if not np.issubdtype(dtype, np.number) or dtype == bool:
+        raise ValueError(f"{layer.name}: {dtype} data is not an image of grey values")
+    if hu is None and dtype == np.uint8:
+        raise ValueError(f"{layer.name}: {dtype} data is not in HU (expected signed integers or floats); "
+                         "choose a calibration (auto, or the raw values of air and water)")
     units = [str(u) for u in getattr(layer, "units", ())]
     if not units or not all(u in ("mm", "millimeter") for u in units):
         raise ValueError(f"{layer.name}: the layer has no voxel size in mm (units {units or 'unset'}); set "
@@ -58,17 +69,20 @@ class CTWidget(JobWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
-        self._image = ComboBox(label="image (HU)", choices=lambda _: self._layers("Image"))
+        self._image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
         names = installed("mosnet")
         self._model = ComboBox(label="model", choices=names, value=names[0] if names else None)
         self._folder = FileEdit(label="or folder", mode="d", value="")
         self._meta: dict = {}
         self._condition = ComboBox(label="condition", choices=lambda _: self._meta.get("conditions", []))
         self._organs = Select(label="organs", choices=lambda _: self._meta.get("organs", []))
+        self._hu = LineEdit(label="grey values", value="HU",
+                            tooltip="HU: the scan is in HU. auto: find air and soft tissue in the histogram. "
+                                    "AIR,WATER: the raw values of air and water (as --hu)")
         self._run = PushButton(text="Run")
         self._table = Table(value={"organ": [], "volume (mm³)": [], "voxels": []})
         self._export = PushButton(text="Export volumes as CSV…", enabled=False)
-        self.extend([self._image, self._model, self._folder, self._condition, self._organs, self._run,
+        self.extend([self._image, self._model, self._folder, self._condition, self._organs, self._hu, self._run,
                      self._cancel, self._progress, self._status, self._table, self._export])
         self._run.clicked.connect(lambda: self.run())
         self._model.changed.connect(self._load_model_info)
@@ -131,6 +145,19 @@ class CTWidget(JobWidget):
             raise ValueError(f"model {self.model} segments {list(self._organs.choices)}, not {unknown}")
         self._organs.value = list(names)
 
+    @property
+    def hu(self) -> str | tuple[float, float] | None:
+        """How grey values become HU: None (already HU), ``"auto"`` or raw ``(AIR, WATER)``."""
+        text = self._hu.value.strip()
+        return None if text.upper() in ("", "HU") else parse_hu(text)
+
+    @hu.setter
+    def hu(self, value: str | tuple[float, float] | None) -> None:
+        text = "HU" if value is None else value if isinstance(value, str) else f"{value[0]:g},{value[1]:g}"
+        if text.upper() != "HU":
+            parse_hu(text)  # refuse a bad value here, not when the job starts
+        self._hu.value = text
+
     def _load_model_info(self, _=None) -> None:
         try:
             self._meta = model_config(self.model)
@@ -145,8 +172,11 @@ class CTWidget(JobWidget):
 
     # -- the job -----------------------------------------------------------------------------
     def run(self, layer=None, *, model: str | None = None, condition: str | None = None,
-            organs: list[str] | None = None) -> Job | None:
+            organs: list[str] | None = None, hu: str | tuple[float, float] | None = None) -> Job | None:
         """Segment ``layer`` (default: the chosen image layer) in the background.
+
+        ``hu`` calibrates a scan that is not in HU (``"auto"`` or raw ``(AIR, WATER)``, as the CLI's
+        ``--hu``); a lazy (dask) or multiscale layer is read slab by slab, never loaded whole.
 
         Returns the :class:`Job`, whose result is the new organ Labels layer; None when the input
         is refused (the reason is shown).
@@ -160,21 +190,25 @@ class CTWidget(JobWidget):
                 self.condition = condition
             if organs is not None:
                 self.organs = organs
+            if hu is not None:
+                self.hu = hu
             source = self.image_layer
             if source is None:
                 raise ValueError("choose an image layer in HU first")
-            volume, spacing = check_ct_layer(source)
+            volume, spacing = check_ct_layer(source, self.hu)
             if not self.organs:
                 raise ValueError("choose at least one organ")
         except ValueError as exc:
             show_error(str(exc))
             return None
         return self._start(self._segment, volume, spacing, self.model, self.condition, self.organs, source,
-                           show=self._show, buttons=(self._run,))
+                           self.hu, show=self._show, buttons=(self._run,))
 
     @thread_worker(ignore_errors=True)  # errors reach the job as a message, not a crash
-    def _segment(self, volume, spacing, model_spec, condition, organs, layer, stop):
+    def _segment(self, volume, spacing, model_spec, condition, organs, layer, hu, stop):
         model, _, _ = load_mosnet(model_spec, pick_device("auto"))
+        if hu is not None:
+            volume = hu_map(volume, hu, layer.name).apply(volume)  # lazy on dask; a copy in float32 otherwise
         pred = yield from run_reporting(predict_volume, stop, model, volume, spacing, condition)
         keep = {o: v for o, v in pred.organs.items() if o in organs}
         labels = np.where(np.isin(pred.labels, list(keep.values())), pred.labels, 0).astype(np.uint8)
