@@ -170,6 +170,7 @@ class JobWidget(Container):
 
     def _finish(self, job: Job, outcome: dict[str, Any], show: Callable[[Any], Any]) -> None:
         """The worker ended: the controls come back, then the result is shown and handed to the job."""
+        self._running.clear()  # nothing left to stop when the viewer closes (Qt may delete the worker)
         self._activity.close()
         self._cancel.enabled = False
         for button in self._buttons:

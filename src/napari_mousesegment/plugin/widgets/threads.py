@@ -57,7 +57,10 @@ def stop_and_wait(job: dict, *_) -> None:
         return
     stop.set()
     for name in ("yielded", "returned", "errored", "finished"):
-        signal = getattr(worker, name, None)  # a function worker has no `yielded`
+        try:
+            signal = getattr(worker, name, None)  # a function worker has no `yielded`
+        except RuntimeError:  # Qt already deleted the worker's signals: its thread has ended
+            return
         if signal is None:
             continue
         try:
