@@ -4,7 +4,9 @@ The scan is a phantom mouse upsampled 4x per axis (0.07 mm voxels), written page
 uncompressed ImageJ TIFF of int16: 1000 slices of 1024 x 1024 (2 GiB) by default, so neither the
 writer nor the predictor ever holds it whole. ``predict ct`` runs in a child process, as a user
 runs it, and reports its own peak resident memory (``ru_maxrss``); a quarter-length scan is run the
-same way, so the time ratio shows whether time grows linearly with size.
+same way, so the time ratio shows whether time grows linearly with size. The full scan is also written as an
+uncompressed NIfTI, which takes the other path: a lazy nibabel read, and ``labels.nii.gz`` written
+back in the file's geometry, slab by slab.
 """
 
 from __future__ import annotations
@@ -44,10 +46,31 @@ def write_big_scan(path: Path, phantom: np.ndarray, slices: int, spacing: float)
     return path.stat().st_size / 1e9
 
 
+def write_big_nifti(path: Path, phantom: np.ndarray, slices: int, spacing: float) -> float:
+    """The same scan as an uncompressed NIfTI (RAS, x fastest), written plane by plane; GB written."""
+    import nibabel
+
+    shape = (phantom.shape[2] * FACTOR, phantom.shape[1] * FACTOR, slices)  # (x, y, z)
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm")
+    header["vox_offset"] = 352
+    with open(path, "wb") as out:
+        out.write(header.binaryblock + b"\0" * 4)
+        for z in range(slices):
+            plane = phantom[(z // FACTOR) % len(phantom)]
+            out.write(np.repeat(np.repeat(plane, FACTOR, axis=0), FACTOR, axis=1).astype("<i2").tobytes())
+    return path.stat().st_size / 1e9
+
+
 def read_once(path: Path) -> float:
     """Seconds to read the whole scan once, slab by slab, through the lazy reader predict uses."""
     from napari_mousesegment.io.readers import read_scan
-    from napari_mousesegment.io.scan import load
+    from napari_mousesegment.io.arrays import load
 
     start = time.perf_counter()
     image = read_scan(path, lazy=True).image
@@ -66,7 +89,7 @@ def predict_child(path: Path, out: Path, device: str) -> dict:
 
 
 def bigscan(args, device, scratch: Path) -> dict:
-    """Peak memory and time of ``predict ct`` on a multi-GB TIFF, and at a quarter of its length."""
+    """Peak memory and time of ``predict ct`` on a multi-GB TIFF, at a quarter of its length, and as a NIfTI."""
     scratch.mkdir(parents=True, exist_ok=True)
     in_plane = (32, 40) if args.quick else (256, 256)  # x4 -> 128 or 1024 pixels
     slices = 64 if args.quick else 1000
@@ -85,6 +108,16 @@ def bigscan(args, device, scratch: Path) -> dict:
             :: max(n // 16, 1)].size
         del labels
         path.unlink()
+    # The NIfTI path: a lazy ArrayProxy read, and labels.nii.gz written back slab by slab
+    path = scratch / "full.nii"
+    out["nifti_gb"] = write_big_nifti(path, phantom, slices, spacing)
+    result = predict_child(path, scratch / "nifti-out", cpu)
+    out["nifti_seconds"], out["nifti_peak_rss_mb"] = result["seconds"], result["peak_rss_mb"]
+    nifti_labels = np.asarray(tifffile.imread(scratch / "nifti-out" / "full" / "labels.tif", key=slices // 2))
+    full_labels = np.asarray(tifffile.imread(scratch / "full-out" / "full" / "labels.tif", key=slices // 2))
+    out["nifti_same_labels_mid_slice"] = bool(np.array_equal(nifti_labels, full_labels))
+    out["nifti_wrote_labels_nii_gz"] = (scratch / "nifti-out" / "full" / "labels.nii.gz").is_file()
+    path.unlink()
     out["time_ratio_full_vs_quarter"] = out["full_seconds"] / out["quarter_seconds"]
     out["size_ratio_full_vs_quarter"] = out["full_gb"] / out["quarter_gb"]
     out["predict_vs_read_full"] = out["full_seconds"] / out["full_read_seconds"]

@@ -44,6 +44,7 @@ def test_quick_benchmark_reports_every_section(tmp_path):
     assert big["size_ratio_full_vs_quarter"] == pytest.approx(4, rel=0.01)
     assert all(_positive(big[f"{n}_{k}"]) for n in ("quarter", "full") for k in ("seconds", "peak_rss_mb", "gb"))
     assert big["full_labelled_fraction"] > 0  # the streamed labels.tif holds organs
+    assert big["nifti_same_labels_mid_slice"] and big["nifti_wrote_labels_nii_gz"]  # the NIfTI path agrees
     for section in ("ct", "ultrasound", "train", "active", "scaling", "bigscan"):
         assert f"## {section}" in run.stdout
 

@@ -15,7 +15,7 @@ from hypothesis import given
 
 from napari_mousesegment.io.omezarr import write_omezarr
 from napari_mousesegment.io.readers import read_scan
-from napari_mousesegment.io.scan import load
+from napari_mousesegment.io.arrays import load
 
 from .harness import classify, mutations
 

@@ -30,7 +30,7 @@ def _file_image(ras: np.ndarray, sizes, perm, flips):
 
 
 @pytest.mark.parametrize("perm,flips", ORIENTATIONS)
-def test_every_orientation_gives_the_same_ras_volume_and_goes_back(perm, flips):
+def test_every_orientation_gives_the_same_ras_volume_and_goes_back(perm, flips, tmp_path):
     ras = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)  # (x, y, z)
     sizes = (0.1, 0.2, 0.3)
     data, affine = _file_image(ras, sizes, perm, flips)
@@ -38,6 +38,9 @@ def test_every_orientation_gives_the_same_ras_volume_and_goes_back(perm, flips):
     assert np.array_equal(zyx, ras.transpose(2, 1, 0))
     assert spacing == pytest.approx((0.3, 0.2, 0.1))
     assert np.array_equal(to_file_order(zyx, geometry), data)
+    write_labels_nifti(tmp_path / "labels.nii.gz", zyx.astype(np.uint8), geometry, slab=2)  # streamed in slabs
+    written = nib.load(tmp_path / "labels.nii.gz")
+    assert np.array_equal(np.asarray(written.dataobj), data.astype(np.uint8)) and np.allclose(written.affine, affine)
     canonical = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(data, affine)).dataobj)
     assert np.array_equal(canonical, ras)  # nibabel agrees on what RAS is
 
@@ -103,3 +106,15 @@ def test_analyze_is_turned_by_its_own_affine_and_labels_go_back(tmp_path):
     write_labels_nifti(tmp_path / "labels.nii.gz", (scan.image % 3).astype(np.uint8), scan.geometry)
     back = nib.load(tmp_path / "labels.nii.gz")
     assert np.allclose(back.affine, affine) and np.array_equal(np.asarray(back.dataobj), data % 3)
+
+
+def test_nifti_without_qform_or_sform_is_not_mirrored(tmp_path):
+    """NIfTI's method 1 (both codes 0): voxel i, j, k at pixdim * (i, j, k), no flip (nibabel's fallback
+    affine would mirror x, as for Analyze)."""
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    image = nib.Nifti1Image(data, None)
+    image.header.set_zooms((0.2, 0.3, 0.4))
+    nib.save(image, tmp_path / "plain.nii")
+    assert int(nib.load(tmp_path / "plain.nii").header["sform_code"]) == 0
+    scan = read_scan(tmp_path / "plain.nii")
+    assert np.array_equal(scan.image, data.transpose(2, 1, 0)) and scan.spacing == pytest.approx((0.4, 0.3, 0.2))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..io.scan import load
+from ..io.arrays import load
 from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
 from ..models.preprocess import PLANE_AXIS, fit_square, model_grid, to_slices, unfit_square, window
@@ -141,12 +141,18 @@ def iter_labels(
         borrowed = config.borrowed_organs(condition) if borrow else []
         cutoffs = [threshold] * len(config.organs) if threshold is not None else config.organ_thresholds()
         offsets = torch.logit(torch.tensor(cutoffs, device=device))
-        slabs = _model_slabs(net, stack, grid, config.conditions.index(condition), borrowed, batch_size, device,
-                             should_stop)
-        for slab in slabs:
+    slabs = _model_slabs(net, stack, grid, config.conditions.index(condition), borrowed, batch_size, device,
+                         should_stop)
+    while True:
+        # Torch runs in inference mode only between yields: the caller's own code never inherits it.
+        with torch.inference_mode():
+            slab = next(slabs, None)
+            if slab is None:
+                return
             held = slab if tail is None else torch.cat([tail, slab])
             done += len(slab)
             ready = int(np.searchsorted(high, done, side="left"))  # input slices whose taps are all done
+            out = []
             for start in range(emitted, ready, per_chunk):  # a few slices at full size at once
                 stop = min(start + per_chunk, ready)
                 if same_grid:
@@ -159,7 +165,7 @@ def iter_labels(
                 best = vote(torch.logit(chunk, eps=1e-6), offsets).to(torch.uint8).cpu().numpy()
                 probs = chunk.to(torch.float16).permute(1, 0, 2, 3).cpu().numpy() if keep_probabilities else None
                 del chunk
-                yield start, best, probs
+                out.append((start, best, probs))
             emitted = max(emitted, ready)
             # Keep the model slices the next input slice still needs; the next slab starts at `done`
             # (when slices are thicker than two model voxels, the next one may need none of these).
@@ -167,8 +173,10 @@ def iter_labels(
             tail = held[keep_from - tail_start:].clone() if keep_from < done else None
             tail_start = keep_from
             del held, slab
-            if progress:
-                progress(done, n_model)
+        yield from out  # uint8 labels of this slab's input slices (numpy: outside torch)
+        del out
+        if progress:
+            progress(done, n_model)
 
 
 def predict_volume(

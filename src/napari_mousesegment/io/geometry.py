@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -73,14 +74,16 @@ def to_zyx(data: Any, affine: np.ndarray, unit_mm: float = 1.0, source: str = "s
     return ras.transpose(2, 1, 0), (spacing_ras[2], spacing_ras[1], spacing_ras[0]), geometry
 
 
+def _file_order(volume_zyx: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Our (z, y, x) RAS block in a file's voxel order (a view)."""
+    ras = np.asarray(volume_zyx).transpose(2, 1, 0)
+    data = ras.transpose([int(ornt[i, 0]) for i in range(3)])  # file axis i <- RAS axis
+    return data[tuple(slice(None, None, -1) if flip < 0 else slice(None) for _, flip in ornt)]
+
+
 def to_file_order(volume_zyx: np.ndarray, geometry: Geometry) -> np.ndarray:
     """A (z, y, x) volume on the scan's grid, back in the file's own voxel order (i, j, k)."""
-    ras = np.asarray(volume_zyx).transpose(2, 1, 0)
-    ornt = geometry.ornt
-    file_from_ras = [int(ornt[i, 0]) for i in range(3)]  # file axis i <- RAS axis
-    data = ras.transpose(file_from_ras)
-    flips = tuple(slice(None, None, -1) if flip < 0 else slice(None) for _, flip in ornt)
-    data = data[flips]
+    data = _file_order(volume_zyx, geometry.ornt)
     if data.shape != geometry.shape:
         raise ValueError(f"labels of shape {data.shape} do not fit the scan's grid {geometry.shape}")
     return data
@@ -92,19 +95,56 @@ def canonical_affine(spacing_zyx: tuple[float, float, float]) -> np.ndarray:
     return np.diag([dx, dy, dz, 1.0])
 
 
-def write_labels_nifti(path, labels_zyx: np.ndarray, geometry: Geometry) -> None:
-    """Save labels as NIfTI in the scan's own grid and affine (3D Slicer and ITK-SNAP overlay it)."""
+def _file_blocks(labels_zyx: Any, geometry: Geometry, slab: int) -> Iterator[np.ndarray]:
+    """The labels in the file's voxel order, as blocks of whole planes along its last (slowest) axis.
+
+    When that axis is the scan's z, as in axial DICOM series and most NIfTI files, the blocks come
+    from z-slabs of ``labels_zyx`` (which may be memory-mapped or lazy), so only a slab is ever
+    read; otherwise the whole volume is read once.
+    """
+    from .arrays import load
+
+    ornt = geometry.ornt
+    if int(ornt[2, 0]) != 2:
+        yield _file_order(load(labels_zyx), ornt)
+        return
+    n = geometry.shape[2]
+    for k0 in range(0, n, slab):
+        k1 = min(k0 + slab, n)
+        z0, z1 = (n - k1, n - k0) if ornt[2, 1] < 0 else (k0, k1)
+        yield _file_order(load(labels_zyx[z0:z1]), ornt)
+
+
+def write_labels_nifti(path, labels_zyx: Any, geometry: Geometry, slab: int = 32) -> None:
+    """Save labels as NIfTI in the scan's own grid, voxel order and affine, so that 3D Slicer and
+    ITK-SNAP overlay them on the scan. Written slab by slab (see :func:`_file_blocks`)."""
     import nibabel
 
     from .atomic import write_atomic
 
-    data = np.ascontiguousarray(to_file_order(labels_zyx, geometry)).astype(np.uint8, copy=False)
-    image = nibabel.Nifti1Image(data, geometry.affine)
+    if tuple(labels_zyx.shape) != tuple(geometry.shape[a] for a in _zyx_file_axes(geometry.ornt)):
+        raise ValueError(f"{path}: labels of shape {tuple(labels_zyx.shape)} do not fit the scan's grid "
+                         f"{geometry.shape}")
     units = {1.0: "mm", 1e-3: "micron", 1000.0: "meter"}
     if geometry.unit_mm not in units:
         raise ValueError(f"{path}: NIfTI cannot state a length unit of {geometry.unit_mm} mm")
-    image.header.set_xyzt_units(units[geometry.unit_mm])
-    image.set_qform(geometry.affine, code=1)
-    image.set_sform(geometry.affine, code=1)
-    payload = gzip.compress(image.to_bytes(), compresslevel=6)
-    write_atomic(path, lambda tmp: tmp.write_bytes(payload))
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(geometry.shape)
+    header.set_data_dtype(np.uint8)
+    header.set_qform(geometry.affine, code=1)
+    header.set_sform(geometry.affine, code=1)
+    header.set_xyzt_units(units[geometry.unit_mm])
+    header["vox_offset"] = 352  # the 348-byte header and 4 bytes saying "no extensions"
+
+    def write(tmp):
+        with gzip.open(tmp, "wb", compresslevel=6) as out:
+            out.write(header.binaryblock + b"\0" * 4)
+            for block in _file_blocks(labels_zyx, geometry, slab):
+                out.write(np.asarray(block, np.uint8).tobytes(order="F"))  # NIfTI: i fastest, k slowest
+
+    write_atomic(path, write)
+
+
+def _zyx_file_axes(ornt: np.ndarray) -> list[int]:
+    """For our axes z, y, x: the file axis each comes from."""
+    return [int(np.flatnonzero(ornt[:, 0] == axis)[0]) for axis in (2, 1, 0)]

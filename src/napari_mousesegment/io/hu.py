@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .scan import load
+from .arrays import load
 
 #: HU given to the soft-tissue peak by ``--hu auto``: mouse muscle and parenchyma sit at 30-60 HU
 #: (native), so the body's most common value is mapped to their middle rather than to water.

@@ -68,11 +68,3 @@ def orient_body(scan: Scan) -> Scan:
     return Scan(None if image is None else np.ascontiguousarray(image), spacing,  # type: ignore[arg-type]
                 None if labels is None else np.ascontiguousarray(labels), scan.organs, scan.source)
 
-
-def load(array: Any) -> np.ndarray:
-    """A numpy array of ``array`` (numpy, memory-mapped or dask). A dask array is computed in this
-    thread (the synchronous scheduler): inside a Dask worker, or a napari thread, nothing is sent to
-    another scheduler, and file handles in the graph never need pickling."""
-    if hasattr(array, "compute"):
-        return np.asarray(array.compute(scheduler="synchronous"))
-    return np.asarray(array)

@@ -105,11 +105,16 @@ def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | o
     from ..inference.ct import iter_labels, predict_volume
     from ..inference.postprocess import clean_labels
     from ..io.readers import read_scan
+    from ..io.arrays import load, slabs_follow_chunks
+    from ..io.tiff import read_tiff
+    from ..models.preprocess import PLANE_AXIS
 
     scan = Path(scan)
     volume = read_scan(scan, spacing, hu=hu, series=series, lazy=True)
     if volume.image is None:
         raise ValueError(f"{scan}: holds labels only, no image to segment")
+    if not slabs_follow_chunks(volume.image, PLANE_AXIS[model.config.plane]):
+        volume.image = load(volume.image)  # slabs across the file's chunks would read the file once per slab
     organs = {o: i + 1 for i, o in enumerate(model.config.organs)}
     target = Path(out) / case_name(scan)
     files = CT_OUTPUTS + (GEOMETRY_OUTPUTS if volume.geometry is not None else [])
@@ -122,12 +127,13 @@ def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | o
             else:
                 slabs = iter_labels(model, volume.image, volume.spacing, condition, batch_size=batch_size)
                 stream_labels(tmp, slabs, tuple(volume.image.shape), organs, volume.spacing)
-            if volume.geometry is not None:
-                import tifffile
-
-                write_geometry_outputs(tmp, tifffile.memmap(tmp / "labels.tif", mode="r"), organs, volume.geometry)
+            if volume.geometry is not None:  # read back slab by slab: never a second whole copy
+                write_geometry_outputs(tmp, read_tiff(tmp / "labels.tif", lazy=True)[0], organs, volume.geometry)
     except ValueError as exc:  # deep checks (NaN in a slab, shapes) name the scan here
         raise ValueError(str(exc) if str(scan) in str(exc) else f"{scan}: {exc}") from exc
+    if volume.geometry is None:  # outputs of an earlier input of the same name would now mislead
+        for name in GEOMETRY_OUTPUTS:
+            (target / name).unlink(missing_ok=True)
     mark_complete(target, files, {"labels": fingerprint}, source=str(scan))
     return target
 
