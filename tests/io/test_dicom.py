@@ -165,3 +165,24 @@ def test_lazy_read_names_a_broken_slice_when_it_is_read(tmp_path, volume):
     image = read_dicom(tmp_path, lazy=True).image  # headers are whole: the damage shows on reading
     with pytest.raises(ValueError, match=f"{paths[1].name}: pixel data cannot be read"):
         image.compute()
+
+
+def test_gantry_tilt_is_refused_not_sheared(tmp_path, volume):
+    paths = write_dicom_series(tmp_path, volume[:5], SPACING, shuffle=False)
+    for k, path in enumerate(paths):  # each slice 0.1 mm further along y: an 18° tilt of 0.3 mm slices
+        position = [float(v) for v in pydicom.dcmread(path).ImagePositionPatient]
+        _rewrite(path, ImagePositionPatient=[position[0], position[1] + 0.1 * k, position[2]])
+    assert str(tmp_path) in _refused(tmp_path, "gantry tilt")
+
+
+def test_one_slice_without_thickness_has_no_voxel_size(tmp_path, volume):
+    from napari_mousesegment.io.readers import read_scan
+
+    [path] = write_dicom_series(tmp_path, volume[:1], SPACING)
+    ds = pydicom.dcmread(path)
+    del ds.SliceThickness
+    ds.save_as(path)
+    assert read_dicom(path).spacing is None  # not a made-up 1 mm
+    with pytest.raises(ValueError, match="no voxel size; give the spacing"):
+        read_scan(path)
+    assert read_scan(path, (0.3, 0.2, 0.1)).spacing == (0.3, 0.2, 0.1)

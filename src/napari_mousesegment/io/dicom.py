@@ -226,8 +226,12 @@ def _sorted_geometry(slices: list[_Slice], source: str) -> tuple[list[_Slice], n
                              f"{slices[k + 1].position.tolist()} ({steps[k]:.6g} mm apart, slices are "
                              f"{steps.min():.6g} mm apart)")
         slice_step = (slices[-1].position - slices[0].position) / (len(slices) - 1)
+        tilt = np.degrees(np.arccos(min(1.0, abs(slice_step @ normal) / np.linalg.norm(slice_step))))
+        if tilt > 0.5:  # a gantry tilt: the voxels are sheared, which our axis swaps and flips cannot undo
+            raise DicomError(f"{source}: the slices are offset sideways ({tilt:.1f}° gantry tilt); resample the "
+                             "series to an orthogonal grid first (e.g. with dcm2niix or 3D Slicer)")
     else:
-        slice_step = normal * (first.thickness or 1.0)
+        slice_step = normal * (first.thickness or 1.0)  # a placeholder without SliceThickness: see read_dicom
     affine = np.eye(4)
     affine[:3, 0] = along_row * first.pixel_spacing[1]  # column index i
     affine[:3, 1] = along_column * first.pixel_spacing[0]  # row index j
@@ -309,4 +313,6 @@ def read_dicom(path: str | Path, series: str | None = None, lazy: bool = False) 
     image, spacing, geometry = to_zyx(stack.transpose(2, 1, 0), affine_ras, 1.0, source=str(path))
     if isinstance(image, np.ndarray):
         image = np.ascontiguousarray(image)
+    if len(slices) == 1 and not slices[0].thickness:  # one slice, no thickness: the z size is unknown
+        spacing = None  # read_scan then asks for --spacing rather than taking 1 mm
     return Scan(image, spacing, source=str(path), geometry=geometry, calibrated=all(s.hu for s in slices))

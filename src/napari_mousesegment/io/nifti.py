@@ -111,6 +111,9 @@ def read_nifti_scan(path: str | Path, lazy: bool = False) -> Scan:
         else:
             data = np.asanyarray(img.dataobj)
         affine = img.affine
+        header = img.header
+        if "qform_code" in header.keys() and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+            affine = np.diag([*header.get_zooms()[:3], 1.0])  # NIfTI's "method 1": no flip, origin 0
     except Exception as exc:  # nibabel raises several types (and many-line messages) for damaged files
         raise ValueError(f"{path}: not a readable NIfTI/Analyze volume ({brief(exc)})") from exc
     if unit not in NIFTI_UNIT_MM:

@@ -134,19 +134,20 @@ def read_scan(path: str | os.PathLike, spacing: tuple[float, float, float] | Non
 
 
 def organ_names_beside(path: Path) -> dict[str, int] | None:
-    """Organ name -> value from a ``labels.json`` ({"organs": ...}) or Slicer ``.ctbl`` beside a label file."""
+    """Organ name -> value from ``STEM.json`` ({"organs": ...}) or a Slicer ``STEM.ctbl`` beside a label file
+    ``STEM.*`` (as ``predict ct`` writes ``labels.tif``, ``labels.nii.gz``, ``labels.json``, ``labels.ctbl``)."""
     import json
 
     from .slicer import read_color_table
 
     stem = path.name.split(".")[0]
-    for sidecar in (path.with_name(f"{stem}.json"), path.parent / "labels.json"):
-        if sidecar.is_file():
-            try:
-                organs = json.loads(sidecar.read_text())["organs"]
-                return {str(k): int(v) for k, v in organs.items()}
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{sidecar}: not an organ table ({{\"organs\": {{name: value}}}}): {exc}") from exc
+    sidecar = path.with_name(f"{stem}.json")
+    if sidecar.is_file():
+        try:
+            organs = json.loads(sidecar.read_text())["organs"]
+            return {str(k): int(v) for k, v in organs.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{sidecar}: not an organ table ({{\"organs\": {{name: value}}}}): {exc}") from exc
     table = path.with_name(f"{stem}.ctbl")
     if table.is_file():
         try:
