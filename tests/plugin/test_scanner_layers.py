@@ -67,3 +67,27 @@ def test_widget_segments_a_lazy_multiscale_layer_and_calibrates_grey_values(make
     assert widget.hu == (24.0, 1024.0)
     with pytest.raises(ValueError, match="--hu"):
         widget.hu = "water"
+
+
+def test_an_uncalibrated_layer_is_refused_until_a_calibration_is_chosen(make_napari_viewer, tmp_path, scan, monkeypatch):
+    from napari_mousesegment.plugin.widgets.ct import CTWidget
+
+    viewer = make_napari_viewer()
+    write_skyscan_folder(tmp_path / "mouse", (scan.image.astype(np.int32) + 1024).astype(np.uint16), 280.0, fmt="tif")
+    [grey] = viewer.open(str(tmp_path / "mouse"), plugin=PLUGIN)
+    widget = CTWidget(viewer)
+    shown = []
+    monkeypatch.setattr("napari_mousesegment.plugin.widgets.ct.show_error", shown.append)
+    assert widget.run(grey, model="mosnet-synthetic", condition="contrast") is None
+    assert "not in HU" in shown[0] and "grey values" in shown[0]
+
+
+def test_predicted_labels_tif_opens_as_named_organ_labels(tmp_path, scan):
+    import json
+
+    (tmp_path / "case").mkdir()
+    write_tiff(tmp_path / "case" / "labels.tif", scan.labels, scan.spacing)
+    (tmp_path / "case" / "labels.json").write_text(json.dumps({"organs": {"heart": 1, "liver": 3}}))
+    [(data, kwargs, kind)] = get_scan_reader(str(tmp_path / "case" / "labels.tif"))(str(tmp_path / "case" / "labels.tif"))
+    assert kind == "labels" and np.array_equal(data, scan.labels) and kwargs["scale"] == pytest.approx(scan.spacing)
+    assert kwargs["metadata"]["organs"] == {"heart": 1, "liver": 3}

@@ -51,6 +51,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     from ..active.queue import Queue
     from ..io.hu import hu_map
     from ..io.readers import TIFF_SUFFIXES, check_spacing, read_label_map, read_scan, suffix
+    from ..io.scan import Scan
     from ..io.tiff import read_array, read_tiff
 
     model_version = _check_model(args) if args.model else None
@@ -60,7 +61,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
         image, spacing = np.asarray(scan.image), scan.spacing
         labels = read_label_map(args.labels, scan)[0]
     else:
-        image, labels = read_array(args.image), read_array(args.labels)
+        image = read_array(args.image)
+        labels = read_array(args.labels) if suffix(args.labels) in TIFF_SUFFIXES or args.kind != "ct" else None
         if args.kind == "ct":
             spacing = args.spacing or read_tiff(args.image)[1]
             if spacing is None:
@@ -68,6 +70,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
             spacing = check_spacing(spacing, str(args.image))
             if args.hu is not None:
                 image = hu_map(image, args.hu, str(args.image)).apply(image)
+            if labels is None:  # e.g. the labels.nii.gz predict ct wrote for a TIFF scan's own grid
+                labels = read_label_map(args.labels, Scan(image, spacing))[0]
     prediction = read_array(args.prediction) if args.prediction else None
     _check_contents(args, image, labels, prediction)
     item = Queue(args.queue).add(image, labels, args.kind, organ=args.organ, condition=args.condition,

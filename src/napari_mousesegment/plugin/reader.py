@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..io.readers import SCAN_SUFFIXES, TIFF_SUFFIXES, folder_kind
+from ..io.readers import SCAN_SUFFIXES, TIFF_SUFFIXES, folder_kind, organ_names_beside
 from ..io.readers import suffix as _suffix
 from .layers import LayerData
 
@@ -119,6 +119,13 @@ def read_scan_layers(path: str | os.PathLike | list) -> list[LayerData]:
     from .layers import ct_labels_layer
 
     p = _one_path(path)
+    organs = organ_names_beside(p) if _suffix(p) in TIFF_SUFFIXES else None
+    if organs:  # predict ct's labels.tif with its labels.json: organ labels, not a scan
+        from ..io.tiff import read_tiff
+
+        labels, spacing = read_tiff(p)
+        if labels.dtype.kind in "ui" and spacing is not None:
+            return [ct_labels_layer(labels.astype("uint8"), organs, spacing, f"{p.parent.name} organs")]
     lazy = folder_kind(p) == "omezarr" or _size_on_disk(p) > LAZY_BYTES
     scan = read_scan(p, lazy=lazy, require_hu=False)
     layers: list[LayerData] = []

@@ -52,9 +52,9 @@ def check_ct_layer(layer, hu: str | tuple[float, float] | None = None) -> tuple[
     dtype = np.dtype(data.dtype)
     if not np.issubdtype(dtype, np.number) or dtype == bool:
         raise ValueError(f"{layer.name}: {dtype} data is not an image of grey values")
-    if hu is None and dtype == np.uint8:
-        raise ValueError(f"{layer.name}: {dtype} data is not in HU (expected signed integers or floats); "
-                         "choose a calibration (auto, or the raw values of air and water)")
+    if hu is None and (dtype == np.uint8 or getattr(layer, "metadata", {}).get("hu") is False):
+        raise ValueError(f"{layer.name}: {dtype} data is not in HU (the reader says so, or the type cannot hold "
+                         "HU); choose a calibration in 'grey values' (auto, or the raw values of air and water)")
     units = [str(u) for u in getattr(layer, "units", ())]
     if not units or not all(u in ("mm", "millimeter") for u in units):
         raise ValueError(f"{layer.name}: the layer has no voxel size in mm (units {units or 'unset'}); set "
