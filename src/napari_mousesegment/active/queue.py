@@ -93,9 +93,16 @@ class Item:
         import tifffile
 
         path = self.folder / f"{name}.tif"
+        plane = tuple(self.shape[-2:])
         try:  # only the pages the item has (write_array writes one per frame): a damaged page chain can
             # otherwise send tifffile walking for minutes
+            with tifffile.TiffFile(path) as tif:
+                first = tuple(tif.pages.first.shape)
+                if first[-2:] != plane:  # a damaged header may declare a page of gigabytes: check first
+                    raise QueueError(f"{path}: pages of shape {first}, but the item was queued as {tuple(self.shape)}")
             array = tifffile.imread(path, key=range(self.shape[0])) if len(self.shape) == 3 else read_array(path)
+        except QueueError:
+            raise
         except Exception as exc:  # tifffile raises many types for damaged files
             raise QueueError(f"{path}: not a readable TIFF ({type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from exc
