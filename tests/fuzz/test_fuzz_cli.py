@@ -127,7 +127,11 @@ def test_queue_add_of_damaged_files(damaged, capsys, seeds, work, tmp_path_facto
         files[damaged].write_bytes(data)
         argv = ["queue", "add", "--queue", str(queue), "--image", str(files["image"]), "--labels",
                 str(files["labels"]), "--kind", "ultrasound", "--organ", "heart"]
-        run_cli(argv, capsys, "cli queue add", (files[damaged].name,))
+        if run_cli(argv, capsys, "cli queue add", (files[damaged].name,)) == "ok":
+            from napari_mousesegment.active.queue import Queue
+
+            item = Queue(queue).items()[-1]  # what was queued reads back whole, image and labels alike
+            assert item.image().shape == item.labels().shape
 
     _keep_on_failure(files[damaged], "cli queue add", run)
 
