@@ -21,6 +21,7 @@ import numpy as np
 import tifffile
 
 from napari_mousesegment.data.phantom_ct import ct_phantom
+from napari_mousesegment.io.tiff import write_tiff_slices
 
 FACTOR = 4  #: upsampling per axis: 0.28 mm phantom voxels -> 0.07 mm
 CHILD = """
@@ -41,8 +42,7 @@ def write_big_scan(path: Path, phantom: np.ndarray, slices: int, spacing: float)
             yield np.repeat(np.repeat(plane, FACTOR, axis=0), FACTOR, axis=1)
 
     shape = (slices, phantom.shape[1] * FACTOR, phantom.shape[2] * FACTOR)
-    tifffile.imwrite(path, data=pages(), shape=shape, dtype=np.int16, imagej=True,
-                     resolution=(1 / spacing, 1 / spacing), metadata={"axes": "ZYX", "spacing": spacing, "unit": "mm"})
+    write_tiff_slices(path, pages(), shape, np.int16, (spacing,) * 3)
     return path.stat().st_size / 1e9
 
 
@@ -69,8 +69,8 @@ def write_big_nifti(path: Path, phantom: np.ndarray, slices: int, spacing: float
 
 def read_once(path: Path) -> float:
     """Seconds to read the whole scan once, slab by slab, through the lazy reader predict uses."""
-    from napari_mousesegment.io.readers import read_scan
     from napari_mousesegment.io.arrays import load
+    from napari_mousesegment.io.readers import read_scan
 
     start = time.perf_counter()
     image = read_scan(path, lazy=True).image

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -30,12 +31,23 @@ from .geometry import UNIT_MM
 UNITS_MM = {"mm": 1.0, "micron": 1e-3, "µm": 1e-3, "um": 1e-3, "cm": 10.0}
 
 
+def _imagej_volume(spacing: tuple[float, float, float]) -> dict[str, Any]:
+    """tifffile's arguments for an ImageJ (z, y, x) volume whose voxel size Fiji reads, in mm."""
+    dz, dy, dx = (float(s) for s in spacing)
+    return {"imagej": True, "resolution": (1 / dx, 1 / dy), "metadata": {"axes": "ZYX", "spacing": dz, "unit": "mm"}}
+
+
 def write_tiff(path: str | os.PathLike, volume: np.ndarray, spacing: tuple[float, float, float]) -> Path:
     """Write a (z, y, x) volume as an ImageJ TIFF with its spacing in mm (Fiji reads it)."""
-    dz, dy, dx = (float(s) for s in spacing)
-    return write_atomic(path, lambda tmp: tifffile.imwrite(
-        tmp, np.ascontiguousarray(volume), imagej=True, resolution=(1 / dx, 1 / dy),
-        metadata={"axes": "ZYX", "spacing": dz, "unit": "mm"}))
+    return write_atomic(path, lambda tmp: tifffile.imwrite(tmp, np.ascontiguousarray(volume), **_imagej_volume(spacing)))
+
+
+def write_tiff_slices(path: str | os.PathLike, slices: Iterable[np.ndarray], shape: tuple[int, int, int],
+                      dtype: Any, spacing: tuple[float, float, float]) -> Path:
+    """Write a (z, y, x) volume given as its z-slices, one page at a time, as :func:`write_tiff` writes
+    it whole: a volume larger than memory is never held."""
+    return write_atomic(path, lambda tmp: tifffile.imwrite(tmp, data=iter(slices), shape=shape, dtype=dtype,
+                                                             **_imagej_volume(spacing)))
 
 
 def read_tiff(path: str | os.PathLike, lazy: bool = False

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io.scan import case_name
-from ..io.tiff import write_tiff
+from ..io.tiff import write_tiff, write_tiff_slices
 from ..metrics import write_counts_csv, write_rows, write_volumes_csv
 from .outputs import is_complete, mark_complete, staged
 from .reports import summarise, write_summary
@@ -32,9 +32,14 @@ def write_labels(folder: str | os.PathLike, labels: np.ndarray, organs: dict[str
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_tiff(folder / f"{prefix}labels.tif", labels, spacing)
-    (folder / f"{prefix}labels.json").write_text(json.dumps({"organs": organs}, indent=2) + "\n")
+    write_organ_names(folder / f"{prefix}labels.json", organs)
     write_volumes_csv(folder / f"{prefix}volumes.csv", labels, organs, spacing)
     return folder
+
+
+def write_organ_names(path: Path, organs: dict[str, int]) -> None:
+    """labels.json: {"organs": {name: label value}}, the names scripts and readers look up."""
+    path.write_text(json.dumps({"organs": organs}, indent=2) + "\n")
 
 
 CT_OUTPUTS = ["labels.tif", "labels.json", "volumes.csv"]
@@ -56,8 +61,6 @@ def stream_labels(folder: Path, slabs, shape: tuple[int, int, int], organs: dict
                   spacing: tuple[float, float, float]) -> None:
     """labels.tif written slice by slice as the predictor yields them, and volumes.csv from their
     counts: the label volume is never whole in memory."""
-    import tifffile
-
     counts = np.zeros(256, np.int64)
 
     def slices():
@@ -65,10 +68,8 @@ def stream_labels(folder: Path, slabs, shape: tuple[int, int, int], organs: dict
             counts[:] += np.bincount(labels.ravel(), minlength=256)
             yield from labels
 
-    dz, dy, dx = spacing
-    tifffile.imwrite(folder / "labels.tif", data=slices(), shape=shape, dtype=np.uint8, imagej=True,
-                     resolution=(1 / dx, 1 / dy), metadata={"axes": "ZYX", "spacing": dz, "unit": "mm"})
-    (folder / "labels.json").write_text(json.dumps({"organs": organs}, indent=2) + "\n")
+    write_tiff_slices(folder / "labels.tif", slices(), shape, np.uint8, spacing)
+    write_organ_names(folder / "labels.json", organs)
     write_counts_csv(folder / "volumes.csv", counts, organs, spacing)
 
 
@@ -104,8 +105,8 @@ def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | o
     """
     from ..inference.ct import iter_labels, predict_volume
     from ..inference.postprocess import clean_labels
-    from ..io.readers import read_scan
     from ..io.arrays import load, slabs_follow_chunks
+    from ..io.readers import read_scan
     from ..io.tiff import read_tiff
     from ..models.preprocess import PLANE_AXIS
 
