@@ -188,15 +188,21 @@ def test_analyze_pairs(part, seeds, work):
     run()
 
 
-@pytest.mark.parametrize("name", ["volume.nii", "volume.hdr"])
-def test_broken_voxel_size_is_refused(name, seeds, work):
-    """A voxel size of 0, below 0 or not finite is refused, never read as some other spacing."""
-    seed = bytearray((seeds / name).read_bytes())
-    folder = work / "pixdim"
+def _header_seed(name: str, seeds: Path, folder: Path) -> tuple[bytearray, Path]:
+    """The bytes of a seed NIfTI or Analyze header, checked to read soundly in ``folder`` (with its
+    .img beside it for Analyze), to be damaged there."""
     folder.mkdir(exist_ok=True)
     if name == "volume.hdr":
         (folder / "volume.img").write_bytes((seeds / "volume.img").read_bytes())
+    seed = bytearray((seeds / name).read_bytes())
     _scan_is_sound(_write(folder / name, bytes(seed)))
+    return seed, folder
+
+
+@pytest.mark.parametrize("name", ["volume.nii", "volume.hdr"])
+def test_broken_voxel_size_is_refused(name, seeds, work):
+    """A voxel size of 0, below 0 or not finite is refused, never read as some other spacing."""
+    seed, folder = _header_seed(name, seeds, work / "pixdim")
 
     @given(st.integers(1, 3), st.sampled_from([0.0, -0.25, -1.0, math.nan, math.inf, -math.inf]))
     def run(axis, value):
@@ -210,12 +216,7 @@ def test_broken_voxel_size_is_refused(name, seeds, work):
 @pytest.mark.parametrize("name", ["volume.nii", "volume.hdr"])
 def test_dimensions_that_do_not_match_the_data_are_refused(name, seeds, work):
     """A header whose dimensions disagree with the data's size is refused, not read as a wrong volume."""
-    seed = bytearray((seeds / name).read_bytes())
-    folder = work / "dims"
-    folder.mkdir(exist_ok=True)
-    if name == "volume.hdr":
-        (folder / "volume.img").write_bytes((seeds / "volume.img").read_bytes())
-    _scan_is_sound(_write(folder / name, bytes(seed)))
+    seed, folder = _header_seed(name, seeds, work / "dims")
 
     @given(st.integers(1, 3), st.integers(1, 16))
     def run(axis, value):
