@@ -126,12 +126,12 @@ def read_scan_layers(path: str | os.PathLike | list) -> list[LayerData]:
         labels, spacing = read_tiff(p)
         if labels.dtype.kind in "ui" and spacing is not None:
             return [ct_labels_layer(labels.astype("uint8"), organs, spacing, f"{p.parent.name} organs")]
-    lazy = folder_kind(p) == "omezarr" or _size_on_disk(p) > LAZY_BYTES
-    scan = read_scan(p, lazy=lazy, require_hu=False)
+    zarr = folder_kind(p) == "omezarr"
+    scan = read_scan(p, lazy=zarr or _size_on_disk(p) > LAZY_BYTES, require_hu=False)
     layers: list[LayerData] = []
     if scan.image is not None:
         data = scan.image
-        if folder_kind(p) == "omezarr":
+        if zarr:
             levels, _ = read_levels(p)
             data = levels if len(levels) > 1 else levels[0]
         limits = (-500, 1200) if scan.calibrated else _limits(scan.image)
