@@ -3,12 +3,14 @@
 import json
 import zipfile
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 
 from napari_mousesegment.cli import main
 from napari_mousesegment.data.phantom_us import ultrasound_series, write_us_series
+from napari_mousesegment.io.composites import montage, read_composite
 from napari_mousesegment.io.roi import read_rois
 from napari_mousesegment.io.tiff import write_stack
 from napari_mousesegment.models.folder import save_model
@@ -71,6 +73,30 @@ def test_empty_prediction_gives_an_empty_roiset_and_a_message(tmp_path, lab, cap
         assert archive.namelist() == []
 
 
+def test_predict_folders_hold_frames_tif_and_a_readme_for_fiji(tmp_path, lab):
+    """A montage, a folder of frames and a stack: each prediction folder holds the frames its ROIs
+    are on, as one ImageJ stack, and says how to open them in Fiji; the manifest counts both."""
+    frames = tifffile.imread(lab / "lab" / "S2" / "S2.tif")
+    iio.imwrite(tmp_path / "litter.png", montage(frames, (2, 2)))
+    for k, frame in enumerate(frames, start=1):
+        (tmp_path / "shots").mkdir(exist_ok=True)
+        iio.imwrite(tmp_path / "shots" / f"frame{k}.png", frame)
+    config = UNetConfig(organ="placenta", width=2, image_size=32)
+    save_model(tmp_path / "m", UNet(config), config)
+    sources = [tmp_path / "litter.png", tmp_path / "shots", lab / "lab" / "S2" / "S2.tif"]
+    assert main(["predict", "ultrasound", *map(str, sources), "--organs", "placenta", "--grid", "2x2",
+                 "--model", f"placenta={tmp_path / 'm'}", "--out", str(tmp_path / "p")]) == 0
+    for source in sources:
+        folder = tmp_path / "p" / source.stem
+        with tifffile.TiffFile(folder / "frames.tif") as tif:
+            assert tif.is_imagej and tif.imagej_metadata["images"] == 4  # ImageJ opens 4 slices
+            written = tif.asarray()
+        assert np.array_equal(written, read_composite(source).frames) and np.array_equal(written, frames)
+        readme = (folder / "README.txt").read_text()
+        assert "placenta_RoiSet.zip" in readme and "ROI Manager" in readme and "group 8 " in readme
+        assert {"frames.tif", "README.txt"} <= set(json.loads((folder / ".complete.json").read_text())["files"])
+
+
 def test_bad_model_specs_get_one_clear_line(tmp_path, lab, capsys):
     assert main(["predict", "ultrasound", str(lab / "lab" / "S1" / "S1.tif"), "--organs", "heart",
                  "--out", str(tmp_path / "p")]) == 2
@@ -91,3 +117,6 @@ def test_demo_segments_and_scores_the_series_with_given_unets(tmp_path):
     assert all(0 <= r["dice"] <= 1 for r in report["ultrasound_scores"])  # an untrained net: honest, low
     predicted = tmp_path / "demo" / "ultrasound" / "predicted"
     assert (predicted / "heart_RoiSet.zip").exists() and tifffile.imread(predicted / "heart_labels.tif").shape == (35, 240, 320)
+    split = tifffile.imread(tmp_path / "demo" / "ultrasound" / "split" / "frames.tif")
+    assert np.array_equal(tifffile.imread(predicted / "frames.tif"), split)
+    assert "placenta_labels.tif" in (predicted / "README.txt").read_text()

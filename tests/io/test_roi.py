@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import warnings
 import zipfile
 
@@ -11,6 +14,8 @@ from napari_mousesegment.io.roi import (
     RoiError,
     RoiSkipped,
     fill_polygon,
+    labels_to_rois,
+    mask_outlines,
     polygon_roi,
     read_rois,
     roi_frame,
@@ -19,8 +24,17 @@ from napari_mousesegment.io.roi import (
     rois_to_labels,
     write_roiset,
 )
+from napari_mousesegment.organs import (
+    CT_ORGANS,
+    GLASBEY,
+    OTHER_ROI_GROUPS,
+    US_ORGANS,
+    hex_rgb,
+    roi_style,
+)
 
 from ..conftest import shared_file
+from .roi_shapes import in_roi_order, nasty_instances
 
 
 def test_every_roi_type_matches_imagej_own_masks():
@@ -176,19 +190,67 @@ def test_hyperstack_rois_take_their_frame_from_z_or_t():
 
 
 def test_instance_outlines_fill_back_to_the_instance_exactly(us_series):
-    from napari_mousesegment.io.roi import labels_to_rois, mask_outline
-
     blob = np.zeros((20, 20), bool)
     blob[3:9, 4:15] = True
     blob[8:16, 9:12] = True  # an L shape: concave corners
-    blob[5, 6] = False  # a hole: filled
-    outline = mask_outline(blob)
-    filled = blob.copy()
-    filled[5, 6] = True
-    assert np.array_equal(fill_polygon(outline, blob.shape), filled)
+    (outline,) = mask_outlines(blob)
+    assert np.array_equal(fill_polygon(outline, blob.shape), blob)
     assert not np.any(np.isclose(outline % 1, 0.5))  # no vertex on a pixel centre: no ties
+    blob[5, 6] = False  # a hole: a second outline, running the other way
+    outer, hole = mask_outlines(blob)
+    assert np.array_equal(fill_polygon(outer, blob.shape) ^ fill_polygon(hole, blob.shape), blob)
+    assert np.sign(_area(outer)) == -np.sign(_area(hole))  # non-zero winding fills the same
     labels = us_series.labels["liver"][:6]
     rois = labels_to_rois(labels, "liver")
     assert len({r.name for r in rois}) == len(rois) and all(r.name.startswith("liver_f0") for r in rois)
     back = rois_to_labels(rois, labels.shape)
     assert np.array_equal(back > 0, labels > 0)
+
+
+def _area(xy: np.ndarray) -> float:
+    """Signed (shoelace) area of a closed outline: its sign is the outline's direction."""
+    x, y = xy[:, 0], xy[:, 1]
+    return float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) / 2)
+
+
+def test_pieces_and_holes_round_trip_as_composite_rois(tmp_path):
+    """Several pieces, holes, islands and corner contacts: one composite ROI per instance, which our
+    reader (even-odd) fills back to exactly that instance; one-piece instances stay polygons."""
+    labels = nasty_instances()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is lost, so nothing is warned about
+        rois = labels_to_rois(labels, "placenta")
+    composite = [1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0]  # see nasty_instances: plain ones are squares, dots, a line
+    assert [int(r.composite) for r in rois] == composite
+    assert all(r.roitype == ROI_TYPE.POLYGON for r in rois if not r.composite)
+    assert [r.name for r in rois][:3] == ["placenta_f01_1", "placenta_f01_2", "placenta_f02_1"]
+    back = read_rois(write_roiset(tmp_path / "nasty.zip", rois))
+    assert [r.position for r in back] == [int(r.name.split("_f")[1][:2]) for r in rois]
+    assert np.array_equal(rois_to_labels(back, labels.shape), in_roi_order(labels))
+    single = labels_to_rois(labels[0])  # a 2D image: no stack position
+    assert single[0].composite and single[0].position == 0
+    assert np.array_equal(rois_to_labels(single, (1, *labels.shape[1:]))[0], in_roi_order(labels[:1])[0])
+
+
+def test_rois_carry_their_organs_group_and_colour_through_a_roiset(tmp_path):
+    labels = nasty_instances()[:1]  # a composite and a polygon
+    for organ in ("heart", "liver", "vitelline duct"):
+        group, rgb = roi_style(organ)
+        back = read_rois(write_roiset(tmp_path / f"{organ}.zip", labels_to_rois(labels, organ)))
+        assert [r.composite for r in back] == [True, False]
+        assert [(r.group, r.stroke_color) for r in back] == [(group, bytes((255, *rgb)))] * 2  # ARGB, opaque
+    assert roi_style("Heart ") == roi_style("heart") == (2, (255, 0, 0))
+
+
+def test_roi_styles_are_fixed_distinct_and_the_same_in_every_process():
+    known = {organ: roi_style(organ) for organ in (*US_ORGANS, *CT_ORGANS)}
+    assert known["heart"] == (2, (255, 0, 0)) and known["placenta"] == (8, (0, 159, 255))
+    assert len({g for g, _ in known.values()}) == len({c for _, c in known.values()}) == len(known)
+    others = ["yolk_sac", "umbilical cord", "brain", "x"]
+    here = [roi_style(o) for o in others]
+    assert all(g in OTHER_ROI_GROUPS and c == hex_rgb(GLASBEY[g]) for g, c in here)
+    script = f"from napari_mousesegment.organs import roi_style; print([roi_style(o) for o in {others!r}])"
+    for seed in ("1", "2"):  # Python's own str hash differs per process with PYTHONHASHSEED
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.stdout.strip() == str(here)

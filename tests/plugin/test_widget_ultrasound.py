@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_mousesegment.data.phantom_us import ultrasound_series
 from napari_mousesegment.inference.ultrasound import instances
@@ -41,6 +42,9 @@ def test_montage_layer_is_split_segmented_thresholded_and_exported(make_napari_v
     assert int((heart.data > 0).sum()) > before
     written = widget.export_rois(tmp_path)
     assert sorted(p.name for p in written) == ["heart_RoiSet.zip", "liver_RoiSet.zip"]
+    assert np.array_equal(tifffile.imread(tmp_path / "frames.tif"), series.frames)  # what the ROIs land on
+    readme = (tmp_path / "README.txt").read_text()
+    assert "liver_RoiSet.zip" in readme and "placenta" not in readme and "_labels.tif" not in readme
     rois = read_rois(tmp_path / "heart_RoiSet.zip")
     frames_with_hearts = {k for k in range(35) if heart.data[k].max() > 0}
     assert {roi_frame(r) for r in rois} == frames_with_hearts

@@ -1,5 +1,11 @@
 """ImageJ/Fiji ROIs: polygon rasterisation in ImageJ's convention, and RoiSet zips via roifile.
 
+Instance labels become one ROI per instance per frame that ImageJ fills back to exactly that
+instance: a polygon for an instance in one piece without holes, else a composite ROI of every
+outline (each piece's and each hole's), which ImageJ fills even-odd. Outlines cut pixel corners by
+a quarter pixel, so no pixel centre lies on one. Each ROI carries its organ's ImageJ group and the
+colour ImageJ draws that group in (:func:`~napari_mousesegment.organs.roi_style`).
+
 ImageJ puts pixel (x, y) in the square [x, x+1) x [y, y+1), so a pixel belongs to a polygon when
 its centre (x+0.5, y+0.5) is inside. A centre exactly on the boundary is inside on the right and
 lower boundaries and outside on the left and upper ones, as ImageJ 1.53t fills. Following that
@@ -23,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import roifile
 from roifile import ROI_OPTIONS, ROI_SUBTYPE, ROI_TYPE, ImagejRoi
+
+from ..organs import roi_style
 
 #: ROI types that enclose an area traced by a list of vertices.
 POLYGON_TYPES = (ROI_TYPE.POLYGON, ROI_TYPE.FREEHAND, ROI_TYPE.TRACED)
@@ -118,37 +126,68 @@ def polygon_roi(xy: np.ndarray, name: str, frame: int | None = None) -> ImagejRo
     return roi
 
 
-def mask_outline(mask: np.ndarray) -> np.ndarray:
-    """(x, y) outline of a 2D mask's largest 4-connected piece, holes filled, whose ImageJ fill
-    is that piece again, pixel for pixel.
-
-    The outline runs along pixel edges with corners cut by a quarter pixel (marching squares on
-    the mask at twice its resolution), so no pixel centre lies on it and there are no ties.
-    """
-    from scipy import ndimage as ndi
-    from skimage.measure import find_contours
-
-    pieces, n = ndi.label(mask)
-    if n == 0:
-        raise RoiError("an empty mask has no outline")
-    if n > 1:
-        sizes = np.bincount(pieces.ravel())[1:]
-        pieces = pieces == (int(np.argmax(sizes)) + 1)
-    piece = ndi.binary_fill_holes(pieces > 0)
-    fine = np.pad(np.repeat(np.repeat(piece, 2, 0), 2, 1), 1).astype(np.float32)
-    contour = max(find_contours(fine, 0.5), key=len)  # (row, col) on the fine, padded grid
-    yx = (contour - 1 + 0.5) / 2
-    xy = yx[:-1, ::-1]  # drop the repeated closing point
+def _corners(xy: np.ndarray) -> np.ndarray:
+    """A closed outline without its repeated closing point and without points inside straight runs."""
+    xy = xy[:-1]
     ahead, behind = np.roll(xy, -1, 0) - xy, xy - np.roll(xy, 1, 0)
-    turn = np.abs(ahead[:, 0] * behind[:, 1] - ahead[:, 1] * behind[:, 0]) > 1e-9  # drop straight-run points
+    turn = np.abs(ahead[:, 0] * behind[:, 1] - ahead[:, 1] * behind[:, 0]) > 1e-9
     return xy[turn]
 
 
-def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
-    """One polygon ROI per instance per frame of (N, H, W) (or (H, W)) instance labels.
+def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """(x, y) outlines of every boundary of a 2D mask (each piece's outside and each hole's), whose
+    even-odd fill by ImageJ is the mask again, pixel for pixel.
 
-    Names carry organ, 1-based frame and instance (``heart_f07_2``), never ImageJ's
-    NNNN-NNNN-NNNN form; each ROI sits on its frame's stack position.
+    The outlines run along pixel edges with corners cut by a quarter pixel (marching squares on the
+    mask at twice its resolution), so no pixel centre lies on them and there are no ties. Pieces
+    that touch only at a corner get separate outlines that do not touch. Outsides and holes run in
+    opposite directions, so a non-zero winding fill gives the same mask.
+    """
+    from skimage.measure import find_contours
+
+    if not np.any(mask):
+        raise RoiError("an empty mask has no outline")
+    fine = np.pad(np.repeat(np.repeat(np.asarray(mask, bool), 2, 0), 2, 1), 1).astype(np.float32)
+    # (row, col) on the fine, padded grid -> ImageJ's (x, y): a fine sample i sits at (i - 1 + 0.5) / 2
+    return [_corners((contour - 0.5) / 2)[:, ::-1] for contour in find_contours(fine, 0.5)]
+
+
+def composite_roi(outlines: Sequence[np.ndarray], name: str, frame: int | None = None) -> ImagejRoi:
+    """A composite (shape) ROI of closed (x, y) outlines, which ImageJ fills even-odd.
+
+    ImageJ stores it as a path of MOVETO, LINETO and CLOSE steps in image coordinates; ``frame``
+    is 0-based, as for :func:`polygon_roi`.
+    """
+    outlines = [np.asarray(xy, dtype=np.float64) for xy in outlines]
+    steps = []
+    for xy in outlines:
+        ops = np.ones((len(xy), 1))
+        ops[0] = 0  # MOVETO the first vertex, LINETO the others, then CLOSE (4)
+        steps += [np.hstack([ops, xy]).ravel(), [4.0]]
+    points = np.concatenate(outlines)
+    left, top = np.floor(points.min(0)).astype(int)
+    right, bottom = np.ceil(points.max(0)).astype(int)
+    path = np.concatenate(steps).astype(np.float32)
+    return ImagejRoi(roitype=ROI_TYPE.RECT, name=name, position=0 if frame is None else frame + 1,
+                     left=int(left), top=int(top), right=int(right), bottom=int(bottom),
+                     shape_roi_size=len(path), multi_coordinates=path)
+
+
+def organ_style(roi: ImagejRoi, organ: str) -> ImagejRoi:
+    """Give an ROI its organ's ImageJ group and stroke colour (:func:`napari_mousesegment.organs.roi_style`)."""
+    roi.group, (red, green, blue) = roi_style(organ)
+    roi.stroke_color = bytes((255, red, green, blue))  # ARGB, opaque
+    return roi
+
+
+def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
+    """One ROI per instance per frame of (N, H, W) (or (H, W)) instance labels, filled by ImageJ
+    to exactly that instance.
+
+    An instance in one piece without holes is a polygon; one in several pieces or with holes is a
+    composite ROI of all its outlines. Names carry organ, 1-based frame and instance
+    (``heart_f07_2``), never ImageJ's NNNN-NNNN-NNNN form; each ROI sits on its frame's stack
+    position and carries the organ's group and stroke colour.
     """
     stack = labels[None] if labels.ndim == 2 else labels
     if stack.ndim != 3:
@@ -163,14 +202,14 @@ def labels_to_rois(labels: np.ndarray, organ: str = "organ") -> list[ImagejRoi]:
         boxes = ndi.find_objects(compact)  # each instance outlined inside its own bounding box: fewer pixels
         for k, value in enumerate(values, start=1):
             rows, cols = boxes[k - 1]
-            mask = plane[rows, cols] == value
+            outlines = [xy + (cols.start, rows.start) for xy in mask_outlines(plane[rows, cols] == value)]
             name = f"{organ}_f{frame + 1:02d}_{k}"
-            pieces = ndi.label(mask)[1]
-            if pieces > 1:
-                warnings.warn(f"instance {value} on frame {frame + 1} has {pieces} separate pieces; ROI {name} "
-                              "outlines the largest", stacklevel=2)
-            outline = mask_outline(mask) + (cols.start, rows.start)
-            rois.append(polygon_roi(outline, name, frame=frame if labels.ndim == 3 else None))
+            position = frame if labels.ndim == 3 else None
+            if len(outlines) == 1:
+                roi = polygon_roi(outlines[0], name, position)
+            else:
+                roi = composite_roi(outlines, name, position)
+            rois.append(organ_style(roi, organ))
     return rois
 
 

@@ -273,12 +273,29 @@ def _read_ome(tif: Any, path: Path, lazy: bool) -> tuple[Any, tuple[float, float
     return volume, spacing
 
 
+def imagej_dtype(array: np.ndarray) -> np.ndarray:
+    """``array`` in a type an ImageJ TIFF holds: 8 or 16 bits, signed 16 bits or 32-bit float.
+
+    Booleans and integers go to the smallest of the integer types that holds their values, without
+    loss; anything else becomes 32-bit float, ImageJ's widest type.
+    """
+    if array.dtype.char in "BHhf":
+        return array
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for kind in (np.uint8, np.uint16, np.int16):
+            if np.iinfo(kind).min <= low and high <= np.iinfo(kind).max:
+                return array.astype(kind)
+    return array.astype(np.float32)
+
+
 def write_stack(path: str | os.PathLike, frames: np.ndarray, compress: bool = False) -> Path:
     """Write (n, H, W) frames as a TIFF stack that ImageJ/Fiji opens with n slices.
 
-    ``compress`` uses deflate (ImageJ reads it), which shrinks mostly-empty label stacks ~1000x.
+    Types ImageJ lacks are converted by :func:`imagej_dtype`. ``compress`` uses deflate (ImageJ
+    reads it), which shrinks mostly-empty label stacks ~1000x.
     """
-    frames = np.asarray(frames)
+    frames = imagej_dtype(np.asarray(frames))
     return write_atomic(path, lambda tmp: tifffile.imwrite(
         tmp, frames, imagej=True, metadata={"axes": "ZYX" if frames.ndim == 3 else "YX"},
         compression="zlib" if compress else None))

@@ -150,11 +150,11 @@ def _segment_us(series, folder: Path, models: dict[str, str], scores: list[dict]
     from ..inference.ultrasound import segment_frames
     from ..metrics import frame_counts, segmentation_scores
     from ..store.load import load_unets
-    from .rois import write_rois
+    from .rois import write_fiji_files, write_rois
 
     t0 = time.perf_counter()
     folder.mkdir(parents=True)
-    files = []
+    files = [str(path) for path in write_fiji_files(folder, series.frames, models)]
     for organ, model in load_unets(models, list(models)).items():
         _, labels = segment_frames(model, series.frames)
         write_stack(folder / f"{organ}_labels.tif", labels, compress=True)

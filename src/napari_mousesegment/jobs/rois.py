@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import write_atomic
 from ..io.roi import labels_to_rois, read_rois, rois_to_labels, write_roiset
 from ..io.tiff import read_array, write_stack
+from ..organs import roi_style
+
+#: Files written beside RoiSets so that Fiji can open them on their frames.
+FIJI_FILES = ["frames.tif", "README.txt"]
 
 
 def write_rois(path: Path, labels: np.ndarray, organ: str, log=print, shown: Path | None = None) -> Path:
@@ -22,6 +28,43 @@ def write_rois(path: Path, labels: np.ndarray, organ: str, log=print, shown: Pat
     if not rois:
         log(f"  {organ}: nothing found; wrote an empty RoiSet {shown or path}")
     return write_roiset(path, rois, allow_empty=True)
+
+
+def fiji_readme(organs: Iterable[str], shape: tuple[int, ...], labels: bool = True) -> str:
+    """How to open frames.tif and the organs' RoiSets in Fiji, and each organ's ROI group and
+    colour; ``labels`` when ORGAN_labels.tif stacks are there too."""
+    files = [("frames.tif", f"the {shape[0]} frames ({shape[2]}x{shape[1]} pixels), one slice each")]
+    groups = []
+    for organ in sorted(organs):
+        files.append((f"{organ}_RoiSet.zip", f"{organ}: one ROI per instance per frame, on its slice"))
+        if labels:
+            files.append((f"{organ}_labels.tif", f"{organ}: the same instances as a label stack"))
+        group, (red, green, blue) = roi_style(organ)
+        groups.append(f"  {organ:<20} group {group:<3} colour #{red:02x}{green:02x}{blue:02x}")
+    width = max(len(name) for name, _ in files) + 2
+    return "\n".join([
+        "Segmentation by napari-mousesegment, ready for Fiji (ImageJ).", "",
+        *(f"  {name:<{width}}{what}" for name, what in files), "",
+        "To open them in Fiji:",
+        "  1. File > Open... and choose frames.tif (or drag it onto the Fiji window).",
+        "  2. Analyze > Tools > ROI Manager..., then More >> Open... and choose an ORGAN_RoiSet.zip",
+        "     (or drag the zip onto the Fiji window). Repeat for each organ.",
+        "  3. Tick Show All in the ROI Manager. Each ROI sits on its own slice (frame); clicking it",
+        "     in the list goes to that slice.", "",
+        "An instance in several pieces or with holes is one composite ROI, which fills to exactly",
+        "that instance. Each organ's ROIs are one ROI group, which Fiji draws in the group's colour",
+        "(from its glasbey LUT; an ImageJ without that LUT draws every group in its default ROI colour):",
+        *groups, "",
+    ])
+
+
+def write_fiji_files(folder: Path, frames: np.ndarray, organs: Iterable[str], labels: bool = True) -> list[Path]:
+    """``folder``/frames.tif, the (N, H, W) stack the RoiSets belong to, and a README.txt saying
+    how to open both in Fiji (see :func:`fiji_readme`)."""
+    frames = np.asarray(frames)
+    text = fiji_readme(organs, frames.shape, labels)
+    return [write_stack(folder / FIJI_FILES[0], frames),
+            write_atomic(folder / FIJI_FILES[1], lambda tmp: tmp.write_text(text, encoding="utf-8"))]
 
 
 #: Most voxels of a labels stack ``roi import`` fills (2 GiB of uint16); a larger --shape is a typo,

@@ -2,6 +2,7 @@
 
     predict:  DIR/<composite stem>/<organ>_labels.tif (N, H, W instance ids)
               DIR/<composite stem>/<organ>_RoiSet.zip (one ROI per instance, on its frame)
+              DIR/<composite stem>/frames.tif (the N frames the ROIs are on), README.txt (for Fiji)
     evaluate: REPORT_DIR/per_frame.csv, per_series.csv, summary.csv, summary.md (see :mod:`.reports`)
 """
 
@@ -20,7 +21,7 @@ from ..store.load import load_unets
 from ..store.registry import model_config
 from .outputs import is_complete, mark_complete, read_manifest, staged
 from .reports import write_us_report
-from .rois import write_rois
+from .rois import FIJI_FILES, write_fiji_files, write_rois
 
 
 def us_outputs(organ: str) -> list[str]:
@@ -35,7 +36,7 @@ def weights_of(models: dict[str, str], organs: list[str]) -> dict[str, str]:
 def predict_composite(loaded: dict, weights: dict[str, str], source: str | os.PathLike, out: str | os.PathLike,
                       grid: tuple[int, int] | None = None, log=print) -> Path:
     """Segment one composite with loaded U-Nets (organ -> model, whose weights' sha256 is in ``weights``)
-    and write OUT/<stem>/ (see :mod:`.outputs`).
+    and write OUT/<stem>/ (see :mod:`.outputs`), with the frames as a stack for Fiji and a README.
 
     Outputs of other organs already in the folder stay, and stay counted as complete.
     """
@@ -47,15 +48,17 @@ def predict_composite(loaded: dict, weights: dict[str, str], source: str | os.Pa
     before = (read_manifest(target) or {}).get("parts", {})
     earlier = {o: made for o, made in (before.items() if isinstance(before, dict) else [])
                if o not in loaded and is_complete(target, {o: made})}
+    parts = {**earlier, **{organ: weights[organ] for organ in loaded}}
     with staged(target) as tmp:
+        write_fiji_files(tmp, frames, parts)
         for organ, model in loaded.items():
             _, labels = segment_frames(model, frames)
             write_stack(tmp / f"{organ}_labels.tif", labels, compress=True)
             write_rois(tmp / f"{organ}_RoiSet.zip", labels, organ, log, shown=target / f"{organ}_RoiSet.zip")
             n = sum(len(np.unique(f[f > 0])) for f in labels)
             log(f"{source} {organ}: {n} instances in {int(np.any(labels > 0, axis=(1, 2)).sum())} frames")
-    parts = {**earlier, **{organ: weights[organ] for organ in loaded}}
-    mark_complete(target, [f for o in sorted(parts) for f in us_outputs(o)], parts, source=str(source))
+    mark_complete(target, [*FIJI_FILES, *(f for o in sorted(parts) for f in us_outputs(o))], parts,
+                  source=str(source))
     return target
 
 

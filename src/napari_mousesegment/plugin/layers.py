@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..organs import CT_COLORS, US_ORGANS
+from ..organs import CT_COLORS, US_COLORS, US_ORGANS, hex_rgb
 
 if TYPE_CHECKING:
     from ..data.phantom_ct import CTPhantom
     from ..data.phantom_us import USSeries
 
 LayerData = tuple[Any, dict, str]
-_US_COLORS = {"heart": "#e6194b", "liver": "#9a6324", "placenta": "#4363d8"}
 
 
 def organ_features(organs: dict[str, int]) -> dict[str, list]:
@@ -65,8 +64,8 @@ def ultrasound_layers(series: USSeries) -> list[LayerData]:
 
 def us_labels_layer(labels: np.ndarray, organ: str, name: str, visible: bool = True) -> LayerData:
     """One organ's instance labels over the frame stack, all instances in the organ's colour."""
-    hex_color = _US_COLORS.get(organ, "#f58231")
-    color = np.array([int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0])
+    hex_color = US_COLORS.get(organ, "#f58231")
+    color = np.array([c / 255 for c in hex_rgb(hex_color)] + [1.0])
     colormap = {None: color, 0: "transparent"}  # every instance, also ones painted later, in the organ's colour
     return (labels, {"axis_labels": ("frame", "y", "x"), "name": name, "colormap": colormap, "opacity": 0.6,
                      "visible": visible, "metadata": {"organ": organ}}, "labels")

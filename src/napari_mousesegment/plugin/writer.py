@@ -14,7 +14,7 @@ def _organ(meta: dict[str, Any]) -> str:
 
 
 def write_labels_rois(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """One polygon ROI per instance per frame, on its frame, so Fiji's fill gives each instance back."""
+    """One ROI per instance per frame, on its frame, so Fiji's fill gives each instance back."""
     from ..io.roi import labels_to_rois, write_roiset
 
     labels = np.asarray(data)
