@@ -32,16 +32,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from ..store.transfer import import_model
 
-    folder = import_model(args.source, args.name, args.force, args.sha256)
+    folder = import_model(args.source, args.name, args.force, args.sha256, args.organ)
     print(f"imported {args.source} as {folder.name} -> {folder}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..store.transfer import export_model
+    if args.format == "bioimageio":
+        from ..jobs.bioimageio import export_bioimageio
 
-    folder = export_model(args.name, args.dest, args.force)
-    print(f"exported {args.name} -> {folder}")
+        written = export_bioimageio(args.name, args.dest, args.force)
+    else:
+        from ..store.transfer import export_model
+
+        written = [export_model(args.name, args.dest, args.force)]
+    for path in written:
+        print(f"exported {args.name} -> {path}")
     return 0
 
 
@@ -90,16 +96,22 @@ def add_commands(sub) -> None:
     ls = models_sub.add_parser("list", help="built-in, user and published models")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=_cmd_list)
-    imp = models_sub.add_parser("import", help="install a model folder, or a zip of one at a URL, by name")
-    imp.add_argument("source", help="model folder, or URL of a zip of one")
+    imp = models_sub.add_parser("import", help="install a model folder, a zip of one, or a bioimage.io package")
+    imp.add_argument("source", help="model folder, zip (a model folder or a bioimage.io package), or URL of a zip")
     imp.add_argument("--name", default=None, help="name to install it as (default: the folder's name)")
     imp.add_argument("--force", action="store_true", help="replace a user model of the same name")
     imp.add_argument("--sha256", default=None, help="URL only: the zip's sha256, checked after download")
+    imp.add_argument("--organ", default=None,
+                     help="another lab's bioimage.io package: the organ it segments (default: from its name and tags)")
     imp.set_defaults(func=_cmd_import)
-    exp = models_sub.add_parser("export", help="copy a model to a folder, to share or archive it")
+    exp = models_sub.add_parser("export", help="copy a model to a folder, or package it for bioimage.io")
     exp.add_argument("name", help="model name (or folder)")
-    exp.add_argument("dest", type=Path, help="folder to write (absent or empty)")
-    exp.add_argument("--force", action="store_true", help="replace an existing model folder at DEST")
+    exp.add_argument("dest", type=Path, help="store: the model folder to write (absent or empty); "
+                                             "bioimageio: the folder to write the zips into")
+    exp.add_argument("--format", choices=("store", "bioimageio"), default="store",
+                     help="store: this plugin's folder (default); bioimageio: BioImage Model Zoo zips "
+                          "(deepImageJ, ilastik, bioimageio.core), one per U-Net or per MOSnet condition")
+    exp.add_argument("--force", action="store_true", help="replace an existing model folder or zip at DEST")
     exp.set_defaults(func=_cmd_export)
     rm = models_sub.add_parser("remove", help="delete a user model")
     rm.add_argument("name")

@@ -101,6 +101,21 @@ def _check(model: MOSnet, image, spacing, condition: str, batch_size: int | None
     return batch_size
 
 
+def slice_probabilities(model: MOSnet, slices: np.ndarray, condition: str, borrow: bool = True) -> np.ndarray:
+    """(N, M, H, W) float32 organ probabilities of (N, H, W) HU slices that are already on the
+    model's plane and voxel size, by the same code as :func:`iter_labels` (window, square fit,
+    network, sigmoid): what a bioimage.io package of the model is tested against."""
+    config = model.config
+    if slices.ndim != 3:
+        raise ValueError(f"expected (slices, height, width), got shape {slices.shape}")
+    device = next(model.parameters()).device
+    borrowed = config.borrowed_organs(condition) if borrow else []
+    slabs = _model_slabs(inference_copy(model), slices, slices.shape, config.conditions.index(condition),
+                         borrowed, 4, device, lambda: False)
+    with torch.inference_mode():
+        return torch.cat(list(slabs)).float().cpu().numpy()
+
+
 def iter_labels(
     model: MOSnet,
     image,

@@ -17,6 +17,7 @@ from skimage.segmentation import watershed
 from torch.nn import functional as F
 
 from ..models.fold import inference_copy
+from ..models.packaged import PackagedModel
 from ..models.unet import UNet
 
 
@@ -65,6 +66,16 @@ def predict_probabilities(model: UNet, frames: np.ndarray, batch_size: int = 8,
         if progress:
             progress(min(start + batch_size, len(unit)), len(unit))
     return out
+
+
+def organ_probabilities(model: UNet | PackagedModel, frames: np.ndarray,
+                        progress: Callable[[int, int], None] | None = None,
+                        should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
+    """(N, H, W) probabilities of one organ: our U-Net on [0, 1] frames, or an imported bioimage.io
+    package on the raw frames with its own pre- and postprocessing."""
+    if isinstance(model, PackagedModel):
+        return model.probabilities(frames, progress=progress, should_stop=should_stop)
+    return predict_probabilities(model, frames, progress=progress, should_stop=should_stop)
 
 
 def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -142,11 +153,11 @@ def instances(probability: np.ndarray, threshold: float, min_size: int, depth: f
     return labels
 
 
-def segment_frames(model: UNet, frames: np.ndarray, threshold: float | None = None,
+def segment_frames(model: UNet | PackagedModel, frames: np.ndarray, threshold: float | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and instance labels of (N, H, W) frames with one organ's U-Net, at the model's
     own threshold and smallest instance size unless ``threshold`` is given."""
-    prob = predict_probabilities(model, frames, progress=progress, should_stop=should_stop)
+    prob = organ_probabilities(model, frames, progress=progress, should_stop=should_stop)
     config = model.config
     return prob, instances(prob, config.threshold if threshold is None else threshold, config.min_size)

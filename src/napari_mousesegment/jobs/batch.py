@@ -63,10 +63,12 @@ def cached_model(kind: str, spec: str, device: str, threads: int | None, sha256:
     afresh, and a worker that finds other weights under that name refuses them. ``threads`` sets
     torch's CPU threads for this worker (Dask starts workers with one).
     """
+    from functools import partial
+
     import torch
 
     from ..models.preprocess import pick_device
-    from ..store.load import load_model
+    from ..store.load import load_model, load_organ_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -74,7 +76,8 @@ def cached_model(kind: str, spec: str, device: str, threads: int | None, sha256:
     if key not in _MODELS:
         if not _MODELS:
             _usual_allocator()
-        model, _, meta = load_model(spec, pick_device(device), kind=kind)
+        load = load_organ_model if kind == "unet" else partial(load_model, kind=kind)
+        model, _, meta = load(spec, pick_device(device))
         if sha256 and meta.get("sha256") != sha256:
             raise ValueError(f"model {spec} on this worker has weights {str(meta.get('sha256'))[:12]}..., not the "
                              f"{sha256[:12]}... this run was started with; give a model folder on a shared filesystem")

@@ -28,8 +28,10 @@ WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 #: Files a model folder may carry beside its weights and config (kept when a folder is copied).
 EXTRAS = ("history.csv", "curves.png", "README.md")
-#: What config.json's "kind" may be.
-KINDS = ("mosnet", "unet")
+#: What config.json's "kind" may be: our two networks, or another lab's bioimage.io package.
+KINDS = ("mosnet", "unet", "bioimageio")
+#: The file a "bioimageio" model folder holds instead of WEIGHTS (see models.packaged).
+PACKAGE = "package.zip"
 
 
 class ModelError(ValueError):
@@ -117,18 +119,14 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu",
         raise ModelError(f"model {folder}: unknown kind {found!r} in {CONFIG}")
     if kind is not None and found != kind:
         raise ModelError(f"model {folder}: is a {found} model, not a {kind} model")
+    if found == "bioimageio":
+        return _load_package(folder, meta, device)
     config_cls, model_cls = _classes(found)
     try:
         config = config_cls.from_dict(meta)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model {folder}: {exc}") from exc
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise ModelError(f"model {folder}: no {WEIGHTS}")
-    if not meta.get("sha256"):
-        raise ModelError(f"model {folder}: {CONFIG} records no sha256 of {WEIGHTS}, so the weights cannot be verified")
-    if sha256(weights) != meta["sha256"]:
-        raise ModelError(f"model {folder}: {WEIGHTS} does not match the sha256 in {CONFIG} (tampered or truncated)")
+    weights = _verified(folder, meta, WEIGHTS)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
@@ -139,6 +137,39 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu",
     except RuntimeError as exc:
         raise ModelError(f"model {folder}: weights do not match its config ({str(exc).splitlines()[0]})") from exc
     return model.to(device).eval(), config, meta
+
+
+def _verified(folder: Path, meta: dict[str, Any], name: str) -> Path:
+    """``folder/name`` once its sha256 matches the one config.json records, else a ModelError."""
+    path = folder / name
+    if not path.is_file():
+        raise ModelError(f"model {folder}: no {name}")
+    if not meta.get("sha256"):
+        raise ModelError(f"model {folder}: {CONFIG} records no sha256 of {name}, so it cannot be verified")
+    if sha256(path) != meta["sha256"]:
+        raise ModelError(f"model {folder}: {name} does not match the sha256 in {CONFIG} (tampered or truncated)")
+    return path
+
+
+def _load_package(folder: Path, meta: dict[str, Any], device: Any) -> tuple[Any, Any, dict]:
+    """An imported bioimage.io package, its hash checked, ready to run (see models.packaged)."""
+    from .packaged import PackagedConfig, PackagedModel
+
+    try:
+        config = PackagedConfig.from_dict(meta)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model {folder}: {exc}") from exc
+    package = _verified(folder, meta, PACKAGE)
+    try:
+        import bioimageio.core  # noqa: F401
+    except ImportError as exc:
+        raise ModelError(f"model {folder}: a bioimage.io package; running it needs the bioimageio extra "
+                         "(pip install 'napari-mousesegment[bioimageio]')") from exc
+    try:
+        model = PackagedModel(package, config, str(device))
+    except Exception as exc:  # noqa: BLE001  (bioimageio.core raises many types for packages it cannot run)
+        raise ModelError(f"model {folder}: its package cannot be run ({type(exc).__name__}: {exc})") from exc
+    return model, config, meta
 
 
 def copy_folder(src: Path, dest: Path, force: bool) -> Path:
@@ -156,7 +187,7 @@ def copy_folder(src: Path, dest: Path, force: bool) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        for file in (CONFIG, WEIGHTS, *EXTRAS):
+        for file in (CONFIG, WEIGHTS, PACKAGE, *EXTRAS):
             if (src / file).is_file():
                 shutil.copy2(src / file, tmp / file)
         try:

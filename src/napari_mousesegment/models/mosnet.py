@@ -239,6 +239,36 @@ class MOSnet(nn.Module):
         return logits, torch.sigmoid(self.recon_head(rec))
 
 
+class ConditionedMOSnet(MOSnet):
+    """A MOSnet with its condition fixed: one image in, per-organ logits out.
+
+    The form bioimage.io packages hold (one package per condition, since their consumers feed one
+    image tensor). Organs the condition never annotated are read under the condition that did, as
+    :meth:`MOSnetConfig.borrowed_organs` says; the state dict is a MOSnet's, key for key.
+    """
+
+    def __init__(self, condition: str, **values: Any) -> None:
+        config = MOSnetConfig.from_dict(values)
+        if condition not in config.conditions:
+            raise ValueError(f"condition {condition!r} is not one of {config.conditions}")
+        super().__init__(config)
+        self.condition = config.conditions.index(condition)
+        self.borrowed = [other for other, _ in config.borrowed_organs(condition)]
+        masks = torch.zeros(len(self.borrowed), len(config.organs), dtype=torch.bool)
+        for k, (_, organs) in enumerate(config.borrowed_organs(condition)):
+            masks[k, organs] = True
+        # Organ masks instead of indexed assignment, so a traced copy runs at any batch and size.
+        self.register_buffer("masks", masks[:, None, :, None, None], persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        skips = self._encode(image)
+        condition = torch.full((image.shape[0],), self.condition, dtype=torch.long, device=image.device)
+        logits = self._segment(skips, condition)
+        for k, other in enumerate(self.borrowed):
+            logits = torch.where(self.masks[k], self._segment(skips, torch.full_like(condition, other)), logits)
+        return logits
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -102,3 +102,9 @@ class UNet(nn.Module):
         for up, merge, skip in zip(self.up, self.merge, skips[-2::-1]):
             x = merge(torch.cat([up(x), skip], dim=1))
         return self.head(x)
+
+
+def unet_from_fields(**values) -> UNet:
+    """A U-Net from its config's fields: the architecture callable that bioimage.io packages name,
+    so that this file alone (it imports only torch) rebuilds the network."""
+    return UNet(UNetConfig.from_dict(values))

@@ -6,7 +6,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ..models.folder import load_folder
+from ..models.folder import ModelError, load_folder
 from .registry import resolve
 
 if TYPE_CHECKING:
@@ -33,6 +33,16 @@ def load_unet(spec: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     return load_model(spec, device, kind="unet")  # type: ignore[return-value]
 
 
+def load_organ_model(spec: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Any, Any, dict]:
+    """What segments one ultrasound organ: our U-Net, or another lab's 2D bioimage.io package
+    imported with ``models import`` (see :mod:`..models.packaged`)."""
+    model, config, meta = load_model(spec, device)
+    if config.kind == "unet" or (config.kind == "bioimageio" and config.spatial_dims == 2):
+        return model, config, meta
+    what = "a 3D bioimage.io package" if config.kind == "bioimageio" else f"a {config.kind} model"
+    raise ModelError(f"model {spec}: is {what}, not an ultrasound U-Net or 2D bioimage.io package")
+
+
 def load_unets(models: dict[str, str], organs: list[str], device: str = "auto") -> dict[str, UNet]:
     """One U-Net per organ (organ -> name or folder), on ``device`` ("auto": a GPU when torch sees one).
 
@@ -47,7 +57,7 @@ def load_unets(models: dict[str, str], organs: list[str], device: str = "auto") 
     dev = pick_device(device)
     loaded = {}
     for organ in organs:
-        model, config, _ = load_unet(models[organ], dev)
+        model, config, _ = load_organ_model(models[organ], dev)
         if config.organ != organ:
             warnings.warn(f"model {models[organ]} was trained for {config.organ!r}, used here for {organ!r}",
                           stacklevel=2)

@@ -184,18 +184,33 @@ def _unpack(archive: Path, into: Path) -> Path:
     return into
 
 
-def fetch(url: str, sha256: str | None, name: str) -> Path:
-    """Download a published model zip through pooch, check its hash, and install it as ``name``."""
+def install_zip(archive: Path, name: str, force: bool, organ: str | None = None) -> Path:
+    """Install a zip as the user model ``name``: a bioimage.io package, or a zip of a model folder."""
+    from .bioimageio_import import import_package, is_package
+
+    if is_package(archive):
+        return import_package(archive, home() / name, force, organ)
+    with tempfile.TemporaryDirectory() as tmp:
+        return copy_folder(_unpack(archive, Path(tmp) / name), home() / name, force)
+
+
+def fetch(url: str, sha256: str | None, name: str, organ: str | None = None) -> Path:
+    """Download a published model zip (a model folder or a bioimage.io package) through pooch,
+    check its hash, and install it as ``name``."""
     import pooch
 
     check_name(name)
     # Without a hash pooch would reuse any cached file of that name: download afresh instead.
     downloads = home().parent / "downloads" if sha256 else Path(tempfile.mkdtemp(prefix="mousesegment-"))
     try:
-        archive = Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
-                                      path=downloads, progressbar=False))
-    except Exception as exc:  # pooch's hash mismatch, HTTP and network errors
-        raise ModelError(f"model {name} from {url}: {exc}") from exc
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = _unpack(archive, Path(tmp) / name)
-        return copy_folder(folder, home() / name, force=True)
+        try:
+            archive = Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
+                                          path=downloads, progressbar=False))
+        except Exception as exc:  # pooch's hash mismatch, HTTP and network errors
+            raise ModelError(f"model {name} from {url}: {exc}") from exc
+        return install_zip(archive, name, force=True, organ=organ)
+    finally:
+        if not sha256:  # a one-off download: nothing of it stays behind
+            import shutil
+
+            shutil.rmtree(downloads, ignore_errors=True)

@@ -25,12 +25,12 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 # Imported with the widget, not during a run (an import in a worker thread stalls the viewer).
-from ...inference.ultrasound import instances, predict_probabilities
+from ...inference.ultrasound import instances, organ_probabilities
 from ...io.composites import parse_grid, read_composite, split_montage, to_gray
 from ...io.roi import read_rois, rois_to_labels
-from ...jobs.rois import write_rois
+from ...jobs.rois import write_fiji_files, write_rois
 from ...organs import US_FRAMES, US_ORGANS
-from ...store.load import load_unet
+from ...store.load import load_organ_model
 from ..layers import us_labels_layer
 from .base import Job, JobWidget, installed
 from .edits import is_edited, set_labels, show_result
@@ -100,7 +100,7 @@ class UltrasoundWidget(JobWidget):
 
     @staticmethod
     def _unet_names(organ: str, _=None) -> list[str]:
-        return sorted(installed("unet"), key=lambda n: (organ not in n, n))
+        return sorted(installed("unet") + installed("bioimageio"), key=lambda n: (organ not in n, n))
 
     # -- the inputs, for scripts -------------------------------------------------------------
     @property
@@ -203,8 +203,8 @@ class UltrasoundWidget(JobWidget):
     def _predict(self, frames: np.ndarray, models: dict[str, str], source: str, stop):
         results = {}
         for organ, spec in models.items():
-            model, config, _ = load_unet(spec)
-            prob = yield from run_reporting(predict_probabilities, stop, model, frames)
+            model, config, _ = load_organ_model(spec)
+            prob = yield from run_reporting(organ_probabilities, stop, model, frames)
             results[organ] = (spec, prob, config.threshold, config.min_size,
                               instances(prob, config.threshold, config.min_size))
         return results, source
@@ -264,18 +264,21 @@ class UltrasoundWidget(JobWidget):
 
     # -- ROIs --------------------------------------------------------------------------------
     def export_rois(self, folder: str | Path) -> list[Path]:
-        """One ORGAN_RoiSet.zip per organ layer in ``folder``, replacing older ones."""
+        """One ORGAN_RoiSet.zip per organ layer in ``folder``, replacing older ones; with the frames
+        at hand, also frames.tif and a README.txt for Fiji. Returns the RoiSets written."""
         folder = Path(folder)
         if str(folder) in ("", ".") or not folder.is_dir():
             show_error(f"choose an existing folder for the RoiSets (got {str(folder)!r})")
             return []
-        written = []
+        written = {}
         for organ, layer in self.organ_layers.items():
             if layer in self.viewer.layers:
-                written.append(write_rois(folder / f"{organ}_RoiSet.zip", np.asarray(layer.data), organ,
-                                          log=lambda m: show_info(m.strip())))
+                written[organ] = write_rois(folder / f"{organ}_RoiSet.zip", np.asarray(layer.data), organ,
+                                            log=lambda m: show_info(m.strip()))
+        if written and self.frames_layer is not None and self.frames_layer in self.viewer.layers:
+            write_fiji_files(folder, np.asarray(self.frames_layer.data), written, labels=False)
         self._status.value = f"wrote {len(written)} RoiSet(s) to {folder}"
-        return written
+        return list(written.values())
 
     def import_rois(self, path: str | Path) -> Any:
         """A RoiSet as instance labels over the current frames (ROIs on their frames), as a new layer."""
