@@ -24,6 +24,29 @@ def test_npe2_validate_command_passes():
     assert done.returncode == 0 and "valid" in done.stdout, done.stdout + done.stderr
 
 
+def test_hub_metadata_a_readable_name_icon_urls_and_a_menu_for_every_widget():
+    """What the napari hub and the plugin manager show: the hub reads the manifest and the
+    package's metadata (project URLs, classifiers)."""
+    import importlib.metadata
+    import importlib.resources
+
+    from PIL import Image
+
+    manifest = PluginManifest.from_distribution(PLUGIN)
+    assert manifest.display_name == "Mouse organ segmentation"  # not the package name
+    package, resource = manifest.icon.split(":")
+    with importlib.resources.as_file(importlib.resources.files(package) / resource) as icon:
+        assert Image.open(icon).size == (256, 256)
+    in_menus = {item.command for items in manifest.contributions.menus.values() for item in items}
+    assert {w.command for w in manifest.contributions.widgets} <= in_menus  # the active-learning widget too
+    meta = importlib.metadata.metadata(PLUGIN)
+    urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL"))
+    assert {"Source Code", "Documentation", "Bug Tracker"} <= set(urls)
+    versions = {c.rsplit(" :: ", 1)[1] for c in meta.get_all("Classifier") if c.startswith("Programming Language :: Python :: 3.")}
+    lowest = meta["Requires-Python"].removeprefix(">=")
+    assert min(versions, key=lambda v: tuple(map(int, v.split(".")))) == lowest  # classifiers match requires-python
+
+
 def test_napari_discovers_the_plugin():
     pm = PluginManager.instance()
     pm.discover()
@@ -75,12 +98,16 @@ def test_viewer_opens_an_imagej_roiset_and_saves_labels_back_as_one(make_napari_
     assert saved and len(read_rois(tmp_path / "again.zip")) == len(np.unique(layer.data)) - 1
 
 
-def test_widgets_appear_under_layers_segment(make_napari_viewer):
+def test_widgets_appear_under_layers_segment_and_annotate(make_napari_viewer):
     from app_model.types import MenuItem
     from napari._app_model import get_app_model
 
     make_napari_viewer()
-    titles = [item.command.title for item in get_app_model().menus.get_menu("napari/layers/segment")
-              if isinstance(item, MenuItem)]
-    assert "Micro-CT segmentation (napari-mousesegment)" in titles
-    assert "Fetal ultrasound (napari-mousesegment)" in titles
+
+    def titles(menu: str) -> list[str]:
+        return [item.command.title for item in get_app_model().menus.get_menu(menu) if isinstance(item, MenuItem)]
+
+    assert "Micro-CT segmentation (Mouse organ segmentation)" in titles("napari/layers/segment")
+    assert "Fetal ultrasound (Mouse organ segmentation)" in titles("napari/layers/segment")
+    annotate = titles("napari/layers/annotate")  # napari doubles "&" for Qt's menu mnemonics
+    assert any(t.replace("&&", "&") == "Annotation & active learning (Mouse organ segmentation)" for t in annotate)
