@@ -72,9 +72,9 @@ def _save(descr: Any, target: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _weights(model, net, example: np.ndarray, architecture: tuple[str, dict], work: Path) -> Any:
-    """The two weight entries: a state dict whose architecture is ``net``'s own source file with
-    ``architecture`` = (callable, kwargs), and TorchScript traced from ``net`` on ``example``."""
+def _weights(net, example: np.ndarray, architecture: tuple[str, dict], work: Path) -> Any:
+    """The two weight entries of ``net``: its state dict, whose architecture is ``net``'s own source
+    file with ``architecture`` = (callable, kwargs), and TorchScript traced on ``example``."""
     import sys
 
     import torch
@@ -87,7 +87,7 @@ def _weights(model, net, example: np.ndarray, architecture: tuple[str, dict], wo
     )
 
     callable_name, kwargs = architecture
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, work / "weights.pt")
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, work / "weights.pt")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; bioimage.io runs it
         traced = torch.jit.trace(net.eval(), torch.from_numpy(example), check_trace=False)
@@ -104,27 +104,25 @@ def _weights(model, net, example: np.ndarray, architecture: tuple[str, dict], wo
     )
 
 
-def _fields(meta: dict, names) -> dict[str, Any]:
-    """The config fields that rebuild the network (JSON values only)."""
-    return {k: meta[k] for k in names if k in meta}
+def _fields(model) -> dict[str, Any]:
+    """The config fields that rebuild ``model``: the architecture callable's kwargs (JSON values)."""
+    from dataclasses import asdict
+
+    return asdict(model.config)
 
 
 def _unet_description(model, meta: dict, name: str, folder: Path, work: Path) -> Any:
-    from dataclasses import fields as dc_fields
-
     from bioimageio.spec.model.v0_5 import ScaleLinearDescr, ScaleLinearKwargs, SigmoidDescr
 
     from ..data.phantom_us import ultrasound_series
     from ..inference.ultrasound import predict_probabilities
-    from ..models.unet import UNetConfig
 
     frames = ultrasound_series(seed=11, n_frames=1).frames  # (1, H, W) uint8, a synthetic frame
     organ = meta.get("organ", "organ")
     test_in = frames[:, None].astype(np.float32)
     test_out = predict_probabilities(model, frames)[:, None]
     step = 2 ** (model.config.levels - 1)
-    kwargs = _fields(meta, [f.name for f in dc_fields(UNetConfig)])
-    weights = _weights(model, model, test_in, ("unet_from_fields", kwargs), work)
+    weights = _weights(model, test_in, ("unet_from_fields", _fields(model)), work)
     return _description(
         name=f"napari-mousesegment {name}", meta=meta, folder=folder, work=work, weights=weights,
         description=f"Fetal-mouse ultrasound {organ} segmentation: a {meta.get('arch', '')} U-Net of "
@@ -139,8 +137,6 @@ def _unet_description(model, meta: dict, name: str, folder: Path, work: Path) ->
 
 
 def _mosnet_description(model, meta: dict, name: str, folder: Path, work: Path, condition: str) -> Any:
-    from dataclasses import fields as dc_fields
-
     import torch
     from bioimageio.spec.model.v0_5 import (
         ClipDescr,
@@ -152,7 +148,7 @@ def _mosnet_description(model, meta: dict, name: str, folder: Path, work: Path, 
 
     from ..data.phantom_ct import ct_phantom
     from ..inference.ct import slice_probabilities
-    from ..models.mosnet import ConditionedMOSnet, MOSnetConfig
+    from ..models.mosnet import ConditionedMOSnet
     from ..models.preprocess import fit_square, to_slices, window
 
     config = model.config
@@ -164,16 +160,15 @@ def _mosnet_description(model, meta: dict, name: str, folder: Path, work: Path, 
     hu = (fitted * config.window_width + low).astype(np.float32)[None]  # a model-grid slice in HU
     test_out = slice_probabilities(model, hu, condition)  # (1, M, S, S)
     test_in = hu[:, None]
-    kwargs = _fields(meta, [f.name for f in dc_fields(MOSnetConfig)])
-    kwargs["annotated"] = config.annotated  # filled in from the training summary of older configs
+    kwargs = _fields(model)  # "annotated" included: older configs derive it from their training summary
     net = ConditionedMOSnet(condition, **kwargs)
-    net.load_state_dict(model.state_dict())
-    weights = _weights(model, net, test_in, ("ConditionedMOSnet", {"condition": condition, **kwargs}), work)
+    net.load_state_dict(model.state_dict())  # the same keys: the condition adds no weights
+    weights = _weights(net, test_in, ("ConditionedMOSnet", {"condition": condition, **kwargs}), work)
     organs = list(config.organs)
     return _description(
         name=f"napari-mousesegment {name} {condition}", meta=meta, folder=folder, work=work, weights=weights,
         description=f"Whole-body mouse micro-CT multi-organ segmentation (MOSnet, {condition} scans): one "
-                    f"probability channel per organ ({', '.join(organs)}) for an axial slice in HU.",
+                    f"probability channel per organ ({', '.join(organs)}) for a {config.plane} slice in HU.",
         tags=["micro-ct", "mouse", "multi-organ", "mosnet", "2d", "semantic-segmentation", "pytorch", "napari"],
         test=(test_in, test_out), channels=("hu", organs), step=2 ** config.depth,
         pre=[ClipDescr(kwargs=ClipKwargs(min=low, max=low + config.window_width)),

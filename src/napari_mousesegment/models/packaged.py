@@ -51,7 +51,8 @@ class PackagedConfig:
 class PackagedModel:
     """Probabilities from a bioimage.io package: (N, H, W) frames one by one, or a (Z, Y, X) volume.
 
-    Inputs of any size are tiled by bioimageio.core as the package's axis sizes allow.
+    An input of a size the package does not take is mirror-padded to the next size it does and
+    cropped back; an axis longer than a fixed size is tiled by bioimageio.core.
     """
 
     def __init__(self, package: Path, config: PackagedConfig, device: str = "cpu") -> None:
