@@ -119,3 +119,62 @@ def foreign_package(folder: Path, *, dims: int = 2, channels: int = 1, formats=(
     target = folder / f"{name.lower().replace(' ', '-')}-{dims}d-{channels}c.zip"
     save_bioimageio_package(descr, output_path=target)
     return target
+
+
+def foreign_package_v0_4(folder: Path) -> Path:
+    """A 2D package in format 0.4, as much of the BioImage Model Zoo still is: rdf.yaml by hand,
+    axes as a string, a parameterized input shape and an implicit output shape."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    test_in = rng.normal(100, 20, (1, 1, 64, 48)).astype(np.float32)
+    net = Smooth(2).eval()
+    norm = (test_in - test_in.mean()) / (test_in.std() + 1e-6)
+    with torch.no_grad():
+        test_out = torch.sigmoid(net(torch.from_numpy(norm.astype(np.float32)))).numpy()
+    files = {"test_input.npy": test_in, "test_output.npy": test_out}
+    rdf = f"""format_version: 0.4.10
+type: model
+name: Old-format heart model
+description: a smoothing filter in the 0.4 format
+authors: [{{name: Another Lab}}]
+cite: [{{text: Another Lab 2024, url: "https://example.org"}}]
+license: MIT
+documentation: README.md
+tags: [segmentation, heart]
+timestamp: "2024-01-01T00:00:00"
+test_inputs: [test_input.npy]
+test_outputs: [test_output.npy]
+inputs:
+  - name: raw
+    axes: bcyx
+    data_type: float32
+    data_range: [-.inf, .inf]
+    shape: {{min: [1, 1, 16, 16], step: [0, 0, 16, 16]}}
+    preprocessing:
+      - name: zero_mean_unit_variance
+        kwargs: {{mode: per_sample, axes: xy, eps: 1.0e-06}}
+outputs:
+  - name: mask
+    axes: bcyx
+    data_type: float32
+    data_range: [0, 1]
+    shape: {{reference_tensor: raw, scale: [1, 1, 1, 1], offset: [0, 0, 0, 0]}}
+    postprocessing:
+      - name: sigmoid
+weights:
+  torchscript:
+    source: model.ts
+    pytorch_version: "{torch.__version__.split('+')[0]}"
+"""
+    target = folder / "old-heart.zip"
+    with zipfile.ZipFile(target, "w") as zf:
+        zf.writestr("rdf.yaml", rdf)
+        zf.writestr("README.md", "# An old-format model\n")
+        for name, array in files.items():
+            np.save(folder / name, array)
+            zf.write(folder / name, name)
+        torch.jit.script(net).save(str(folder / "model.ts"))
+        zf.write(folder / "model.ts", "model.ts")
+    return target

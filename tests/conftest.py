@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
+import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,16 @@ def imagej_jar() -> Path:
             pytest.fail("ImageJ is missing in CI: .ci/run must `apt-get install imagej`")
         pytest.skip("ImageJ not installed (apt-get install imagej)")
     return jar
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A local HTTP server (loopback only, no network) serving tmp_path/www."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

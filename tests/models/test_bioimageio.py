@@ -194,3 +194,36 @@ def test_a_tampered_imported_package_is_refused_when_loaded(tmp_path, home):
         fh.write(b"tampered")
     with pytest.raises(ModelError, match="does not match the sha256"):
         load_model("lab-heart")
+
+
+def test_a_format_0_4_package_imports_and_runs(tmp_path, home):
+    from tests.bioimageio_packages import foreign_package_v0_4
+
+    import_model(foreign_package_v0_4(tmp_path / "old"), name="old-heart")
+    model, config, _ = load_organ_model("old-heart")
+    assert (config.organ, config.spatial_dims) == ("heart", 2)
+    frames = ultrasound_series(seed=8, n_frames=2).frames[:, :224, :320]  # multiples of its step 16
+    for frame, prob in zip(frames, organ_probabilities(model, frames)):
+        assert np.abs(prob - expected(frame.astype(np.float32))).max() <= 1e-4
+
+
+def test_packages_import_from_a_url(tmp_path, home, packages, served):
+    """Ours with its sha256 checked (a wrong one refused); another lab's without one, leaving no
+    download behind."""
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    www, url = served
+    ours = shutil.copy(packages[SHIPPED_US["liver"]][0], www / "liver.zip")
+    digest = hashlib.sha256(Path(ours).read_bytes()).hexdigest()
+    with pytest.raises(ModelError):
+        import_model(f"{url}/liver.zip", name="liver-web", sha256="0" * 64)
+    assert import_model(f"{url}/liver.zip", name="liver-web", sha256=digest) == home / "liver-web"
+    assert load_unet("liver-web")[1].organ == "liver"
+    shutil.copy(foreign_package(tmp_path / "lab"), www / "theirs.zip")
+    before = set(Path(tempfile.gettempdir()).glob("mousesegment-*"))
+    import_model(f"{url}/theirs.zip", name="their-heart")
+    assert load_model("their-heart")[1].kind == "bioimageio"
+    assert set(Path(tempfile.gettempdir()).glob("mousesegment-*")) == before

@@ -1,12 +1,9 @@
 """Named models: import, export, remove, resolution by name, published models through pooch, safety."""
 
 import hashlib
-import http.server
 import json
 import pickle
-import threading
 import zipfile
-from functools import partial
 
 import numpy as np
 import pytest
@@ -125,19 +122,6 @@ def test_a_config_without_a_hash_is_refused(unet_folder):
     (unet_folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="no sha256"):
         load_unet(unet_folder)
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A local HTTP server (loopback only, no network) serving tmp_path/www."""
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def _zip_model(folder, path):

@@ -110,8 +110,9 @@ def _restore(archive: Path, folder: Path) -> None:
             (folder / file).write_bytes(zf.read(file))
 
 
-def _axes(tensor: Any) -> list[tuple[str, str, int | None]]:
-    """(type, id, size or None) of each axis of a tensor description, in both format versions."""
+def _axes(tensor: Any, inputs: Any = ()) -> list[tuple[str, str, int | None]]:
+    """(type, id, size or None) of each axis of a tensor description, in both format versions;
+    ``inputs`` are the model's inputs, which a 0.4 output's implicit shape refers to."""
     from bioimageio.core.digest_spec import get_axes_infos
     from bioimageio.spec.model import v0_4, v0_5
 
@@ -124,6 +125,12 @@ def _axes(tensor: Any) -> list[tuple[str, str, int | None]]:
                 size = int(shape[k])
             elif isinstance(shape, v0_4.ParameterizedInputShape) and not shape.step[k]:
                 size = int(shape.min[k])
+            elif isinstance(shape, v0_4.ImplicitOutputShape):  # reference size * scale + 2 * offset
+                ref = next((t for t in inputs if t.name == shape.reference_tensor), None)
+                letter = tensor.axes[k]  # 0.4 axes are letters, "bcyx"
+                ref_size = _axes(ref)[ref.axes.index(letter)][2] if ref is not None and letter in ref.axes else None
+                if ref_size is not None and shape.scale[k] is not None:
+                    size = int(ref_size * shape.scale[k] + 2 * shape.offset[k])
         else:
             axis = tensor.axes[k]
             if isinstance(axis, v0_5.ChannelAxis):
@@ -155,7 +162,7 @@ def check_segmentation(descr: Any) -> int:
                          "we run models with one image in and one map out")
     spaces = []
     for role, tensor in (("input", descr.inputs[0]), ("output", descr.outputs[0])):
-        axes = _axes(tensor)
+        axes = _axes(tensor, descr.inputs)
         odd = [f"{kind} axis {ident!r}" for kind, ident, _ in axes if kind not in ("batch", "channel", "space")]
         if odd:
             raise ModelError(f"its {role} has {', '.join(odd)}; we run 2D or 3D images without time or index axes")
