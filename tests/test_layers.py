@@ -19,6 +19,6 @@ def test_the_import_contracts_hold():
 def test_the_top_level_holds_at_most_six_modules_and_every_folder_is_a_package():
     assert len(list(PACKAGE.glob("*.py"))) <= 6
     folders = [p for p in PACKAGE.iterdir() if p.is_dir() and p.name not in ("__pycache__",)]
-    assert {p.name for p in folders} == {"plugin", "cli", "jobs", "active", "training", "inference", "store",
-                                         "models", "data", "io"}
+    assert {p.name for p in folders} == {"plugin", "cli", "server", "jobs", "active", "remote", "training",
+                                         "inference", "store", "models", "data", "io"}
     assert all((p / "__init__.py").is_file() for p in folders)

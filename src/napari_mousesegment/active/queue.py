@@ -2,7 +2,8 @@
 
 Layout of a queue folder::
 
-    queue.sqlite            items (id, kind, organ, condition, model, state, used_in, ...) and rounds
+    queue.sqlite            items (id, kind, organ, condition, model, state, used_in, author,
+                            content_hash, ...) and rounds
     items/<id>/             image.tif, labels.tif, prediction.tif (optional), item.json
     tmp/                    items being written; whatever is left here after a crash is deleted
 
@@ -10,6 +11,9 @@ An item is written in full under ``tmp/``, then renamed to ``items/<id>`` inside
 transaction that records it, so a crash leaves either the whole item or nothing. The viewer and
 a worker can use the queue at the same time (on one machine: SQLite's WAL mode needs the
 processes to share memory, so the folder must not be on a network filesystem).
+
+An item may carry the content hash of its upload (see :mod:`..remote.protocol`): the hash is
+unique in the table, so a retried upload returns the item already held instead of a second one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,8 @@ CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL, organ TEXT, condition TEXT, model TEXT, model_version TEXT,
     shape TEXT NOT NULL, touched TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
-    used_in TEXT NOT NULL DEFAULT '[]', created TEXT NOT NULL, source TEXT, spacing TEXT
+    used_in TEXT NOT NULL DEFAULT '[]', created TEXT NOT NULL, source TEXT, spacing TEXT,
+    author TEXT, content_hash TEXT
 );
 CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT, version TEXT, state TEXT NOT NULL,
@@ -45,6 +50,29 @@ CREATE TABLE IF NOT EXISTS rounds (
     items TEXT, metrics TEXT, message TEXT
 );
 """
+#: Columns added after the first release: queue files made before them gain them on first use.
+_ADDED_COLUMNS = {"author": "TEXT", "content_hash": "TEXT"}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Give an older queue file the columns added since, and the unique index of content hashes
+    (NULL for items queued without one: SQLite lets any number of NULLs share a unique index)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+    missing = {name: kind for name, kind in _ADDED_COLUMNS.items() if name not in have}
+    index = "CREATE UNIQUE INDEX IF NOT EXISTS items_content_hash ON items (content_hash)"
+    if not missing and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_content_hash'").fetchone():
+        return
+    db.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one migrates, the other sees it done
+    try:
+        have = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+        for name, kind in missing.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
+        db.execute(index)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _age(path: Path) -> float:
@@ -57,6 +85,11 @@ def _age(path: Path) -> float:
 
 class QueueError(ValueError):
     """Bad input to the queue (shapes, empty corrections, unknown items); nothing was changed."""
+
+
+class StorageError(QueueError):
+    """The queue could not store a good correction (a full disk, a read-only folder); nothing was
+    changed, and the same correction may be sent again once there is room."""
 
 
 @dataclass
@@ -77,6 +110,12 @@ class Item:
     source: str | None = None
     folder: Path | None = None
     spacing: tuple[float, float, float] | None = None  #: mm, micro-CT items
+    author: str | None = None  #: the lab server's user who sent it (None: queued locally)
+    content_hash: str | None = None  #: sha256 of the upload (remote.protocol.content_hash), if sent
+
+    def as_json(self) -> dict:
+        """The item as ``queue list --json`` prints it (and the lab server answers it)."""
+        return {k: (str(v) if k == "folder" else v) for k, v in asdict(self).items()}
 
     def image(self) -> np.ndarray:
         return self._array("image")
@@ -133,6 +172,7 @@ class Queue:
             try:
                 with closing(self._connect()) as db:
                     db.executescript(_SCHEMA)
+                    _migrate(db)
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == 99:
@@ -170,11 +210,33 @@ class Queue:
             if folder.name not in known and _age(folder) > 600:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def add(self, image: np.ndarray, labels: np.ndarray, kind: str, *, organ: str | None = None,
-            condition: str | None = None, model: str | None = None, model_version: str | None = None,
-            prediction: np.ndarray | None = None, source: str | None = None,
-            spacing: tuple[float, float, float] | None = None) -> Item:
-        """Store one correction durably and return it; bad input raises :class:`QueueError`."""
+    def add(self, image: np.ndarray, labels: np.ndarray, kind: str, **fields) -> Item:
+        """Store one correction durably and return it; bad input raises :class:`QueueError`.
+
+        The keyword fields are those of :meth:`add_once`; an item of the same ``content_hash``
+        already held is returned instead of a second one.
+        """
+        return self.add_once(image, labels, kind, **fields)[0]
+
+    def find(self, content_hash: str) -> Item | None:
+        """The item queued with this content hash, if any."""
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM items WHERE content_hash = ?", (content_hash,)).fetchone()
+        return None if row is None else self._item(row)
+
+    def add_once(self, image: np.ndarray, labels: np.ndarray, kind: str, *, organ: str | None = None,
+                 condition: str | None = None, model: str | None = None, model_version: str | None = None,
+                 prediction: np.ndarray | None = None, source: str | None = None,
+                 spacing: tuple[float, float, float] | None = None, author: str | None = None,
+                 content_hash: str | None = None) -> tuple[Item, bool]:
+        """Store one correction durably; returns it and whether it is new.
+
+        With ``content_hash``, an item already held with that hash is returned (``created`` False)
+        and nothing is written, also when two uploads of it race: the check and the insert happen
+        in one write transaction, and the hash is unique in the table.
+        """
+        if content_hash is not None and (held := self.find(content_hash)) is not None:
+            return held, False
         image, labels = np.asarray(image), np.asarray(labels)
         if kind not in KINDS:
             raise QueueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -207,34 +269,44 @@ class Queue:
             created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             meta = {"kind": kind, "organ": organ, "condition": condition, "model": model,
                     "model_version": model_version, "shape": list(image.shape), "touched": touched,
-                    "created": created, "source": source, "spacing": spacing and list(map(float, spacing))}
+                    "created": created, "source": source, "spacing": spacing and list(map(float, spacing)),
+                    "author": author, "content_hash": content_hash}
             (staging / "item.json").write_text(json.dumps(meta, indent=2))
             for f in staging.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             with self._transaction() as db:
-                cur = db.execute(
-                    "INSERT INTO items (kind, organ, condition, model, model_version, shape, touched, created, source,"
-                    " spacing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (kind, organ, condition, model, model_version, json.dumps(list(image.shape)),
-                     json.dumps(touched), created, source, json.dumps(meta["spacing"])))
-                target = self.root / "items" / str(cur.lastrowid)
-                if target.exists():  # left by a crash between this rename and its commit: no record names it
-                    shutil.rmtree(target)
-                os.replace(staging, target)
+                twin = content_hash and db.execute("SELECT id FROM items WHERE content_hash = ?",
+                                                   (content_hash,)).fetchone()
+                if twin:  # the same upload, committed by a concurrent request since the check above
+                    item_id = int(twin["id"])
+                else:
+                    cur = db.execute(
+                        "INSERT INTO items (kind, organ, condition, model, model_version, shape, touched, created,"
+                        " source, spacing, author, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (kind, organ, condition, model, model_version, json.dumps(list(image.shape)),
+                         json.dumps(touched), created, source, json.dumps(meta["spacing"]), author, content_hash))
+                    item_id = int(cur.lastrowid)
+                    target = self.root / "items" / str(item_id)
+                    if target.exists():  # left by a crash between this rename and its commit: no record names it
+                        shutil.rmtree(target)
+                    os.replace(staging, target)
+            if twin:
+                shutil.rmtree(staging, ignore_errors=True)
         except OSError as exc:  # a full disk, a read-only folder: the queue is left as it was
             shutil.rmtree(staging, ignore_errors=True)
-            raise QueueError(f"{self.root}: could not store the correction ({exc}); the queue is unchanged") from exc
+            raise StorageError(f"{self.root}: could not store the correction ({exc}); the queue is unchanged") from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return self.get(cur.lastrowid)
+        return self.get(item_id), not twin
 
     def _item(self, row: sqlite3.Row) -> Item:
         return Item(row["id"], row["kind"], row["organ"], row["condition"], row["model"], row["model_version"],
                     tuple(json.loads(row["shape"])), json.loads(row["touched"]), row["state"],
                     json.loads(row["used_in"]), row["created"], row["source"], self.root / "items" / str(row["id"]),
-                    tuple(json.loads(row["spacing"])) if row["spacing"] and row["spacing"] != "null" else None)
+                    tuple(json.loads(row["spacing"])) if row["spacing"] and row["spacing"] != "null" else None,
+                    row["author"], row["content_hash"])
 
     def get(self, item_id: int) -> Item:
         with closing(self._connect()) as db:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per job."""
     from .. import __version__
-    from . import active, ct, data, models, roi, ultrasound
+    from . import active, ct, data, models, roi, server, ultrasound
 
     parser = argparse.ArgumentParser(
         prog="mousesegment",
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     roi.add_commands(sub)
     models.add_commands(sub)
     active.add_commands(sub)
+    server.add_commands(sub)
     return parser
 
 

@@ -4,7 +4,9 @@ The current version is the plain model folder ``MODELS_HOME/NAME`` that every co
 All versions are kept under ``MODELS_HOME/.versions/NAME/<version>/`` with ``versions.json``
 (current version, promotion history, each version's metrics and the queue items it used).
 Promoting copies a version into the model folder by rename, so a crash mid-way leaves the
-previous current version in place; rollback promotes the one before.
+previous current version in place; rollback promotes the one before. A promotion or rollback
+made by someone (a lab server's user) records who and when on the version it made current
+(``promoted_by``/``promoted_at`` or ``rolled_back_by``/``rolled_back_at``).
 """
 
 from __future__ import annotations
@@ -114,13 +116,19 @@ def publish(name: str, model: torch.nn.Module, config: Any, parent: str, items: 
     return version
 
 
-def promote(name: str, version: str) -> Path:
-    """Make ``version`` the one every command loads under ``name``."""
+def _stamp(action: str, by: str | None) -> dict[str, str]:
+    """Who made a version current, and when: ``{ACTION_by, ACTION_at}``, or nothing without ``by``."""
+    return {f"{action}_by": by, f"{action}_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")} if by else {}
+
+
+def promote(name: str, version: str, by: str | None = None) -> Path:
+    """Make ``version`` the one every command loads under ``name``; ``by`` records who did."""
     with _locked(name):
-        return _promote(name, str(version), _index(name))
+        return _promote(name, str(version), _index(name), stamp=_stamp("promoted", by))
 
 
-def _promote(name: str, version: str, index: dict[str, Any], history: list[str] | None = None) -> Path:
+def _promote(name: str, version: str, index: dict[str, Any], history: list[str] | None = None,
+             stamp: dict[str, str] | None = None) -> Path:
     if version not in index["versions"]:
         known = ", ".join(index["versions"]) or "none"
         raise ModelError(f"model {name!r} has no version {version!r} (versions: {known})")
@@ -128,19 +136,20 @@ def _promote(name: str, version: str, index: dict[str, Any], history: list[str] 
     if history is None:
         history = index["promotions"] + ([] if index["current"] == version else [version])
     index["current"], index["promotions"] = version, history
-    _write_index(name, index)  # current version and history in one write
+    index["versions"][version].update(stamp or {})
+    _write_index(name, index)  # current version, history and who did it in one write
     return folder
 
 
-def rollback(name: str) -> str:
-    """Promote the version that was current before the present one; returns it."""
+def rollback(name: str, by: str | None = None) -> str:
+    """Promote the version that was current before the present one; returns it. ``by`` records who did."""
     with _locked(name):
         index = _index(name)
         history = index["promotions"]
         if len(history) < 2:
             raise ModelError(f"model {name!r} has no earlier version to roll back to")
         previous = history[-2]
-        _promote(name, previous, index, history[:-1])
+        _promote(name, previous, index, history[:-1], stamp=_stamp("rolled_back", by))
     return previous
 
 
