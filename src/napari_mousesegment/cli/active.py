@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from . import options
+from . import options, remote
 
 
 def _check_model(args: argparse.Namespace) -> str:
@@ -45,16 +46,16 @@ def _check_contents(args: argparse.Namespace, image, labels, prediction) -> None
         raise ValueError(f"{args.labels}: no labels at all: nothing to learn")
 
 
-def _cmd_add(args: argparse.Namespace) -> int:
+def read_correction(args: argparse.Namespace) -> tuple:
+    """The image, labels, prediction and (micro-CT) voxel size that ``queue add`` was given, read
+    and checked the same way for a local queue and for a lab server."""
     import numpy as np
 
-    from ..active.queue import Queue
     from ..io.hu import hu_map
     from ..io.readers import TIFF_SUFFIXES, check_spacing, read_label_map, read_scan, suffix
     from ..io.scan import Scan
     from ..io.tiff import read_array, read_tiff
 
-    model_version = _check_model(args) if args.model else None
     spacing = None
     if args.kind == "ct" and suffix(args.image) not in TIFF_SUFFIXES:  # any scan format predict ct reads
         scan = read_scan(args.image, args.spacing, hu=args.hu, series=args.series)
@@ -74,6 +75,27 @@ def _cmd_add(args: argparse.Namespace) -> int:
                 labels = read_label_map(args.labels, Scan(image, spacing))[0]
     prediction = read_array(args.prediction) if args.prediction else None
     _check_contents(args, image, labels, prediction)
+    return image, labels, prediction, spacing
+
+
+def _server_model_version(args: argparse.Namespace) -> str | None:
+    """The version of ``--model`` as this machine has it (what the prediction came from), checked
+    like a local one; None for a model only the server has (the server checks it)."""
+    from ..store.registry import list_models
+
+    if not args.model:
+        return None
+    here = {m.name for m in list_models() if m.source != "registry"}  # never download one for this
+    return _check_model(args) if args.model in here or Path(args.model).is_dir() else None
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    if remote.is_remote(args):
+        return _add_to_server(args)
+    from ..active.queue import Queue
+
+    model_version = _check_model(args) if args.model else None
+    image, labels, prediction, spacing = read_correction(args)
     item = Queue(args.queue).add(image, labels, args.kind, organ=args.organ, condition=args.condition,
                                  model=args.model, model_version=model_version, prediction=prediction,
                                  source=str(args.labels), spacing=spacing)
@@ -82,27 +104,64 @@ def _cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+def _add_to_server(args: argparse.Namespace) -> int:
+    """``queue add --server``: into this machine's outbox, then to the server; 0 once it holds it."""
+    from ..remote.client import ServerError, Unreachable
+    from ..remote.outbox import REFUSE_STATUSES
 
+    model_version = _server_model_version(args)
+    image, labels, prediction, spacing = read_correction(args)
+    with remote.client(args) as server:
+        try:
+            answer = server.add(image, labels, kind=args.kind, organ=args.organ, condition=args.condition,
+                                model=args.model, model_version=model_version, prediction=prediction,
+                                source=str(args.labels), spacing=spacing)
+        except Unreachable as exc:
+            print(f"mousesegment queue: {exc}; the correction is kept in this machine's outbox "
+                  f"({server.outbox.count()} waiting): send it with `mousesegment queue flush --server "
+                  f"{server.url}`", file=sys.stderr)
+            return remote.UNREACHABLE_EXIT
+        except ServerError as exc:
+            where = (f"set aside in {server.outbox.folder / 'refused'}" if exc.status in REFUSE_STATUSES
+                     else f"kept in this machine's outbox ({server.outbox.count()} waiting)")
+            raise ServerError(exc.status, f"{exc.reason}; the correction is {where}") from None
+    item = answer["item"]
+    print(f"server {server.url} holds item {item['id']} ({'new' if answer['created'] else 'sent before: not added twice'}): "
+          f"{item['kind']} {item['organ'] or item['condition']}, {len(item['touched'])} corrected frame(s)/slice(s)")
+    return 0
+
+
+def _items(args: argparse.Namespace) -> list[dict]:
+    """The items of ``--queue`` or ``--server``, as ``queue list --json`` prints them."""
+    if remote.is_remote(args):
+        with remote.client(args) as server:
+            return server.items()
     from ..active.queue import Queue
 
-    items = Queue(args.queue).items()
+    return [item.as_json() for item in Queue(args.queue).items()]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    items = _items(args)
     if args.json:
-        print(json.dumps([{k: (str(v) if k == "folder" else v) for k, v in asdict(i).items()} for i in items],
-                         indent=2))
+        print(json.dumps(items, indent=2))
         return 0
     for i in items:
-        used = f" used in {', '.join(i.used_in)}" if i.used_in else ""
-        print(f"{i.id:>5}  {i.state:<8} {i.kind:<10} {i.organ or i.condition:<10} model {i.model or '-'}  "
-              f"{len(i.touched)} touched{used}  {i.created}")
+        used = f" used in {', '.join(i['used_in'])}" if i["used_in"] else ""
+        by = f" by {i['author']}" if i.get("author") else ""
+        print(f"{i['id']:>5}  {i['state']:<8} {i['kind']:<10} {i['organ'] or i['condition']:<10} "
+              f"model {i['model'] or '-'}  {len(i['touched'])} touched{used}{by}  {i['created']}")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ..active.queue import Queue
+    if remote.is_remote(args):
+        with remote.client(args) as server:
+            status = server.status()
+    else:
+        from ..active.queue import Queue
 
-    status = Queue(args.queue).status()
+        status = Queue(args.queue).status()
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -115,11 +174,32 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
+    if remote.is_remote(args):
+        with remote.client(args) as server:
+            server.remove(args.id)
+        print(f"removed item {args.id} on {server.url}")
+        return 0
     from ..active.queue import Queue
 
     Queue(args.queue).remove(args.id)
     print(f"removed item {args.id}")
     return 0
+
+
+def _cmd_flush(args: argparse.Namespace) -> int:
+    """``queue flush --server``: send what waits in this machine's outbox; 0 once nothing waits."""
+    from ..remote.client import Unreachable
+
+    failures: list[Exception] = []
+    with remote.client(args) as server:
+        sent, failed = server.flush(lambda digest, exc: failures.append(exc))
+        waiting = server.outbox.count()
+    for exc in failures:
+        print(f"mousesegment queue: {exc}", file=sys.stderr)
+    print(f"sent {sent}, failed {failed}, still waiting {waiting} (outbox {server.outbox.folder})")
+    if waiting and any(isinstance(exc, Unreachable) for exc in failures):
+        return remote.UNREACHABLE_EXIT
+    return 2 if waiting or failed else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -153,7 +233,7 @@ def add_commands(sub) -> None:
     queue = sub.add_parser("queue", help="the active-learning queue of corrections")
     qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = qsub.add_parser("add", help="queue a corrected labels stack with its image")
-    add.add_argument("--queue", type=Path, required=True)
+    remote.add_target(add)
     add.add_argument("--image", type=Path, required=True,
                      help="(frames or slices, y, x) TIFF; for ct also any scan `predict ct` reads")
     add.add_argument("--labels", type=Path, required=True,
@@ -169,13 +249,16 @@ def add_commands(sub) -> None:
     add.set_defaults(func=_cmd_add)
     for action, helptext, func in (("list", "every item", _cmd_list), ("status", "counts and the last round", _cmd_status)):
         p = qsub.add_parser(action, help=helptext)
-        p.add_argument("--queue", type=Path, required=True)
+        remote.add_target(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
-    rm = qsub.add_parser("remove", help="delete one item")
-    rm.add_argument("--queue", type=Path, required=True)
+    rm = qsub.add_parser("remove", help="delete one item (on a server: maintainers only)")
+    remote.add_target(rm)
     rm.add_argument("id", type=int)
     rm.set_defaults(func=_cmd_remove)
+    flush = qsub.add_parser("flush", help="send the corrections waiting in this machine's outbox to a lab server")
+    remote.add_server_options(flush, required=True)
+    flush.set_defaults(func=_cmd_flush)
     ex = qsub.add_parser("export", help="the corrections as a dataset folder for `train unet`")
     ex.add_argument("--queue", type=Path, required=True)
     ex.add_argument("--out", type=Path, required=True)

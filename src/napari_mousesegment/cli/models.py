@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import remote
+
 
 def _size(n: int) -> str:
     return "-" if n == 0 else f"{n / 1e6:.1f} MB"
@@ -16,16 +18,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     from ..store.registry import home, list_models
 
-    rows = list_models()
+    if remote.is_remote(args):
+        with remote.client(args) as server:
+            rows, where = server.models(), f"(models on {server.url})"
+    else:
+        rows, where = [asdict(r) for r in list_models()], f"(user models: {home()})"
     if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
     header = ("name", "kind", "organs", "version", "source", "size")
-    table = [header] + [(r.name, r.kind, ",".join(r.organs), r.version, r.source, _size(r.size_bytes)) for r in rows]
+    table = [header] + [(r["name"], r["kind"], ",".join(r["organs"]), r["version"], r["source"],
+                         _size(r["size_bytes"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print(f"(user models: {home()})")
+    print(where)
     return 0
 
 
@@ -61,7 +68,11 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 def _cmd_versions(args: argparse.Namespace) -> int:
     from ..store.versions import versions
 
-    rows = versions(args.name)
+    if remote.is_remote(args):
+        with remote.client(args) as server:
+            rows = server.versions(args.name)
+    else:
+        rows = versions(args.name)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -78,6 +89,11 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from ..store.versions import promote
 
+    if remote.is_remote(args):
+        with remote.client(args) as server:
+            done = server.promote(args.name, args.version)
+        print(f"{done['name']}: version {done['version']} is current on {server.url} (promoted by {done['by']})")
+        return 0
     print(f"{args.name}: version {args.version} is current ({promote(args.name, args.version)})")
     return 0
 
@@ -85,7 +101,19 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from ..store.versions import rollback
 
+    if remote.is_remote(args):
+        with remote.client(args) as server:
+            done = server.rollback(args.name)
+        print(f"{done['name']}: rolled back to version {done['version']} on {server.url} (by {done['by']})")
+        return 0
     print(f"{args.name}: rolled back to version {rollback(args.name)}")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    with remote.client(args) as server:
+        folder, version = server.pull(args.name)
+    print(f"{args.name}: version {version} from {server.url} installed -> {folder} (sha256 checked)")
     return 0
 
 
@@ -95,6 +123,7 @@ def add_commands(sub) -> None:
     models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = models_sub.add_parser("list", help="built-in, user and published models")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    remote.add_server_options(ls)
     ls.set_defaults(func=_cmd_list)
     imp = models_sub.add_parser("import", help="install a model folder, a zip of one, or a bioimage.io package")
     imp.add_argument("source", help="model folder, zip (a model folder or a bioimage.io package), or URL of a zip")
@@ -119,11 +148,20 @@ def add_commands(sub) -> None:
     ver = models_sub.add_parser("versions", help="the versions of a retrained model")
     ver.add_argument("name")
     ver.add_argument("--json", action="store_true")
+    remote.add_server_options(ver)
     ver.set_defaults(func=_cmd_versions)
-    pro = models_sub.add_parser("promote", help="make a version the current one")
+    pro = models_sub.add_parser("promote", help="make a version the current one (on a server: maintainers)")
     pro.add_argument("name")
     pro.add_argument("version")
+    remote.add_server_options(pro)
     pro.set_defaults(func=_cmd_promote)
-    rb = models_sub.add_parser("rollback", help="return to the version that was current before")
+    rb = models_sub.add_parser("rollback", help="return to the version that was current before "
+                                                "(on a server: maintainers)")
     rb.add_argument("name")
+    remote.add_server_options(rb)
     rb.set_defaults(func=_cmd_rollback)
+    pull = models_sub.add_parser("pull", help="install a lab server's current version of a model here, "
+                                              "its sha256 checked")
+    pull.add_argument("name", help="the model's name on the server (installed here under the same name)")
+    remote.add_server_options(pull, required=True)
+    pull.set_defaults(func=_cmd_pull)
