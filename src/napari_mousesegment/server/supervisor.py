@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ log = logging.getLogger("mousesegment.server")
 POLL_S = 5.0  #: how often the worker looks for pending corrections
 BACKOFF_S = (1.0, 60.0)  #: first and longest pause before a restart
 STEADY_S = 60.0  #: a child that lived this long was healthy: the next restart is quick again
+SHUTDOWN_GRACE_S = 3.0  #: after a SIGTERMed child, how long to wait for the server's own shutdown
 IDLE = "no pending corrections"  #: what the worker says on every idle pass: not logged
 
 
@@ -88,7 +90,9 @@ class Supervisor:
                 code = self._run_child()
             except OSError as exc:  # could not even start it (no memory, no processes left)
                 code, why = None, f"could not start ({exc})"
-            if self._stop.is_set():
+            # A SIGTERM to the whole service (systemctl stop) ends the worker a moment before the
+            # server stops this loop: wait for that rather than log a restart that will not happen.
+            if self._stop.wait(SHUTDOWN_GRACE_S if code == -signal.SIGTERM else 0):
                 return
             interrupted = mark_interrupted(self.queue)
             pause = BACKOFF_S[0] if time.monotonic() - started > STEADY_S else min(pause * 2, BACKOFF_S[1])
