@@ -26,18 +26,17 @@ def main() -> None:
     ct, us = widgets["ct"], widgets["ultrasound"]
     ct.wait(300)
     us.wait(300)
-    docks = viewer.window._dock_widgets
-    docks["Annotation & active learning (napari-mousesegment)"].hide()
+    _dock(viewer, "Annotation & active learning").hide()
     for layer in viewer.layers:
         layer.visible = layer.name.startswith(("micro-CT", "organs")) or "organs (" in layer.name
     viewer.dims.set_point(0, ct.result_layer.data.shape[0] * 0.28 * 0.45)
-    viewer.window._dock_widgets["Fetal ultrasound (napari-mousesegment)"].hide()
+    _dock(viewer, "Fetal ultrasound").hide()
     _settle()
     iio.imwrite(OUT / "widget_ct.png", viewer.screenshot(canvas_only=False, flash=False))
     for layer in viewer.layers:
         layer.visible = layer.name.startswith("series 3") or layer.name.endswith("instances")
-    viewer.window._dock_widgets["Fetal ultrasound (napari-mousesegment)"].show()
-    viewer.window._dock_widgets["Micro-CT segmentation (napari-mousesegment)"].hide()
+    _dock(viewer, "Fetal ultrasound").show()
+    _dock(viewer, "Micro-CT segmentation").hide()
     viewer.reset_view()
     viewer.dims.set_point(0, 10)
     _settle()
@@ -58,8 +57,8 @@ def _active_learning(viewer, us, al) -> None:
     hearts = us.organ_layers["heart"]
     for k in [k for k in range(35) if truth[k].any()][:6]:
         hearts.data[k] = truth[k]
-    viewer.window._dock_widgets["Fetal ultrasound (napari-mousesegment)"].hide()
-    viewer.window._dock_widgets["Annotation & active learning (napari-mousesegment)"].show()
+    _dock(viewer, "Fetal ultrasound").hide()
+    _dock(viewer, "Annotation & active learning").show()
     al.queue_dir = tempfile.mkdtemp()
     al.send(viewer.layers["series 3"], hearts)
     al.rank_frames().wait()
@@ -73,6 +72,11 @@ def _active_learning(viewer, us, al) -> None:
         layer.visible = layer.name in shown
     _settle()
     iio.imwrite(OUT / "widget_active.png", viewer.screenshot(canvas_only=False, flash=False))
+
+
+def _dock(viewer, widget: str):
+    """The dock of one of our widgets: napari names it "WIDGET (PLUGIN DISPLAY NAME)"."""
+    return next(dock for name, dock in viewer.window._dock_widgets.items() if name.startswith(f"{widget} ("))
 
 
 def _settle() -> None:
