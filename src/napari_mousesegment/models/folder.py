@@ -122,10 +122,7 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu",
     if found == "bioimageio":
         return _load_package(folder, meta, device)
     config_cls, model_cls = _classes(found)
-    try:
-        config = config_cls.from_dict(meta)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model {folder}: {exc}") from exc
+    config = _parsed(folder, config_cls, meta)
     weights = _verified(folder, meta, WEIGHTS)
     try:
         state = load_file(str(weights))
@@ -137,6 +134,14 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu",
     except RuntimeError as exc:
         raise ModelError(f"model {folder}: weights do not match its config ({str(exc).splitlines()[0]})") from exc
     return model.to(device).eval(), config, meta
+
+
+def _parsed(folder: Path, config_cls: type, meta: dict[str, Any]) -> Any:
+    """config.json as its kind's config class, or a ModelError naming the folder."""
+    try:
+        return config_cls.from_dict(meta)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model {folder}: {exc}") from exc
 
 
 def _verified(folder: Path, meta: dict[str, Any], name: str) -> Path:
@@ -155,10 +160,7 @@ def _load_package(folder: Path, meta: dict[str, Any], device: Any) -> tuple[Any,
     """An imported bioimage.io package, its hash checked, ready to run (see models.packaged)."""
     from .packaged import PackagedConfig, PackagedModel
 
-    try:
-        config = PackagedConfig.from_dict(meta)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model {folder}: {exc}") from exc
+    config = _parsed(folder, PackagedConfig, meta)
     package = _verified(folder, meta, PACKAGE)
     try:
         import bioimageio.core  # noqa: F401
@@ -167,7 +169,7 @@ def _load_package(folder: Path, meta: dict[str, Any], device: Any) -> tuple[Any,
                          "(pip install 'napari-mousesegment[bioimageio]')") from exc
     try:
         model = PackagedModel(package, config, str(device))
-    except Exception as exc:  # noqa: BLE001  (bioimageio.core raises many types for packages it cannot run)
+    except Exception as exc:  # bioimageio.core raises many types for packages it cannot run
         raise ModelError(f"model {folder}: its package cannot be run ({type(exc).__name__}: {exc})") from exc
     return model, config, meta
 
