@@ -19,12 +19,12 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def test_correct_send_rank_retrain_and_roll_back(make_napari_viewer, qtbot, home, tmp_path):
+def new_scanner_correction(viewer):
+    """Frames from a "new scanner" the shipped heart model misses, its prediction as a layer, and 8
+    frames of it corrected to the truth as a user would: (image layer, labels layer, truth)."""
     series = ultrasound_series(seed=270)
     frames = (np.clip(series.frames * 0.5 + 70, 0, 255).astype(np.uint8) * (series.frames > 0)).astype(np.uint8)
-    model, _, _ = load_unet(BASE)
-    _, pred = segment_frames(model, frames)
-    viewer = make_napari_viewer()
+    _, pred = segment_frames(load_unet(BASE)[0], frames)
     image = viewer.add_image(frames, name="new scanner")
     data, kwargs, _ = us_labels_layer(pred, "heart", "heart instances")
     kwargs["metadata"].update(model=BASE, prediction=pred.copy())
@@ -32,6 +32,12 @@ def test_correct_send_rank_retrain_and_roll_back(make_napari_viewer, qtbot, home
     truth = series.labels["heart"]
     for k in [k for k in range(35) if truth[k].any()][:8]:  # the user corrects 8 frames
         labels.data[k] = truth[k]
+    return image, labels, truth
+
+
+def test_correct_send_rank_retrain_and_roll_back(make_napari_viewer, qtbot, home, tmp_path):
+    viewer = make_napari_viewer()
+    image, labels, truth = new_scanner_correction(viewer)
     corrected = labels.data.copy()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotation & active learning")
     widget.queue_dir = tmp_path / "queue"

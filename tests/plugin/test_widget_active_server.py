@@ -8,11 +8,9 @@ in this machine's outbox, and sends it again on a refresh.
 
 import threading
 
-import numpy as np
 import pytest
 
-from napari_mousesegment.data.phantom_us import ultrasound_series
-from napari_mousesegment.plugin.layers import us_labels_layer
+from tests.plugin.test_widget_active import new_scanner_correction
 from tests.plugin.test_widget_active_ct import BASE, _ct, _dock, _shown, _ultrasound
 from tests.server import conftest as lab
 
@@ -114,24 +112,14 @@ def test_a_round_on_the_server_is_shown_live_then_pulled_and_repredicted(make_na
                                                                          monkeypatch):
     """A maintainer's widget: the correction goes up, the server's worker runs a round (drawn live),
     the promoted version is pulled here and re-predicted; a rollback is pulled too."""
-    from napari_mousesegment.inference.ultrasound import segment_frames
     from napari_mousesegment.store.load import load_unet
 
     monkeypatch.setenv("MOUSESEGMENT_HOME", str(tmp_path / "client-home"))
     monkeypatch.setenv("MOUSESEGMENT_OUTBOX", str(tmp_path / "client-outbox"))
     server = lab.make_server(tmp_path / "lab", worker=True)
     try:
-        series = ultrasound_series(seed=270)  # a "new scanner" the shipped model misses (as test_widget_active)
-        frames = (np.clip(series.frames * 0.5 + 70, 0, 255).astype(np.uint8) * (series.frames > 0)).astype(np.uint8)
-        _, pred = segment_frames(load_unet(BASE)[0], frames)
         viewer = make_napari_viewer()
-        image = viewer.add_image(frames, name="new scanner")
-        data, kwargs, _ = us_labels_layer(pred, "heart", "heart instances")
-        kwargs["metadata"].update(model=BASE, prediction=pred.copy())
-        labels = viewer.add_labels(data, **kwargs)
-        truth = series.labels["heart"]
-        for k in [k for k in range(35) if truth[k].any()][:8]:
-            labels.data[k] = truth[k]
+        image, labels, truth = new_scanner_correction(viewer)
         widget = _connected(viewer, server, "boss")
         assert widget.send(image, labels).wait(60)["answer"]["created"]
         assert widget.retrain().wait(60) is not None  # a maintainer may ask for a round
