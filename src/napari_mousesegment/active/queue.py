@@ -35,14 +35,14 @@ from ..io.tiff import read_array, write_array
 from .rounds import Round, RoundState
 
 KINDS = ("ct", "ultrasound")
-STATES = ("pending", "used")
+STATES = ("pending", "used", "failed")  #: failed: could not be read or trained on; see Item.reason
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL, organ TEXT, condition TEXT, model TEXT, model_version TEXT,
     shape TEXT NOT NULL, touched TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
     used_in TEXT NOT NULL DEFAULT '[]', created TEXT NOT NULL, source TEXT, spacing TEXT,
-    author TEXT, content_hash TEXT
+    author TEXT, content_hash TEXT, reason TEXT
 );
 CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT, version TEXT, state TEXT NOT NULL,
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 );
 """
 #: Columns added after the first release: queue files made before them gain them on first use.
-_ADDED_COLUMNS = {"author": "TEXT", "content_hash": "TEXT"}
+_ADDED_COLUMNS = {"author": "TEXT", "content_hash": "TEXT", "reason": "TEXT"}
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -112,6 +112,7 @@ class Item:
     spacing: tuple[float, float, float] | None = None  #: mm, micro-CT items
     author: str | None = None  #: the lab server's user who sent it (None: queued locally)
     content_hash: str | None = None  #: sha256 of the upload (remote.protocol.content_hash), if sent
+    reason: str | None = None  #: why the item is ``failed`` (it could not be read or trained on)
 
     def as_json(self) -> dict:
         """The item as ``queue list --json`` prints it (and the lab server answers it)."""
@@ -306,7 +307,7 @@ class Queue:
                     tuple(json.loads(row["shape"])), json.loads(row["touched"]), row["state"],
                     json.loads(row["used_in"]), row["created"], row["source"], self.root / "items" / str(row["id"]),
                     tuple(json.loads(row["spacing"])) if row["spacing"] and row["spacing"] != "null" else None,
-                    row["author"], row["content_hash"])
+                    row["author"], row["content_hash"], row["reason"] if "reason" in row.keys() else None)
 
     def get(self, item_id: int) -> Item:
         with closing(self._connect()) as db:
@@ -344,6 +345,20 @@ class Queue:
                 if row is not None:
                     used = json.loads(row["used_in"]) + [version]
                     db.execute("UPDATE items SET state = 'used', used_in = ? WHERE id = ?", (json.dumps(used), item_id))
+
+    def mark_failed(self, item_ids: list[int], reason: str) -> None:
+        """Set items aside as ``failed`` with the reason (one line): a worker skips them from then
+        on, and ``queue list`` shows why. Their files are kept, to try again with :meth:`retry`."""
+        with self._transaction() as db:
+            for item_id in item_ids:
+                db.execute("UPDATE items SET state = 'failed', reason = ? WHERE id = ?", (reason[:500], int(item_id)))
+
+    def retry(self, item_ids: list[int]) -> None:
+        """Put failed items back to ``pending`` (after the cause was fixed)."""
+        with self._transaction() as db:
+            for item_id in item_ids:
+                db.execute("UPDATE items SET state = 'pending', reason = NULL WHERE id = ? AND state = 'failed'",
+                           (int(item_id),))
 
     # Training rounds: the worker records its progress here; the widget and `queue status` read it.
     def start_round(self, model: str, items: list[int]) -> int:
