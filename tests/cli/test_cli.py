@@ -81,3 +81,12 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "napari_mousesegment.cli", "--help"],
                          capture_output=True, text=True, check=True)
     assert "demo" in out.stdout and "split" in out.stdout
+
+
+def test_console_script_errors_are_one_line_and_exit_2(tmp_path):
+    """The real entry point (not main() in-process): one stderr line naming the file, exit 2."""
+    out = subprocess.run([sys.executable, "-m", "napari_mousesegment.cli", "roi", "export",
+                          str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x.zip")],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"mousesegment roi: error: {tmp_path / 'missing.tif'}: no such TIFF file"]

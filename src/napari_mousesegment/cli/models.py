@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import remote
+from . import options, remote
 
 
 def _size(n: int) -> str:
@@ -22,7 +22,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         with remote.client(args) as server:
             rows, where = server.models(), f"(models on {server.url})"
     else:
-        rows, where = [asdict(r) for r in list_models()], f"(user models: {home()})"
+        with options.warnings_to_stderr():  # a broken registry.json or config.json: one line each
+            rows = [asdict(r) for r in list_models()]
+        where = f"(user models: {home()})"
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

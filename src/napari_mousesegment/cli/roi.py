@@ -9,10 +9,17 @@ from . import options
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ..jobs.rois import import_rois
+    from ..jobs.rois import frames_shape, import_rois
 
-    import_rois(args.rois, args.shape, args.out)
+    import_rois(args.rois, args.shape or frames_shape(args.like), args.out)
     return 0
+
+
+def _frames(text: str) -> Path:
+    """``--like``: a path that is not empty (an empty one would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give the frames file (or folder) the ROIs were drawn on, got ''")
+    return Path(text)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -27,7 +34,11 @@ def add_commands(sub) -> None:
     roi_sub = roi.add_subparsers(dest="action", required=True, metavar="ACTION")
     rin = roi_sub.add_parser("import", help="a RoiSet zip or .roi file to an instance-label TIFF")
     rin.add_argument("rois", type=Path)
-    rin.add_argument("--shape", type=options.shape, required=True, help="N,H,W of the stack (or H,W)")
+    size = rin.add_mutually_exclusive_group(required=True)
+    size.add_argument("--shape", type=options.shape, help="N,H,W of the stack (or H,W)")
+    size.add_argument("--like", type=_frames, metavar="FRAMES",
+                      help="take N,H,W from the frames the ROIs were drawn on: a TIFF stack, a montage, "
+                           "a folder of frames or one 2D frame")
     rin.add_argument("--out", type=Path, required=True, help="labels TIFF to write")
     rin.set_defaults(func=_cmd_import)
     rout = roi_sub.add_parser("export", help="an instance-label TIFF (2D or N,H,W) to a RoiSet zip")

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from ..io.arrays import load
+from ..io.limits import check_allocation, nbytes
 from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
 from ..models.preprocess import PLANE_AXIS, fit_square, model_grid, to_slices, unfit_square, window
@@ -92,8 +93,8 @@ def _check(model: MOSnet, image, spacing, condition: str, batch_size: int | None
         raise ValueError(f"expected a 3D (z, y, x) volume, got shape {tuple(image.shape)}")
     if condition not in config.conditions:
         raise ValueError(f"condition {condition!r} is unknown to this model; it knows {config.conditions}")
-    if spacing is None or len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be three positive numbers in mm, got {spacing!r}")
+    if spacing is None or len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive, finite numbers in mm, got {spacing!r}")
     if batch_size is None:
         batch_size = 32 if next(model.parameters()).device.type == "cuda" else 4
     if batch_size < 1:
@@ -145,6 +146,11 @@ def iter_labels(
     grid = model_grid(stack.shape, [spacing[axis], *(s for i, s in enumerate(spacing) if i != axis)],
                       config.spacing_mm)
     n, n_model = len(stack), grid[0]
+    # One slab at the model's voxel size in plane, then its probabilities of every organ: refused
+    # before allocating when a voxel size in the wrong unit makes a model slice absurdly large.
+    check_allocation(nbytes((batch_size, *grid[1:]), 4) * (2 + len(config.organs)),
+                     f"a slab of {batch_size} slices at the model's {config.spacing_mm} mm voxels "
+                     f"({grid[1]}x{grid[2]} each, from {tuple(float(s) for s in spacing)} mm)")
     # Each input slice j reads model slices low[j] and high[j]; emit it once both are computed.
     low, high, weight = linear_taps(n, n_model)
     same_grid = n_model == n  # then input slice j is model slice j: no interpolation, no copies
@@ -221,6 +227,9 @@ def predict_volume(
     config = model.config
     _check(model, image, spacing, condition, batch_size)
     axis = PLANE_AXIS[config.plane]
+    check_allocation(nbytes(image.shape, 1 + (2 * len(config.organs) if keep_probabilities else 0)),
+                     f"the labels{' and probabilities' if keep_probabilities else ''} of a scan of "
+                     f"{tuple(image.shape)} voxels")
     labels = np.zeros(image.shape, np.uint8)
     label_stack = to_slices(labels, config.plane)
     probabilities = np.zeros((len(config.organs), *image.shape), np.float16) if keep_probabilities else None

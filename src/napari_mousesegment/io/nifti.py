@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,26 @@ SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img")
 MAX_GZIP_RATIO = 1032
 
 
-def check_header(img, path: Path) -> None:
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence nibabel's own logger (it prints header fixes, such as pixdim 0 read as 1, to stderr)."""
+    import logging
+
+    logger = logging.getLogger("nibabel.global")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def check_header(img, path: Path, need_spacing: bool = True) -> bool:
     """Refuse a header that disagrees with its data, which nibabel would read anyway.
 
     nibabel reads a voxel size (pixdim) of 0 as 1 and a negative one as its absolute value; and
     dimensions that do not match the image file's length give a wrong volume (a longer file) or
     fail deep inside nibabel (a shorter one). Raises ValueError; the caller names the file.
+    Returns whether the voxel size is usable; an unusable one is an error only ``need_spacing``.
     """
     import nibabel
 
@@ -32,8 +48,10 @@ def check_header(img, path: Path) -> None:
         raw = type(img.header).from_fileobj(f, check=False)
     spatial = min(int(raw["dim"][0]), 3)
     pixdim = [float(v) for v in raw["pixdim"][1:1 + spatial]]
-    if not all(math.isfinite(v) and v > 0 for v in pixdim):
-        raise ValueError(f"voxel size (pixdim) {pixdim} in the header is not positive and finite")
+    usable = all(math.isfinite(v) and v > 0 for v in pixdim)
+    if not usable and need_spacing:
+        raise ValueError(f"no usable voxel size: pixdim {pixdim} in the header is not positive and finite; "
+                         "give --spacing Z,Y,X in mm")
     proxy = img.dataobj
     need = int(proxy.offset) + math.prod(proxy.shape) * proxy.dtype.itemsize
     image_file = Path(files["image"].filename)
@@ -45,6 +63,7 @@ def check_header(img, path: Path) -> None:
     if held != need:
         raise ValueError(f"the header's {tuple(proxy.shape)} {proxy.dtype} volume needs {need} bytes "
                          f"(from offset {proxy.offset}); {image_file.name} holds {held}")
+    return usable
 
 
 def _gzip_length(path: Path, expected: int) -> int:
@@ -66,7 +85,8 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
 
     path = Path(path)
     try:
-        img = nibabel.load(str(path))
+        with quiet():  # nibabel logs the header fixes it makes to stderr; we refuse or say so instead
+            img = nibabel.load(str(path))
         check_header(img, path)
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises several types for bad headers and short files
@@ -83,20 +103,23 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
 NIFTI_UNIT_MM = {"mm": 1.0, "micron": 1e-3, "meter": 1000.0, "unknown": 1.0}
 
 
-def read_nifti_scan(path: str | Path, lazy: bool = False) -> Scan:
+def read_nifti_scan(path: str | Path, lazy: bool = False,
+                    spacing: tuple[float, float, float] | None = None) -> Scan:
     """A NIfTI or Analyze scan turned to our (z, y, x) RAS order by its affine, spacing in mm.
 
     The file's affine and voxel order are kept in the scan's :class:`~.geometry.Geometry`, so that
     labels go back out on the file's own grid (:func:`~.geometry.write_labels_nifti`). ``lazy``
     hands back a dask array that reads slab by slab (uncompressed files only: a ``.nii.gz`` is read
-    whole, since every slab would decompress the file from its start).
+    whole, since every slab would decompress the file from its start). A header whose voxel size
+    is unusable (pixdim 0) is refused, unless ``spacing`` (z, y, x mm) is given to take its place.
     """
     import nibabel
 
     path = Path(path)
     try:
-        img = nibabel.load(str(path))
-        check_header(img, path)
+        with quiet():
+            img = nibabel.load(str(path))
+        usable = check_header(img, path, need_spacing=spacing is None)
         unit = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else "mm"
         shape = img.shape
         if len(shape) == 4 and shape[3] == 1:
@@ -114,6 +137,9 @@ def read_nifti_scan(path: str | Path, lazy: bool = False) -> Scan:
         header = img.header
         if "qform_code" in header.keys() and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
             affine = np.diag([*header.get_zooms()[:3], 1.0])  # NIfTI's "method 1": no flip, origin 0
+        if not usable:  # pixdim 0: the given (z, y, x) spacing on the file's own axes, method 1
+            affine = np.diag([*(float(s) for s in spacing[::-1]), 1.0])  # type: ignore[index]
+            unit = "mm"
     except Exception as exc:  # nibabel raises several types (and many-line messages) for damaged files
         raise ValueError(f"{path}: not a readable NIfTI/Analyze volume ({brief(exc)})") from exc
     if unit not in NIFTI_UNIT_MM:

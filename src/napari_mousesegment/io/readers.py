@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import gff, nifti
+from .files import regular_file
 from .scan import Scan, orient_body
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -70,17 +71,18 @@ def _read(path: Path, spacing, series: str | None, lazy: bool) -> Scan:
             return dicom.read_dicom(path, series=series, lazy=lazy)
         raise ValueError(f"{path}: not a scan folder (a DICOM series, a SkyScan reconstruction, an OME-Zarr "
                          "image or a Rosenhain scan)")
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
+    regular_file(path, "scan file")  # a named pipe or a device would block the reader forever
     if kind in TIFF_SUFFIXES:
         from .tiff import read_tiff
 
-        image, file_spacing = read_tiff(path, lazy=lazy)
+        image, file_spacing = read_tiff(path, lazy=lazy, need_spacing=spacing is None)
         if image.ndim != 3:
             raise ValueError(f"{path}: expected a 3D (z, y, x) volume, got shape {tuple(image.shape)}")
         return Scan(image, file_spacing, source=str(path))
     if kind in nifti.SUFFIXES:
-        return nifti.read_nifti_scan(path, lazy=lazy)
+        return nifti.read_nifti_scan(path, lazy=lazy, spacing=spacing)
     if kind in gff.SUFFIXES:
         return orient_body(gff.read_gff(path))
     if kind in DICOM_SUFFIXES or dicom.looks_like_dicom(path):
@@ -160,7 +162,7 @@ def organ_names_beside(path: Path) -> dict[str, int] | None:
 def read_label_map(path: str | os.PathLike, like: Scan) -> tuple[np.ndarray, dict[str, int] | None]:
     """A label map on the grid of the scan ``like`` (any format :func:`read_scan` reads, turned to the
     same (z, y, x) RAS order), and its organ names when a sidecar gives them."""
-    path = Path(path)
+    path = regular_file(path, "label file") if not Path(path).is_dir() else Path(path)
     if suffix(path) in TIFF_SUFFIXES:
         from .tiff import read_array
 

@@ -31,6 +31,8 @@ import roifile
 from roifile import ROI_OPTIONS, ROI_SUBTYPE, ROI_TYPE, ImagejRoi
 
 from ..organs import roi_style
+from .files import regular_file
+from .limits import check_zip_member
 
 #: ROI types that enclose an area traced by a list of vertices.
 POLYGON_TYPES = (ROI_TYPE.POLYGON, ROI_TYPE.FREEHAND, ROI_TYPE.TRACED)
@@ -326,8 +328,10 @@ def read_rois(path: str | os.PathLike) -> list[ImagejRoi]:
     folders and macOS resource forks (``__MACOSX/``, ``._*``) inside a zip are ignored.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RoiError(f"{path}: no such ROI file")
+    try:
+        regular_file(path, "ROI file")  # a named pipe would block the read forever
+    except ValueError as exc:
+        raise RoiError(str(exc)) from None
     if path.suffix.lower() != ".zip" and path.stat().st_size > MAX_ROI_BYTES:
         raise RoiError(f"{path}: {path.stat().st_size} bytes, more than an ImageJ ROI holds ({MAX_ROI_BYTES})")
     try:
@@ -341,9 +345,10 @@ def read_rois(path: str | os.PathLike) -> list[ImagejRoi]:
             if bad:
                 raise RoiError(f"{path}: zip members that are not ImageJ ROIs: {bad[:5]}")
             for member in members:
-                if member.file_size > MAX_ROI_BYTES:  # declared size, checked before anything is inflated
-                    raise RoiError(f"{path}: member {member.filename!r} declares {member.file_size} bytes, "
-                                   f"more than an ImageJ ROI holds ({MAX_ROI_BYTES})")
+                try:  # declared size, checked before anything is inflated
+                    check_zip_member(path, member, MAX_ROI_BYTES)
+                except ValueError as exc:
+                    raise RoiError(f"{exc} (an ImageJ ROI holds at most {MAX_ROI_BYTES} bytes)") from None
                 try:
                     rois.append(_named(ImagejRoi.frombytes(archive.read(member)), Path(member.filename).stem))
                 except Exception as exc:  # roifile raises many types for damaged members

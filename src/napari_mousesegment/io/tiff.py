@@ -25,7 +25,9 @@ import numpy as np
 import tifffile
 
 from .atomic import write_atomic
+from .files import kind, regular_file
 from .geometry import UNIT_MM
+from .limits import TooLarge, check_allocation, nbytes
 
 #: Length units ImageJ writes in a TIFF's ``unit``, in mm.
 UNITS_MM = {"mm": 1.0, "micron": 1e-3, "µm": 1e-3, "um": 1e-3, "cm": 10.0}
@@ -50,22 +52,30 @@ def write_tiff_slices(path: str | os.PathLike, slices: Iterable[np.ndarray], sha
                                                              **_imagej_volume(spacing)))
 
 
-def read_tiff(path: str | os.PathLike, lazy: bool = False
+def read_tiff(path: str | os.PathLike, lazy: bool = False, need_spacing: bool = True
               ) -> tuple[Any, tuple[float, float, float] | None]:
     """Read a TIFF volume and its (z, y, x) spacing in mm, or None when the file has none.
 
     The spacing comes from the OME-XML of an OME-TIFF (PhysicalSizeX/Y/Z) or from the ImageJ
     ``spacing``, resolution and ``unit``. ``lazy`` gives a dask array that reads pages on demand.
+    A voxel size the file states unusably (a resolution of 0, an unknown unit) is an error naming
+    the file, unless ``need_spacing`` is false (the caller has its own): then the spacing is None.
     """
-    path = Path(path)
+    path = regular_file(path, "TIFF file")
     try:
         with tifffile.TiffFile(path) as tif:
             _check_chain(tif, path)
             if tif.is_ome:
-                volume, spacing = _read_ome(tif, path, lazy)
+                volume, spacing = _read_ome(tif, path, lazy, need_spacing)
             else:
+                if not lazy:
+                    _check_size(tif.series[0], path)
                 volume = _lazy(tif.series[0], path) if lazy else tif.asarray()
-                spacing = _imagej_spacing(tif)
+                spacing = _optional(lambda: _imagej_spacing(tif), need_spacing)
+    except TooLarge:
+        raise
+    except NoVoxelSize as exc:
+        raise ValueError(f"{path}: has no usable voxel size ({exc}); give --spacing Z,Y,X in mm") from exc
     except _BadMetadata as exc:
         raise ValueError(f"{path}: {exc}") from exc
     except Exception as exc:  # tifffile raises many types (even RuntimeError) for damaged files
@@ -78,8 +88,11 @@ def tiff_kind(path: str | os.PathLike) -> str | None:
 
     A micro-CT volume (an ImageJ TIFF with ``spacing`` and a length ``unit``, as :func:`write_tiff`
     writes, or an OME-TIFF with PhysicalSizeZ) is a scan; a frame stack (:func:`write_stack`) has no
-    spacing and is not. Only the header is read; a file that cannot be read is not a scan.
+    spacing and is not. Only the header is read; a file that cannot be read is not a scan, and
+    anything but an ordinary file (a named pipe) is not opened at all.
     """
+    if kind(path) != "a file":
+        return None
     try:
         with tifffile.TiffFile(path) as tif:
             _check_chain(tif, Path(path))
@@ -117,6 +130,20 @@ class _BadMetadata(ValueError):
     """Pixels that read, with a voxel size or layout the file states wrongly: the message says which."""
 
 
+class NoVoxelSize(_BadMetadata):
+    """A voxel size the file states but that cannot be used: zero, negative, not a number, no length unit."""
+
+
+def _optional(spacing: Any, needed: bool) -> tuple[float, float, float] | None:
+    """``spacing()``, or None when it raises :class:`NoVoxelSize` and the caller brings its own."""
+    try:
+        return spacing()
+    except NoVoxelSize:
+        if needed:
+            raise
+        return None
+
+
 #: Length units an OME-XML ``PhysicalSize*Unit`` may state (its UnitsLength enumeration), in mm.
 OME_UNIT_MM = {**UNIT_MM, "m": 1000.0, "dm": 100.0, "cm": 10.0, "mm": 1.0, "\u00b5m": 1e-3, "um": 1e-3,
                "nm": 1e-6, "pm": 1e-9, "\u00c5": 1e-7, "in": 25.4, "thou": 0.0254}
@@ -130,7 +157,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _positive(value: float, what: str) -> float:
     if not (math.isfinite(value) and value > 0):
-        raise _BadMetadata(f"{what} is {value}; a voxel size must be a positive number")
+        raise NoVoxelSize(f"{what} is {value}; a voxel size must be a positive number")
     return value
 
 
@@ -199,20 +226,20 @@ def _imagej_spacing(tif: Any) -> tuple[float, float, float] | None:
         return None
     unit = str(meta.get("unit", "mm")).replace("\\u00B5", "\u00b5").replace("\u03bc", "\u00b5")
     if unit not in UNITS_MM:
-        raise _BadMetadata(f"spacing unit {unit!r} is not a length ImageJ writes (mm, µm, micron, cm)")
+        raise NoVoxelSize(f"spacing unit {unit!r} is not a length ImageJ writes (mm, µm, micron, cm)")
     scale = UNITS_MM[unit]
 
     def step(tag: str) -> float:
         numerator, denominator = (float(v) for v in page.tags[tag].value)
         if not (numerator > 0 and denominator > 0 and math.isfinite(numerator / denominator)):
-            raise _BadMetadata(f"{tag} is {numerator:g}/{denominator:g} pixels per {unit}; "
+            raise NoVoxelSize(f"{tag} is {numerator:g}/{denominator:g} pixels per {unit}; "
                                "it must be positive")
         return denominator / numerator * scale
 
     try:
         dz = float(meta["spacing"])
     except (TypeError, ValueError):
-        raise _BadMetadata(f"the ImageJ spacing {meta['spacing']!r} is not a number") from None
+        raise NoVoxelSize(f"the ImageJ spacing {meta['spacing']!r} is not a number") from None
     return (_positive(dz, "the ImageJ spacing") * scale, step("YResolution"), step("XResolution"))
 
 
@@ -235,12 +262,12 @@ def _ome_spacing(pixels: Any) -> tuple[float, float, float] | None:
         text = pixels.get(f"PhysicalSize{axis}")
         unit = pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m").strip().replace("\u03bc", "\u00b5")
         if unit not in OME_UNIT_MM:
-            raise _BadMetadata(f"PhysicalSize{axis}Unit {unit!r} is not a length unit "
+            raise NoVoxelSize(f"PhysicalSize{axis}Unit {unit!r} is not a length unit "
                                f"({', '.join(sorted(OME_UNIT_MM))})")
         try:
             value = float(text)
         except ValueError:
-            raise _BadMetadata(f"PhysicalSize{axis} {text!r} is not a number") from None
+            raise NoVoxelSize(f"PhysicalSize{axis} {text!r} is not a number") from None
         sizes.append(_positive(value, f"PhysicalSize{axis}") * OME_UNIT_MM[unit])
     return sizes[0], sizes[1], sizes[2]
 
@@ -255,10 +282,11 @@ def _ome_is_volume(xml: str | None) -> bool:
         return False
 
 
-def _read_ome(tif: Any, path: Path, lazy: bool) -> tuple[Any, tuple[float, float, float] | None]:
-    """The (z, y, x) volume of an OME-TIFF's first image, and its spacing in mm."""
+def _read_ome(tif: Any, path: Path, lazy: bool, need_spacing: bool = True
+              ) -> tuple[Any, tuple[float, float, float] | None]:
+    """The (z, y, x) volume of an OME-TIFF's first image, and its spacing in mm (see :func:`read_tiff`)."""
     pixels = _ome_pixels(tif.ome_metadata)
-    spacing = _ome_spacing(pixels)
+    spacing = _optional(lambda: _ome_spacing(pixels), need_spacing)
     series = tif.series[0]
     axes, shape = series.axes, series.shape  # size-1 axes are squeezed away
     names = {"C": "channels", "T": "time points", "S": "colour samples"}
@@ -266,6 +294,8 @@ def _read_ome(tif: Any, path: Path, lazy: bool) -> tuple[Any, tuple[float, float
     if extra:
         raise _BadMetadata(f"the OME-TIFF holds {', '.join(extra)} (axes {axes}, shape {tuple(shape)}); "
                            "expected one grey channel at one time point")
+    if not lazy:
+        _check_size(series, path)
     volume = _lazy(series, path) if lazy else series.asarray()
     order = [axes.index(a) for a in "ZYX" if a in axes]
     if order != sorted(order):
@@ -310,9 +340,19 @@ def write_array(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 def read_array(path: str | os.PathLike) -> np.ndarray:
     """The array of a TIFF file, or a ValueError naming the file when it cannot be read."""
+    path = regular_file(path, "TIFF file")
     try:
         with tifffile.TiffFile(path) as tif:
             _check_chain(tif, Path(path))
+            _check_size(tif.series[0], path)
             return tif.asarray()
+    except TooLarge:
+        raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise ValueError(f"{path}: not a readable TIFF ({_one_line(exc)})") from exc
+
+
+def _check_size(series: Any, path: Path) -> None:
+    """Refuse, before reading, a series whose header asks for more memory than this machine has."""
+    check_allocation(nbytes(series.shape, np.dtype(series.dtype).itemsize),
+                     f"{path}: its {'x'.join(map(str, series.shape))} {np.dtype(series.dtype)} pixels")

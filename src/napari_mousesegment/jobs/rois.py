@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import write_atomic
-from ..io.roi import labels_to_rois, read_rois, rois_to_labels, write_roiset
+from ..io.files import regular_file
+from ..io.limits import check_allocation
+from ..io.roi import RoiError, labels_to_rois, read_rois, rois_to_labels, write_roiset
 from ..io.tiff import read_array, write_stack
 from ..organs import roi_style
 
@@ -72,17 +74,64 @@ def write_fiji_files(folder: Path, frames: np.ndarray, organs: Iterable[str], la
 MAX_LABEL_VOXELS = 1 << 30
 
 
+def frames_shape(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(N, H, W) of the frames an ROI set was drawn on: a stack (TIFF), a montage (split as
+    ``mousesegment split`` does), a folder of frames, or one 2D frame (N = 1). For ``roi import --like``."""
+    from ..io.composites import CompositeError, read_composite
+
+    path = Path(path)
+    if not path.is_dir():
+        regular_file(path, "frames file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a frame count other than 35 is fine here
+        try:
+            return tuple(int(n) for n in read_composite(path).frames.shape)  # type: ignore[return-value]
+        except CompositeError:
+            if path.is_dir():
+                raise
+    shape = _image_shape(path)  # not a montage: one frame, gray or colour
+    if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4)):
+        return (1, int(shape[0]), int(shape[1]))
+    raise ValueError(f"{path}: not frames, a montage or one frame (shape {shape})")
+
+
+def _image_shape(path: Path) -> tuple[int, ...]:
+    """The shape of the image in a file, from its header where the format allows."""
+    import tifffile
+
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                return tuple(tif.series[0].shape)
+        import imageio.v3 as iio
+
+        return tuple(iio.improps(path).shape)
+    except Exception as exc:  # tifffile, imageio and Pillow raise many types for damaged files
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
 def import_rois(source: str | os.PathLike, shape: tuple[int, int, int], out: str | os.PathLike, log=print) -> Path:
-    """ROIs (zip or .roi) to a (N, H, W) instance-label TIFF, ids 1.. in ROI order."""
+    """ROIs (zip or .roi) to a (N, H, W) instance-label TIFF, ids 1.. in ROI order.
+
+    A stack larger than :data:`MAX_LABEL_VOXELS`, or than this machine's memory allows, is refused
+    before it is allocated; so is a source without one ROI that encloses an area (no all-zero stack).
+    """
     voxels = int(np.prod([int(n) for n in shape], dtype=object))
     if len(shape) != 3 or min(shape) < 1 or voxels > MAX_LABEL_VOXELS:
         raise ValueError(f"--shape {','.join(map(str, shape))}: need 3 positive sizes of at most "
                          f"{MAX_LABEL_VOXELS} voxels in all (2 GiB of labels), got {voxels}")
+    check_allocation(2 * voxels, f"--shape {','.join(map(str, shape))}: the labels")
+    rois = read_rois(source)
+    if not rois:
+        raise RoiError(f"{source}: holds no ROIs; nothing to import")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        labels = rois_to_labels(read_rois(source), shape, source=str(source))
+        labels = rois_to_labels(rois, shape, source=str(source))
     for w in caught:
         log(f"warning: {w.message}")
+    if not labels.any():
+        raise RoiError(f"{source}: none of its {len(rois)} ROIs encloses an area (lines, points or text); "
+                       "nothing to import")
     target = write_stack(Path(out), labels if shape[0] > 1 else labels[0], compress=True)
     log(f"{source}: {len(np.unique(labels[labels > 0]))} ROIs -> {target}")
     return target

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..io.files import regular_file
 from ..io.jsonfile import read_object, write_object
+from .schema import KINDS, ConfigError, check_config
 
 if TYPE_CHECKING:
     import torch
@@ -28,8 +30,6 @@ WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 #: Files a model folder may carry beside its weights and config (kept when a folder is copied).
 EXTRAS = ("history.csv", "curves.png", "README.md")
-#: What config.json's "kind" may be: our two networks, or another lab's bioimage.io package.
-KINDS = ("mosnet", "unet", "bioimageio")
 #: The file a "bioimageio" model folder holds instead of WEIGHTS (see models.packaged).
 PACKAGE = "package.zip"
 
@@ -92,13 +92,17 @@ def update_config(folder: str | os.PathLike, changes: dict[str, Any]) -> None:
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a model folder as a dict, or a :class:`ModelError` naming the folder."""
+    """config.json of a model folder as a dict, checked against its kind's schema
+    (:func:`.schema.check_config`), or a :class:`ModelError` naming the folder and the problem."""
     folder = Path(folder)
     path = folder / CONFIG
     if not path.is_file():
         raise ModelError(f"model {folder}: no {CONFIG}")
     try:
-        return read_object(path, "a model config")
+        regular_file(path, "model config")
+        return check_config(read_object(path, "a model config"))
+    except ConfigError as exc:
+        raise ModelError(f"model {folder}: {path}: {exc}") from exc
     except ValueError as exc:
         raise ModelError(f"model {folder}: {exc}") from exc
 

@@ -58,8 +58,13 @@ class MOSnetConfig:
             raise ValueError("a MOSnet needs at least one organ")
         if len(set(self.organs)) != len(self.organs) or len(set(self.conditions)) != len(self.conditions):
             raise ValueError("organ and condition names must be unique")
-        if self.width < 2 or self.depth < 1 or self.image_size % (2**self.depth):
+        if not (2 <= self.width <= 512 and 1 <= self.depth <= 8):  # the bounds of models.schema
+            raise ValueError(f"width must be 2..512 and depth 1..8, got width {self.width}, depth {self.depth}")
+        if self.image_size % (2**self.depth):
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**depth = {2**self.depth}")
+        bad = {o: t for o, t in self.thresholds.items() if not 0.0 <= float(t) <= 1.0}  # NaN too
+        if bad:
+            raise ValueError(f"thresholds must be from 0 to 1, got {bad}")
         if self.plane not in ("axial", "coronal", "sagittal"):
             raise ValueError(f"plane must be axial, coronal or sagittal, got {self.plane!r}")
 

@@ -37,6 +37,9 @@ class PackagedConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PackagedConfig:
+        from .schema import check_config
+
+        check_config({**data, "kind": "bioimageio"})
         names = cls.__dataclass_fields__
         config = cls(**{k: v for k, v in data.items() if k in names})
         if config.spatial_dims not in (2, 3):

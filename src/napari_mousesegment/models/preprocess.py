@@ -13,6 +13,8 @@ import torch
 from scipy import ndimage as ndi
 from torch.nn import functional as F
 
+from ..io.limits import check_allocation, nbytes
+
 PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  #: the volume axis that slices are cut along
 
 
@@ -38,10 +40,14 @@ def model_grid(shape: tuple[int, ...], spacing: tuple[float, ...], target: float
 
 
 def resample(volume: np.ndarray, spacing: tuple[float, float, float], target: float, order: int) -> np.ndarray:
-    """Resample a (z, y, x) volume with the given spacing to isotropic ``target`` mm voxels."""
+    """Resample a (z, y, x) volume with the given spacing to isotropic ``target`` mm voxels; an
+    output too large for this machine is refused before it is allocated (:mod:`..io.limits`)."""
     grid = model_grid(volume.shape, spacing, target)
     if grid == volume.shape:
         return volume
+    check_allocation(nbytes(grid, volume.dtype.itemsize),
+                     f"resampling a scan of {tuple(volume.shape)} voxels at {tuple(spacing)} mm to {target} mm "
+                     f"voxels ({grid})")
     return ndi.zoom(volume, np.divide(grid, volume.shape), order=order, mode="nearest", grid_mode=True)
 
 

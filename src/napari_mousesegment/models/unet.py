@@ -37,8 +37,10 @@ class UNetConfig:
         levels = ARCHS[self.arch][0]
         if self.image_size % 2 ** (levels - 1):
             raise ValueError(f"image_size must be a multiple of {2 ** (levels - 1)} for {self.arch}")
-        if self.width < 1:
-            raise ValueError(f"width must be positive, got {self.width}")
+        if not 1 <= self.width <= 512:  # the bounds of models.schema (this file stands alone in packages)
+            raise ValueError(f"width must be from 1 to 512, got {self.width}")
+        if not 0.0 <= float(self.threshold) <= 1.0:  # NaN too
+            raise ValueError(f"threshold must be from 0 to 1, got {self.threshold}")
 
     @property
     def levels(self) -> int:

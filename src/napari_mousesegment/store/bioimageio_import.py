@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..io.files import regular_file
+from ..io.limits import check_zip_member
 from ..models.folder import CONFIG, PACKAGE, WEIGHTS, ModelError, copy_folder, sha256
 from ..models.packaged import RUNNABLE
 
@@ -65,13 +68,16 @@ def import_package(archive: Path, dest: Path, force: bool = False, organ: str | 
 
 
 def _check_members(archive: Path) -> None:
+    """Every member's declared size, against :data:`MAX_MEMBER_BYTES` and what its stored bytes can
+    hold, before anything is inflated (see :func:`..io.limits.check_zip_member`)."""
     try:
-        with zipfile.ZipFile(archive) as zf:
-            big = [m.filename for m in zf.infolist() if m.file_size > MAX_MEMBER_BYTES]
+        with zipfile.ZipFile(regular_file(archive, "package zip")) as zf:
+            for member in zf.infolist():
+                check_zip_member(archive, member, MAX_MEMBER_BYTES)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
     except (OSError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{archive}: not a readable zip ({exc})") from exc
-    if big:
-        raise ModelError(f"{archive}: member {big[0]!r} declares more than {MAX_MEMBER_BYTES >> 30} GiB")
 
 
 def _describe(archive: Path) -> Any:
@@ -106,8 +112,9 @@ def _restore(archive: Path, folder: Path) -> None:
         missing = [f for f in (CONFIG, WEIGHTS) if f not in names]
         if missing:
             raise ModelError(f"{archive}: says it is a napari-mousesegment package but lacks {missing}")
-        for file in (CONFIG, WEIGHTS):
-            (folder / file).write_bytes(zf.read(file))
+        for file in (CONFIG, WEIGHTS):  # in blocks: the weights are never held whole in memory here
+            with zf.open(file) as src, open(folder / file, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _axes(tensor: Any, inputs: Any = ()) -> list[tuple[str, str, int | None]]:

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.files import regular_file
 from ..io.jsonfile import read_object
+from ..io.limits import check_allocation, check_zip_member, human
 from ..models.folder import CONFIG, EXTRAS, WEIGHTS, ModelError, copy_folder, is_model, read_config
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -82,17 +87,24 @@ def _folders(root: Path) -> dict[str, Path]:
 
 
 def registry() -> dict[str, dict]:
-    """Published models: name -> {"url", "sha256", and optionally "kind", "organs", "version"}."""
+    """Published models: name -> {"url", "sha256", and optionally "kind", "organs", "version"}.
+
+    A registry.json that is not such a table is a :class:`ModelError` naming the file and the entry.
+    """
     path = home() / REGISTRY
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        entries = read_object(path, "a table of published models")
+        entries = read_object(regular_file(path, "registry file"), "a table of published models")
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
     for name, entry in entries.items():
-        if not isinstance(entry, dict) or not entry.get("url") or not entry.get("sha256"):
-            raise ModelError(f"{path}: entry {name!r} needs a \"url\" and the \"sha256\" of its zip")
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not entry["url"] \
+                or not isinstance(entry.get("sha256"), str) or not entry["sha256"]:
+            raise ModelError(f"{path}: entry {name!r} needs a \"url\" and the \"sha256\" of its zip (text)")
+        organs = entry.get("organs", [])
+        if not isinstance(organs, list) or not all(isinstance(o, str) and o for o in organs):
+            raise ModelError(f"{path}: entry {name!r}: \"organs\" must be a list of organ names")
     return entries
 
 
@@ -103,7 +115,8 @@ def _size(folder: Path) -> int:
 def _info(name: str, folder: Path, source: str) -> ModelInfo:
     try:
         meta = read_config(folder)
-    except ModelError:
+    except ModelError as exc:
+        warnings.warn(str(exc), stacklevel=3)
         meta = {}
     organs = meta.get("organs") or ([meta["organ"]] if meta.get("organ") else [])
     return ModelInfo(name, meta.get("kind", "?"), organs, str(meta.get("version", "?")), source,
@@ -111,11 +124,20 @@ def _info(name: str, folder: Path, source: str) -> ModelInfo:
 
 
 def list_models() -> list[ModelInfo]:
-    """Built-in, user and published models; a name found in two places is listed twice."""
+    """Built-in, user and published models; a name found in two places is listed twice.
+
+    A broken registry.json is reported as a warning (naming the file) and the installed models
+    are still listed; so is a model whose config.json breaks the schema (listed with kind "?").
+    """
     rows = [_info(n, p, "builtin") for n, p in _folders(BUILTIN).items()]
     user = _folders(home())
     rows += [_info(n, p, "user") for n, p in user.items()]
-    for name, entry in registry().items():
+    try:
+        published = registry()
+    except ModelError as exc:
+        warnings.warn(f"{exc}; its published models are not listed", stacklevel=2)
+        published = {}
+    for name, entry in published.items():
         if name not in user:
             rows.append(ModelInfo(name, entry.get("kind", "?"), list(entry.get("organs", [])),
                                   str(entry.get("version", "?")), "registry", 0, entry["url"]))
@@ -129,6 +151,8 @@ def _locations(name: str) -> list[tuple[str, Path]]:
 
 def resolve(spec: str | os.PathLike) -> Path:
     """The model folder meant by ``spec``: a folder path, or the name of an installed or published model."""
+    if not str(spec).strip():  # Path("") is the current folder: never meant as a model
+        raise ModelError("model '': give a model name (see `mousesegment models list`) or a model folder")
     path = Path(spec).expanduser()
     if path.is_dir():
         if not is_model(path):
@@ -164,10 +188,18 @@ def _restore_interrupted(name: str) -> None:
         os.replace(old, folder)
 
 
+#: Largest member of a model zip, by its declared size, checked before anything is unpacked: the
+#: weights up to 4 GiB, config.json and the extras (curves, history, README) up to 64 MiB.
+MAX_WEIGHTS_BYTES = 4 << 30
+MAX_FILE_BYTES = 64 << 20
+
+
 def _unpack(archive: Path, into: Path) -> Path:
-    """The model folder inside a downloaded zip, unpacked without trusting its member names."""
+    """The model folder inside a downloaded zip, unpacked without trusting its member names or
+    sizes: each member's declared size is checked first, then it is copied in blocks (never whole
+    into memory), and a member that inflates past its declared size is refused by zipfile."""
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(regular_file(archive, "model zip")) as zf:
             wanted = {CONFIG, WEIGHTS, *EXTRAS}
             members = [m for m in zf.infolist() if not m.is_dir() and Path(m.filename).name in wanted]
             configs = [m for m in members if Path(m.filename).name == CONFIG]
@@ -175,12 +207,26 @@ def _unpack(archive: Path, into: Path) -> Path:
                 raise ModelError(f"{archive}: expected one model folder (one {CONFIG}) in the zip, "
                                  f"found {len(configs)}")
             prefix = str(Path(configs[0].filename).parent)
-            into.mkdir(parents=True, exist_ok=True)
+            members = [m for m in members if str(Path(m.filename).parent) == prefix]  # that one folder
+            need = 0
             for m in members:
-                if str(Path(m.filename).parent) == prefix:  # files of that one folder, by base name only
-                    (into / Path(m.filename).name).write_bytes(zf.read(m))
-    except zipfile.BadZipFile as exc:
-        raise ModelError(f"{archive}: not a zip of a model folder ({exc})") from exc
+                weights = Path(m.filename).name == WEIGHTS
+                size = check_zip_member(archive, m, MAX_WEIGHTS_BYTES if weights else MAX_FILE_BYTES)
+                if weights:  # loaded whole when the model is used: it must fit in memory
+                    check_allocation(size, f"{archive}: member {m.filename!r} (the weights)")
+                need += size
+            into.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(into).free
+            if need > free:
+                raise ModelError(f"{archive}: unpacking needs {human(need)}; {into.parent} has {human(free)} free")
+            for m in members:  # by base name only
+                with zf.open(m) as src, open(into / Path(m.filename).name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    except ModelError:
+        raise
+    except (ValueError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+        raise ModelError(str(exc) if str(archive) in str(exc) else
+                         f"{archive}: not a zip of a model folder ({type(exc).__name__}: {exc})") from exc
     return into
 
 
@@ -211,6 +257,4 @@ def fetch(url: str, sha256: str | None, name: str, organ: str | None = None) -> 
         return install_zip(archive, name, force=True, organ=organ)
     finally:
         if not sha256:  # a one-off download: nothing of it stays behind
-            import shutil
-
             shutil.rmtree(downloads, ignore_errors=True)

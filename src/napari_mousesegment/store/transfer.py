@@ -8,6 +8,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from ..io.files import regular_file
 from ..models.folder import CONFIG, ModelError, copy_folder, is_model
 from .registry import check_name, fetch, home, install_zip, is_builtin, resolve
 from .versions import remove_versions
@@ -32,6 +33,11 @@ def import_model(source: str | os.PathLike, name: str | None = None, force: bool
     if dest.exists() and not force:
         raise ModelError(f"a user model named {name!r} exists ({dest}); pass --force to replace it")
     path = Path(source).expanduser()
+    if not is_url and path.exists() and not path.is_dir():
+        try:
+            regular_file(path, "model zip")  # a named pipe would block the zip reader forever
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
     if is_url:
         installed = fetch(text, sha256, name, organ)
     elif path.is_file() and zipfile.is_zipfile(path):
