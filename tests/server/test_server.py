@@ -228,7 +228,8 @@ def test_queue_and_models_answer_what_the_local_cli_prints(lab_server, tmp_path)
         local = cli(*args, env=lab_server.env)
         assert local.returncode == 0, local.stderr
         assert _call(lab_server, "GET", route, ann).json() == json.loads(local.stdout), route
-    assert set(_call(lab_server, "GET", "/queue", ann).json()) == {"items", "pending", "used", "last_round"}
+    assert set(_call(lab_server, "GET", "/queue", ann).json()) == {"items", "pending", "used", "failed",
+                                                                   "failed_items", "last_round"}
     assert _call(lab_server, "GET", "/queue/items?state=nope", ann).status_code == 400
 
 

@@ -26,24 +26,30 @@ def export_dataset(queue: Queue, out: str | os.PathLike, val_fraction: float = 0
     frames, split into training and validation by item. Micro-CT items (the `dataset ct` contract):
     one dataset per condition under OUT/ct_<condition>/, each run of consecutive touched slices a
     case, labels numbered as the model's organs. With both kinds, ultrasound goes to OUT/ultrasound/.
+    Failed items are left out. The dataset is written under OUT.partial and renamed into place, so
+    a failure leaves neither OUT nor OUT.partial.
     """
     root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        raise QueueError(f"{root} is not empty; choose another --out")
-    items = queue.items()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise QueueError(f"{root}: {'not empty' if root.is_dir() else 'not a folder'}; choose another --out")
+    items = [i for i in queue.items() if i.state != "failed"]  # set aside: they could not be read
     if not items:
-        raise QueueError(f"{queue.root}: the queue is empty")
+        raise QueueError(f"{queue.root}: the queue holds no item to export (empty, or every item failed)")
     us = [i for i in items if i.kind == "ultrasound"]
     ct = [i for i in items if i.kind == "ct"]
     staging = root.with_name(root.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    if us:
-        _export_ultrasound(us, staging / "ultrasound" if ct else staging, val_fraction, queue.root)
-    for condition in sorted({i.condition for i in ct}):
-        _export_ct([i for i in ct if i.condition == condition], staging / f"ct_{condition}", condition)
-    if root.exists():
-        root.rmdir()
-    os.replace(staging, root)
+    shutil.rmtree(staging, ignore_errors=True)  # our own leftover of an export cut short
+    try:
+        if us:
+            _export_ultrasound(us, staging / "ultrasound" if ct else staging, val_fraction, queue.root)
+        for condition in sorted({i.condition for i in ct}):
+            _export_ct([i for i in ct if i.condition == condition], staging / f"ct_{condition}", condition)
+        if root.exists():
+            root.rmdir()
+        os.replace(staging, root)
+    except BaseException:  # a failed export leaves nothing behind: no OUT.partial, never half a dataset
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return root
 
 

@@ -9,8 +9,6 @@ be a model name (the store's rule) held by this server.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -139,10 +137,11 @@ def queue_upload(queue: Queue, meta_text: str, files: Mapping[str, bytes | None]
     held = queue.find(digest)
     if held is not None:
         return held, False
-    try:
-        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=queue.root / "tmp"))
-    except OSError as exc:
-        raise Refused(f"the server could not store the correction ({exc.strerror}); send it again later",
+    try:  # recorded in the queue, so a crash's leftover is cleaned at the next start
+        folder = queue.scratch_folder("upload-")
+    except (OSError, StorageError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "its queue cannot record it"
+        raise Refused(f"the server could not store the correction ({why}); send it again later",
                       INSUFFICIENT_STORAGE) from None
     try:
         max_plane = DECODE_FACTOR * max_bytes
@@ -150,7 +149,7 @@ def queue_upload(queue: Queue, meta_text: str, files: Mapping[str, bytes | None]
         arrays = {field: read_tiff_field(field, files[field], folder, max_plane, image)
                   for field in ("labels", "prediction") if files.get(field) is not None}
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        queue.drop_scratch(folder)
     try:
         return queue.add_once(image, arrays["labels"], meta["kind"], organ=meta["organ"],
                               condition=meta["condition"], model=meta["model"],
