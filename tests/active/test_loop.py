@@ -54,7 +54,7 @@ def test_corrections_make_the_model_better_and_the_new_version_is_promoted(home,
     assert seconds < 180
     assert result.model == f"{BASE}-lab" and result.promoted
     assert result.dice_after > result.dice_before + 0.2  # on the held-out corrected frames
-    better, config, meta = load_unet(f"{BASE}-lab")  # the promoted version is what the name loads
+    better, _config, meta = load_unet(f"{BASE}-lab")  # the promoted version is what the name loads
     assert meta["version"] == result.version == "1" and meta["parent_version"] == "0"
     assert pixel_dice(better, other_frames, other_truth) > pixel_dice(weak, other_frames, other_truth) + 0.2
     assert [i.state for i in queue.items()] == ["used"] and queue.items()[0].used_in == [f"{BASE}-lab:v1"]
@@ -80,9 +80,8 @@ def test_versions_promote_and_rollback_from_the_cli(home, tmp_path, capsys):
 
 def test_a_second_worker_on_the_same_queue_refuses(home, tmp_path):
     queue = Queue(tmp_path / "q")
-    with worker_lock(queue.root):
-        with pytest.raises(QueueError, match="another worker"):
-            run_rounds(queue.root, log=lambda m: None)
+    with worker_lock(queue.root), pytest.raises(QueueError, match="another worker"):
+        run_rounds(queue.root, log=lambda m: None)
 
 
 def test_kill_9_mid_round_keeps_the_queue_and_the_last_good_version(home, tmp_path):
@@ -159,7 +158,7 @@ def test_export_writes_both_dataset_contracts(home, tmp_path):
     out = export_dataset(queue, tmp_path / "ds")
     ct = read_ct_dataset(out / "ct_native")
     assert ct.condition == "native" and ct.organs["heart"] == 1 and len(ct.cases) == 4
-    image, labels, spacing = load_case(ct, ct.cases[0])
+    image, _labels, spacing = load_case(ct, ct.cases[0])
     assert image.shape[0] == 1 and spacing == pytest.approx((0.28,) * 3)
     meta = json.loads((out / "ultrasound" / "dataset.json").read_text())
     assert set(meta["organs"]) == {"heart", "placenta"} and len(meta["series"]) == 2
@@ -198,7 +197,11 @@ def test_a_failing_group_does_not_stall_the_others(home, tmp_path):
     queue, *_ = _queue_corrections(tmp_path / "q")
     image, labels = np.zeros((2, 20, 20), np.int16), np.ones((2, 20, 20), np.uint8)
     queue.add(image, labels, "ct", condition="mri", model="mosnet-synthetic", spacing=(0.28, 0.28, 0.28))
+    queue.add(image, labels, "ct", condition="native", model="not-installed", spacing=(0.28, 0.28, 0.28))
     logs = []
     results = run_rounds(queue.root, settings=FineTuneSettings(epochs=2), log=logs.append)
-    assert any(r.failed for r in results) and any(r.version == "1" for r in results)
-    assert [i.state for i in queue.items()] == ["used", "pending"]
+    assert [r.version for r in results] == ["1", None] and results[1].failed  # the mri group: nothing to run
+    assert [i.state for i in queue.items()] == ["used", "failed", "pending"]
+    assert "condition 'mri' is not one the model knows" in queue.get(2).reason  # set aside: never trainable
+    assert "not-installed" in results[1].error  # a missing model may be installed later: stays pending
+    assert [r.state.value for r in queue.rounds()] == ["done", "failed"]

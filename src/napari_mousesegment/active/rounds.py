@@ -70,6 +70,7 @@ class RoundResult:
     dice_after: float | None = None  #: held-out Dice of the new version
     trained_on: int = 0
     error: str | None = None  #: why the round failed; its items stay pending
+    set_aside: tuple[int, ...] = ()  #: items of the group marked failed (unreadable, or not fit to train on)
 
     @property
     def failed(self) -> bool:
@@ -82,9 +83,10 @@ class RoundResult:
 
     def summary(self) -> str:
         """One line for the CLI and the widget."""
+        aside = f"; {len(self.set_aside)} item(s) set aside as failed" if self.set_aside else ""
         if self.failed:
-            return f"{self.model}: round failed ({self.error})"
+            return f"{self.model}: round failed ({self.error}){aside}"
         scores = ("n/a" if self.dice_after is None or self.dice_before is None
                   else f"{self.dice_before:.3f} -> {self.dice_after:.3f}")
         return (f"{self.model} v{self.version}: held-out Dice {scores}, "
-                f"{'promoted' if self.promoted else 'not promoted'}")
+                f"{'promoted' if self.promoted else 'not promoted'}{aside}")

@@ -3,12 +3,23 @@
 One worker at a time per queue (an OS file lock, released even when the process is killed, on
 every platform). A round marks its items used only after its version is published, so a killed
 round leaves them pending and the next run does the whole round again; the store keeps serving
-the last good version throughout.
+the last good version throughout. A round killed after publishing is finished by the next worker
+from the decision recorded with its version (:func:`..store.versions.settle`), so its items are
+trained on once.
+
+No item stops the worker: before a round each item is checked (its files read, its voxel size,
+label ids, organ or condition against the model, its corrected frames), and one that fails is
+marked ``failed`` with the reason and skipped while the rest of its group trains; so is an item
+that breaks the round's data preparation. A round that fails for another reason leaves its items
+pending and is recorded as failed; the polling loop (:func:`poll`) goes on after any error, and
+tries a failed group again after a pause that doubles (:class:`Backoff`) or when new items arrive.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,8 +34,23 @@ from ..models.preprocess import pick_device
 from ..store import versions
 from ..store.load import load_model
 from ..store.registry import model_config
-from .queue import Item, Queue, QueueError
-from .rounds import RoundResult, RoundState
+from .queue import Item, Queue, QueueError, check_labels
+from .rounds import Round, RoundResult, RoundState
+
+ERROR_LOG = "worker-errors.log"  #: in the queue folder: the traceback of each failed pass or round
+BACKOFF_S = (60.0, 3600.0)  #: first and longest pause before a failed group is tried again
+
+
+class WorkerBusy(QueueError):
+    """Another worker holds the queue's lock."""
+
+
+class ItemError(QueueError):
+    """One item broke a round (its data could not be prepared): it is set aside, the rest goes on."""
+
+    def __init__(self, item_id: int, message: str) -> None:
+        super().__init__(message)
+        self.item_id = item_id
 
 
 @contextmanager
@@ -42,7 +68,7 @@ def worker_lock(root: Path) -> Iterator[None]:
             pid = (root / "worker.pid").read_text().strip()
         except OSError:
             pid = ""
-        raise QueueError(f"{root}: another worker is running a round on this queue "
+        raise WorkerBusy(f"{root}: another worker is running a round on this queue "
                          f"(pid {pid or '?'}); wait for it to finish") from None
     try:
         (root / "worker.pid").write_text(str(os.getpid()))
@@ -71,11 +97,76 @@ def _gather(items: list[Item], pairs: list[tuple[int, int]]) -> tuple[np.ndarray
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     frames, masks = [], []
     for item_id, frame in pairs:
-        if item_id not in cache:
-            cache[item_id] = by_id[item_id].image(), by_id[item_id].labels()
-        frames.append(cache[item_id][0][frame])
-        masks.append(cache[item_id][1][frame])
-    return np.stack(frames), np.stack(masks)
+        try:
+            if item_id not in cache:
+                cache[item_id] = by_id[item_id].image(), by_id[item_id].labels()
+            frames.append(cache[item_id][0][frame])
+            masks.append(cache[item_id][1][frame])
+        except Exception as exc:  # whatever reading or indexing one item raises is that item's fault
+            raise ItemError(item_id, _reason(exc)) from exc
+    try:
+        return np.stack(frames), np.stack(masks)
+    except ValueError as exc:  # frames of different sizes: the group cannot be stacked, no one item to blame
+        raise QueueError(f"the corrected frames of items {sorted(by_id)} differ in size ({exc})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an exception: its message, or its type when it has none."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:400]
+
+
+def item_problem(item: Item, config, kind: str) -> str | None:
+    """Why ``item`` cannot be trained on with a model of this ``config``, in one line, or None.
+
+    Reads its arrays (a truncated or damaged file fails here), and checks its corrected frames,
+    finite image values, the voxel size of a micro-CT item, its condition or organ against the
+    model, and that its labels are ids the model has.
+    """
+    from ..io.readers import check_spacing
+
+    try:
+        image, labels = item.image(), item.labels()
+    except Exception as exc:  # noqa: BLE001  (Item reports damaged files as QueueError; any other error is as fatal)
+        return _reason(exc)
+    if not item.touched:
+        return "no corrected frame or slice to train on"
+    if not all(isinstance(k, int) and 0 <= k < len(labels) for k in item.touched):
+        return f"corrected frames {item.touched} are not all within its {len(labels)} frames"
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        return f"{item.folder / 'image.tif'}: NaN or infinite values"
+    try:
+        check_labels(labels, kind, str(item.folder / "labels.tif"))  # the queue's own rule for any model
+    except QueueError as exc:
+        return _reason(exc)
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if kind == "ct":
+        try:
+            check_spacing(item.spacing or (), f"item {item.id}")
+        except (TypeError, ValueError) as exc:
+            return _reason(exc)
+        if item.condition not in config.conditions:
+            return f"condition {item.condition!r} is not one the model knows ({', '.join(config.conditions)})"
+        if low < 0 or high > len(config.organs):
+            return (f"labels {low}..{high} are outside the model's organ ids 0..{len(config.organs)} "
+                    f"({', '.join(config.organs)})")
+    else:
+        if item.organ != config.organ:
+            return f"organ {item.organ!r} is not the model's ({config.organ!r})"
+    return None
+
+
+def set_aside(queue: Queue, items: list[Item], config, kind: str, log: Callable[[str], None]) -> list[Item]:
+    """The items fit to train on; each other one is marked ``failed`` with its reason and logged."""
+    keep = []
+    for item in items:
+        reason = item_problem(item, config, kind)
+        if reason is None:
+            keep.append(item)
+        else:
+            queue.mark_failed([item.id], reason)
+            log(f"item {item.id} set aside (failed): {reason}")
+    return keep
 
 
 def pixel_dice(model, frames: np.ndarray, masks: np.ndarray) -> float:
@@ -101,53 +192,133 @@ def _replay(data: str | None, organ: str, n: int, seed: int) -> tuple[np.ndarray
 
 
 def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare, *, device: str, guard: float,
-           settings, log: Callable[[str], None], should_stop: Callable[[], bool]) -> RoundResult:
-    """The round both modalities share: base version, fine-tune, score on held-out data, publish,
-    promote when not worse, and only then mark the items used.
+           settings, log: Callable[[str], None], should_stop: Callable[[], bool]) -> RoundResult | None:
+    """The round both modalities share: base version, items checked, fine-tune, score on held-out
+    data, publish with the promote decision, promote when not worse, and only then mark the items used.
 
     ``prepare(model, config, items)`` returns ``(fine_tune(model, progress) -> tuned, score(model) -> Dice,
-    n_train, n_held)``.
+    n_train, n_held)``. Returns None when every item was set aside. Any failure is recorded as a
+    failed round (cancelled for ``should_stop``) and raised.
     """
     from ..training.finetune import FineTuneSettings
 
     name = versions.lab_name(model_spec)
-    versions.ensure_base(name, model_spec)
-    current = next(v["version"] for v in versions.versions(name) if v["current"])
-    dev = pick_device(device)
-    model, config, _ = load_model(name, dev, kind={"ultrasound": "unet", "ct": "mosnet"}[kind])
+    ids = [i.id for i in items]
+    try:
+        versions.ensure_base(name, model_spec)
+        current = versions.current(name)
+        dev = pick_device(device)
+        model, config, _ = load_model(name, dev, kind={"ultrasound": "unet", "ct": "mosnet"}[kind])
+    except Exception as exc:
+        _record_failure(queue, name, ids, exc)
+        raise
+    items = set_aside(queue, items, config, kind, log)
+    aside = tuple(i for i in ids if i not in {item.id for item in items})
+    if not items:
+        return None
     settings = settings or FineTuneSettings()
-    fine_tune, score, n_train, n_held = prepare(model, config, items, settings)
     round_id = queue.start_round(name, [i.id for i in items])
-    log(f"round {round_id}: {name} (v{current}) on {n_train} corrected {'frames' if kind == 'ultrasound' else 'slices'}"
-        f" of {len(items)} item(s), {n_held} held out; device {dev}")
 
     def report(event: dict) -> None:
         queue.update_round(round_id, epoch=event["epoch"], epochs=event["epochs"], loss=event["loss"],
                            eta_s=event["eta_s"])
         log(f"  epoch {event['epoch']}/{event['epochs']}: loss {event['loss']:.4f}, eta {event['eta_s']:.0f} s")
+        versions.fault_point("training")
 
     try:
+        fine_tune, score, n_train, n_held = prepare(model, config, items, settings)
+        log(f"round {round_id}: {name} (v{current}) on {n_train} corrected "
+            f"{'frames' if kind == 'ultrasound' else 'slices'} of {len(items)} item(s), {n_held} held out; "
+            f"device {dev}")
         tuned = fine_tune(model, report, should_stop)
         before = score(model) if n_held else float("nan")
         after = score(tuned) if n_held else float("nan")
         if np.isnan(before) or np.isnan(after):  # held-out data with nothing to score (no organ in it)
             n_held, before, after = 0, None, None
         result = RoundResult(name, held_out=n_held, dice_before=before, dice_after=after, trained_on=n_train)
-        version = versions.publish(name, tuned, config, current, [i.id for i in items], result.metrics())
-        promoted = bool(n_held) and after >= before - guard  # nothing to check it on: never promoted blind
-        if promoted:
-            versions.promote(name, version)
-        queue.mark_used([i.id for i in items], f"{name}:v{version}")
-        verdict = ("promoted" if promoted else "kept, not promoted ("
+        promote = bool(n_held) and after >= before - guard  # nothing to check it on: never promoted blind
+        verdict = ("promoted" if promote else "kept, not promoted ("
                    + ("worse on the held-out data)" if n_held else "nothing held out to check it on)"))
-        queue.update_round(round_id, state=RoundState.DONE, version=version,
-                           metrics={**result.metrics(), "promoted": promoted}, message=verdict)
+        version = versions.publish(name, tuned, config, current, [i.id for i in items], result.metrics(),
+                                   decision={"queue": _key(queue), "id": round_id, "promote": promote,
+                                             "verdict": verdict})
+        promoted, verdict = versions.settle(name, version)
+        _finish(queue, round_id, name, version, [i.id for i in items], {**result.metrics(), "promoted": promoted},
+                verdict)
         log(f"round {round_id}: held-out Dice {_fmt(before)} -> {_fmt(after)}; version {version} {verdict}")
-        return replace(result, version=version, promoted=promoted)
+        return replace(result, version=version, promoted=promoted, set_aside=aside)
     except BaseException as exc:
-        queue.update_round(round_id, message=str(exc),
+        queue.update_round(round_id, message=_reason(exc),
                            state=RoundState.CANCELLED if isinstance(exc, InterruptedError) else RoundState.FAILED)
         raise
+
+
+def _key(queue: Queue) -> str:
+    """How a version names the queue its round ran on."""
+    return str(queue.root.resolve())
+
+
+def _record_failure(queue: Queue, model: str, ids: list[int], exc: BaseException) -> None:
+    """A round that failed before it started, recorded like one that failed mid-way."""
+    round_id = queue.start_round(model, ids)
+    queue.update_round(round_id, state=RoundState.FAILED, message=_reason(exc))
+
+
+def _finish(queue: Queue, round_id: int, name: str, version: str, ids: list[int], metrics: dict,
+            verdict: str) -> None:
+    """Mark the round's items used by ``version`` (once) and the round done."""
+    tag = f"{name}:v{version}"
+    queue.mark_used([i for i in ids if tag not in _used_in(queue, i)], tag)
+    queue.update_round(round_id, state=RoundState.DONE, version=version, metrics=metrics, message=verdict)
+
+
+def _used_in(queue: Queue, item_id: int) -> list[str]:
+    try:
+        return queue.get(item_id).used_in
+    except QueueError:  # removed meanwhile
+        return []
+
+
+def resume(queue: Queue, log: Callable[[str], None] = print, *, clean_store: bool = True) -> None:
+    """What dead workers left on this queue (call with the worker lock held).
+
+    With ``clean_store``, crash leftovers in the model store are cleaned first
+    (:func:`..store.versions.recover_all`). A round that published its version but did not finish
+    (its worker died, or promoting failed) is finished from the decision recorded with the version,
+    so its items are not trained on again; any other round still marked running is marked
+    interrupted (its items stay pending and train in the next round).
+    """
+    if clean_store:
+        for line in versions.recover_all():
+            log(line)
+    unfinished = (RoundState.RUNNING, RoundState.INTERRUPTED, RoundState.FAILED)
+    stale = [r for r in queue.rounds() if r.state in unfinished]
+    published: dict[str, dict[int, str]] = {}
+    for model in {r.model for r in stale if r.model}:
+        try:
+            published[model] = versions.published_rounds(model, _key(queue))
+        except (ModelError, OSError) as exc:
+            log(f"{model}: could not read its versions ({exc}); its unfinished rounds are not resumed")
+    for r in stale:
+        version = published.get(r.model or "", {}).get(r.id)
+        if version is not None:
+            try:
+                _settle_left(queue, r, version, log)
+                continue
+            except (ModelError, OSError) as exc:
+                log(f"round {r.id}: version {version} could not be settled ({_reason(exc)}); tried again next pass")
+        if r.state is RoundState.RUNNING:  # we hold the lock: its worker died
+            queue.update_round(r.id, state=RoundState.INTERRUPTED, message="the worker stopped mid-round; rerun")
+
+
+def _settle_left(queue: Queue, stale: Round, version: str, log: Callable[[str], None]) -> None:
+    """Finish a round that published ``version`` but stopped before it was done."""
+    name = str(stale.model)
+    promoted, verdict = versions.settle(name, version)
+    metrics = next((v.get("metrics", {}) for v in versions.versions(name) if v["version"] == version), {})
+    verdict = f"{verdict} (finished after its worker stopped)"
+    _finish(queue, stale.id, name, version, stale.items, {**metrics, "promoted": promoted}, verdict)
+    log(f"round {stale.id}: {name} version {version} was published before its worker stopped; {verdict}")
 
 
 def _fmt(value: float | None) -> str:
@@ -195,10 +366,13 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
         for item in items:  # every 4th touched slice of each item is held out, as for frames
             hold = item.touched[3::4] or (item.touched[-1:] if len(item.touched) >= 2 else [])
             keep = [k for k in item.touched if k not in hold]
-            image, labels = item.image(), item.labels()
-            train.append(corrected_slices(image, labels, item.spacing, keep, config))
-            if hold:
-                held.append(corrected_slices(image, labels, item.spacing, hold, config))
+            try:
+                image, labels = item.image(), item.labels()
+                train.append(corrected_slices(image, labels, item.spacing, keep, config))
+                if hold:
+                    held.append(corrected_slices(image, labels, item.spacing, hold, config))
+            except Exception as exc:  # this item's files or voxel size: it alone is set aside
+                raise ItemError(item.id, _reason(exc)) from exc
         images, masks = (torch.cat(t) for t in zip(*train))
         held_i, held_m = (torch.cat(t) for t in zip(*held)) if held else (images[:0], masks[:0])
         beta = torch.tensor(read_beta(model_spec, len(config.organs)))
@@ -243,15 +417,52 @@ def read_beta(model_spec: str, n_organs: int) -> list[float]:
     return list(map(float, beta)) if beta and len(beta) == n_organs else [1.0] * n_organs
 
 
+class Backoff:
+    """When to try a group of items again after its round failed for a reason no item carries.
+
+    The pause doubles with each failure of the same items (``first`` up to ``longest`` seconds);
+    a new item in the group, or a success, ends it. Kept in memory by the polling loop.
+    """
+
+    def __init__(self, first: float = BACKOFF_S[0], longest: float = BACKOFF_S[1],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.first, self.longest, self.clock = first, longest, clock
+        self._failed: dict[tuple, tuple[frozenset[int], float, float]] = {}  # group -> (items, pause, until)
+
+    def due(self, group: tuple, ids: list[int]) -> bool:
+        """Whether the group's round should run now."""
+        held = self._failed.get(group)
+        if held is None or held[0] != frozenset(ids):  # never failed, or new items arrived
+            return True
+        return self.clock() >= held[2]
+
+    def failed(self, group: tuple, ids: list[int]) -> float:
+        """Record a failure; returns the pause before the next try."""
+        held = self._failed.get(group)
+        pause = self.first if held is None or held[0] != frozenset(ids) else min(held[1] * 2, self.longest)
+        self._failed[group] = (frozenset(ids), pause, self.clock() + pause)
+        return pause
+
+    def succeeded(self, group: tuple) -> None:
+        self._failed.pop(group, None)
+
+
 def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: float = 0.0,
                replay: str | None = None, settings=None, log: Callable[[str], None] = print,
-               should_stop: Callable[[], bool] = lambda: False) -> list[RoundResult]:
-    """One round per (model, organ) group of pending items; returns what each round did."""
+               should_stop: Callable[[], bool] = lambda: False, backoff: Backoff | None = None,
+               clean_store: bool = True) -> list[RoundResult]:
+    """One round per (model, organ) group of pending items; returns what each round did.
+
+    Items that cannot be read or trained on are set aside as failed (see :func:`item_problem`) and
+    the rest of their group trains; a round that fails otherwise is recorded, its items stay
+    pending, and the other groups still run. With ``backoff`` a group whose round failed waits
+    before it is tried again. First, what dead workers left is resumed or cleaned (:func:`resume`;
+    the model store's leftovers only with ``clean_store``).
+    """
     queue = Queue(queue_dir)
     results = []
     with worker_lock(queue.root):
-        for stale in (r for r in queue.rounds() if r.state is RoundState.RUNNING):  # we hold the lock: it died
-            queue.update_round(stale.id, state=RoundState.INTERRUPTED, message="the worker stopped mid-round; rerun")
+        resume(queue, log, clean_store=clean_store)
         pending = queue.items("pending")
         if not pending:
             log("no pending corrections")
@@ -259,17 +470,99 @@ def run_rounds(queue_dir: str | os.PathLike, *, device: str = "auto", guard: flo
         groups: dict[tuple, list[Item]] = {}
         for item in pending:
             groups.setdefault((item.kind, item.model, item.organ, item.condition), []).append(item)
-        for (kind, model, organ, condition), items in groups.items():
+        for group, items in groups.items():
+            kind, model, organ, condition = group
             if not model:
                 log(f"{len(items)} {organ or condition} correction(s) name no model and stay pending; "
                     "add them with --model")
                 continue
-            round_fn = ultrasound_round if kind == "ultrasound" else ct_round
-            try:
-                results.append(round_fn(queue, items, model, device=device, guard=guard, replay=replay,
-                                        settings=settings, log=log, should_stop=should_stop))
-            except (QueueError, ModelError, ValueError, OSError) as exc:  # one bad group does not stall the rest
-                log(f"{kind} {organ or condition} with {model}: round failed, its {len(items)} item(s) stay "
-                    f"pending: {exc}")
-                results.append(RoundResult(model, error=str(exc)))
+            if backoff is not None and not backoff.due(group, [i.id for i in items]):
+                continue
+            result = _group_round(queue, items, group, device=device, guard=guard, replay=replay,
+                                  settings=settings, log=log, should_stop=should_stop)
+            if result is None:
+                continue
+            if backoff is not None:
+                if result.failed:
+                    pause = backoff.failed(group, [i.id for i in items if i.id not in result.set_aside])
+                    log(f"{kind} {organ or condition} with {model}: next try in {pause:.0f} s, or when an item "
+                        "is added to it")
+                else:
+                    backoff.succeeded(group)
+            results.append(result)
     return results
+
+
+def _group_round(queue: Queue, items: list[Item], group: tuple, **options) -> RoundResult | None:
+    """The round of one group; an item that breaks it is set aside and the round runs again without it.
+    Returns None when every item was set aside."""
+    kind, model, organ, condition = group
+    round_fn = ultrasound_round if kind == "ultrasound" else ct_round
+    log = options["log"]
+    aside: list[int] = []
+    while True:
+        try:
+            result = round_fn(queue, items, model, **options)
+            if result is None:  # every remaining item was set aside before training
+                return RoundResult(model, error="every item was set aside", set_aside=tuple(aside)) if aside else None
+            return replace(result, set_aside=tuple(aside) + result.set_aside)
+        except ItemError as exc:  # pinned on one item: set it aside, train the others
+            queue.mark_failed([exc.item_id], str(exc))
+            log(f"item {exc.item_id} set aside (failed): {exc}")
+            aside.append(exc.item_id)
+            items = [i for i in items if i.id != exc.item_id]
+            if not items:
+                return RoundResult(model, error="every item of the group was set aside", set_aside=tuple(aside))
+        except Exception as exc:  # noqa: BLE001  (one bad group does not stall the rest; the round is recorded)
+            log(f"{kind} {organ or condition} with {model}: round failed, its {len(items)} item(s) stay "
+                f"pending: {_reason(exc)}")
+            if not isinstance(exc, InterruptedError):  # a stop asked for is no error to look into
+                _log_traceback(queue.root, f"round of {kind} {organ or condition} with {model}")
+            return RoundResult(model, error=_reason(exc), set_aside=tuple(aside))
+
+
+def _log_traceback(root: Path, what: str) -> Path | None:
+    """Append the current exception's traceback to the queue's :data:`ERROR_LOG` (kept under
+    about a megabyte); returns the file, or None when it cannot be written."""
+    path = Path(root) / ERROR_LOG
+    try:
+        if path.is_file() and path.stat().st_size > 1_000_000:
+            os.replace(path, path.with_name(ERROR_LOG + ".1"))
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {what}\n{traceback.format_exc()}\n")
+    except OSError:
+        return None
+    return path
+
+
+def poll(queue_dir: str | os.PathLike, *, poll_s: float = 30.0, once: bool = False,
+         should_stop: Callable[[], bool] = lambda: False, log: Callable[[str], None] = print,
+         warn: Callable[[str], None] = print, on_result: Callable[[RoundResult], None] = lambda r: None,
+         sleep: Callable[[float], None] = time.sleep, backoff: Backoff | None = None, **options) -> None:
+    """The worker: a pass of :func:`run_rounds` every ``poll_s`` seconds until ``should_stop``.
+
+    With ``once``, one pass, whose errors are raised. Without, any error of a pass (a damaged
+    queue, a full disk, a lock held by another worker after the first pass) is one line to
+    ``warn``, its traceback goes to the queue's :data:`ERROR_LOG`, and the loop goes on; only
+    KeyboardInterrupt and SystemExit end it. A refusal on the first pass (another worker holds
+    the lock) is raised, so a second worker started by hand says so and exits.
+    """
+    backoff = backoff or Backoff()
+    first = True
+    while True:
+        try:
+            for result in run_rounds(queue_dir, log=log, should_stop=should_stop, backoff=None if once else backoff,
+                                     clean_store=first, **options):
+                on_result(result)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            if once or (first and isinstance(exc, WorkerBusy)):
+                raise
+            where = _log_traceback(Path(queue_dir), "worker pass")
+            warn(f"pass failed: {_reason(exc)}" + (f" (traceback in {where})" if where else "")
+                 + f"; next pass in {poll_s:g} s")
+        first = False
+        if once or should_stop():
+            return
+        sleep(poll_s)
