@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -57,21 +58,23 @@ def volume_mm3(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
 
 
 def write_volumes_csv(path: str | os.PathLike, labels: np.ndarray, organs: dict[str, int],
-                      spacing: tuple[float, ...]) -> None:
-    """Organ volumes of a label volume as CSV: organ, voxels, mm3."""
-    write_counts_csv(path, np.bincount(labels.ravel(), minlength=max(organs.values()) + 1), organs, spacing)
+                      spacing: tuple[float, ...], flag: Callable[[str, float], str] | None = None) -> None:
+    """Organ volumes of a label volume as CSV: organ, voxels, mm3 (and flag, see :func:`write_counts_csv`)."""
+    write_counts_csv(path, np.bincount(labels.ravel(), minlength=max(organs.values()) + 1), organs, spacing, flag)
 
 
 def write_counts_csv(path: str | os.PathLike, counts: np.ndarray, organs: dict[str, int],
-                     spacing: tuple[float, ...]) -> None:
-    """Organ volumes from voxel counts per label value (``counts[value]``) as CSV: organ, voxels, mm3."""
+                     spacing: tuple[float, ...], flag: Callable[[str, float], str] | None = None) -> None:
+    """Organ volumes from voxel counts per label value (``counts[value]``) as CSV: organ, voxels, mm3;
+    with ``flag`` (organ, mm³ -> text, e.g. :func:`~.organs.volume_flag`) a last column, flag."""
     counts = np.pad(counts, (0, max(0, max(organs.values()) + 1 - len(counts))))
     voxel = float(np.prod(spacing))
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["organ", "voxels", "mm3"])
+        writer.writerow(["organ", "voxels", "mm3", *(["flag"] if flag else [])])
         for organ, value in organs.items():
-            writer.writerow([organ, int(counts[value]), f"{counts[value] * voxel:.2f}"])
+            mm3 = float(counts[value] * voxel)
+            writer.writerow([organ, int(counts[value]), f"{mm3:.2f}", *([flag(organ, mm3)] if flag else [])])
 
 
 def organ_scores(pred_labels: np.ndarray, truth_labels: np.ndarray, organs: dict[str, int],

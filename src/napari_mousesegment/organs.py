@@ -42,6 +42,49 @@ CT_COLORS: dict[str, str] = {
     "bone": "#fffac8",
 }
 
+#: Plausible volume of each micro-CT organ in an adult (20-30 g) mouse, (low, high) in mm³. A
+#: predicted volume outside it, or an organ found nowhere, is flagged (:func:`volume_flag`): a QC
+#: hint that the scan, its spacing or the model is off, never a correction. The bands are generous
+#: on purpose (strain, age, sex, fasting, disease), built around two sources:
+#:   - the Rosenhain et al. (2018) database's label map (Sci Data 5:180294; our copy in
+#:     docs/synthetic-data.md): heart 265, lungs 470, liver 1882, kidneys 437, bone 784 mm³;
+#:   - organ weights of adult laboratory mice as a share of body weight (heart ~0.5 %, liver
+#:     ~4-6 %, both kidneys ~1.5 %, spleen ~0.3 %; e.g. Davies & Morris 1993, Pharm Res 10:1093),
+#:     at ~1.05 g/mL for a 20-30 g mouse: heart 95-145, liver 760-1700, kidneys 285-430, spleen 55-85 mm³.
+#: Lungs hold air, so their CT volume exceeds their tissue weight's; bladder, stomach and gut vary
+#: with filling; bone depends on how much skeleton the scan holds. See docs/mosnet.md.
+CT_VOLUME_RANGES_MM3: dict[str, tuple[float, float]] = {
+    "heart": (80.0, 450.0),
+    "lungs": (200.0, 1500.0),
+    "liver": (700.0, 3000.0),
+    "kidneys": (150.0, 800.0),
+    "spleen": (20.0, 300.0),
+    "bladder": (5.0, 600.0),
+    "intestine": (300.0, 4000.0),
+    "stomach": (30.0, 1000.0),
+    "bone": (100.0, 3000.0),
+}
+#: The flags :func:`volume_flag` gives: within the range, below, above, found nowhere, no range known.
+VOLUME_FLAGS = ("ok", "low", "high", "absent", "")
+
+
+def volume_flag(organ: str, mm3: float) -> str:
+    """``ok``, ``low`` or ``high`` against :data:`CT_VOLUME_RANGES_MM3`; ``absent`` when the organ
+    was found nowhere (0 mm³, whatever the organ); ``""`` for an organ without a known range."""
+    if mm3 <= 0:
+        return "absent"
+    band = CT_VOLUME_RANGES_MM3.get(organ.strip().lower())
+    if band is None:
+        return ""
+    return "low" if mm3 < band[0] else "high" if mm3 > band[1] else "ok"
+
+
+def volume_range_text(organ: str) -> str:
+    """The plausible range of an organ as text ("80-450 mm³"), or "" when none is known."""
+    band = CT_VOLUME_RANGES_MM3.get(organ.strip().lower())
+    return f"{band[0]:g}-{band[1]:g} mm³" if band else ""
+
+
 #: Fetal-ultrasound organs, with the folder name the lab's layout uses for each.
 US_ORGANS: tuple[str, ...] = ("heart", "liver", "placenta")
 US_FOLDERS: dict[str, str] = {"heart": "hearts", "liver": "livers", "placenta": "placentas"}

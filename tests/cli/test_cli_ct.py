@@ -121,7 +121,8 @@ def test_demo_segments_and_scores_with_a_trained_model(trained, tmp_path):
     assert [s["status"] for s in done] == ["done", "done"]
     assert len(report["scores"]) == 18 and all(0 <= r["dsc"] <= 1 for r in report["scores"])
     assert (tmp_path / "demo" / "ct" / "native" / "labels.tif").exists()
-    assert "| ct contrast | liver |" in (tmp_path / "demo" / "report.md").read_text()
+    report_md = (tmp_path / "demo" / "report.md").read_text()
+    assert "| ct contrast | liver |" in report_md and "| volume flag |" in report_md
 
 
 def test_demo_refuses_a_folder_that_is_not_a_model(tmp_path):

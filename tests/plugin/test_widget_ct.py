@@ -66,7 +66,11 @@ def test_widget_segments_the_scan_into_a_labels_layer_with_organ_names(viewer_wi
     qtbot.waitUntil(lambda: widget._run.enabled, timeout=10_000)
     assert widget._progress.value == widget._progress.max > 0 and widget._activity.bar is None  # napari bar closed
     rows = widget.export_volumes(tmp_path / "volumes.csv").read_text().splitlines()
-    assert rows[0] == "organ,volume_mm3,voxels" and any(r.startswith("liver,") for r in rows[1:])
+    assert rows[0] == "organ,volume_mm3,voxels,flag" and any(r.startswith("liver,") for r in rows[1:])
+    flags = {r["organ"]: r["flag"] for r in widget.volumes}  # each organ's volume checked against its range
+    # the phantom is shrunk onto a 100x64x80 grid at 0.28 mm: a mouse of ~1/6 the volume, rightly flagged
+    assert set(flags.values()) <= {"ok", "low", "high", "absent"} and flags["liver"] == "low"
+    assert "low (700-3000 mm³)" in widget._table.to_dict("dict")["flag"].values()  # shown with its range
 
 
 def test_cancel_leaves_the_layers_untouched(viewer_with_scan, qtbot):

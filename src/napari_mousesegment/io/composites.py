@@ -149,16 +149,28 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def read_composite(path: str | os.PathLike, grid: tuple[int, int] | None = None) -> Composite:
-    """Read a series as (n, H, W) frames from a multi-page TIFF, a montage image or a folder.
+    """Read a series as (n, H, W) frames from a multi-page TIFF, a montage image or a folder: a
+    folder of single frames, or a series folder (its ``SERIES.tif``, ``frames/`` or only stack, as
+    ``mousesegment synth ultrasound`` and the lab's layout write them).
 
     A frame count other than 35 is accepted with a warning.
     """
     path = Path(path)
+    if path.is_dir() and series_composite(path) is not None:  # a series folder (as `synth ultrasound` writes)
+        return read_composite(series_composite(path), grid)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
+        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                       key=_natural)
         if not files:
             raise CompositeError(f"{path}: folder holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
-        images = [_read_2d(p) for p in files]
+        images = [_read_frames(p) for p in files]
+        stacks = [f for f, im in zip(files, images) if im.ndim == 3]
+        if len(stacks) == 1 and stacks[0].suffix.lower() in (".tif", ".tiff"):  # a series folder's stack
+            return read_composite(stacks[0], grid)
+        if stacks:
+            raise CompositeError(f"{stacks[0]}: holds {len(images[files.index(stacks[0])])} frames, in a folder "
+                                 f"read as one frame per file; name the series' stack {path.name}.tif, or give the "
+                                 "stack itself")
         if len({im.shape for im in images}) != 1:
             raise CompositeError(f"{path}: frames differ in size")
         result = Composite(np.stack(images), tuple(str(p) for p in files))
@@ -197,13 +209,23 @@ def _read_any(path: Path) -> np.ndarray:
     return image
 
 
-def _read_2d(path: Path) -> np.ndarray:
+def _read_frames(path: Path) -> np.ndarray:
+    """One 2D frame (RGB made grey), or the (n, H, W) frames of a stack."""
     image = _read_any(path)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         image = to_gray(image)
-    if image.ndim != 2:
-        raise CompositeError(f"{path}: expected one 2D frame, got shape {image.shape}")
     return image
+
+
+def series_composite(folder: str | os.PathLike) -> Path | None:
+    """The composite of a series folder by name: ``SERIES/SERIES.tif`` (or another image suffix),
+    else a ``frames/`` folder; None when the folder names none (it may itself be a folder of frames)."""
+    folder = Path(folder)
+    for suffix in IMAGE_SUFFIXES:
+        own = folder / f"{folder.name}{suffix}"
+        if own.is_file():
+            return own
+    return folder / "frames" if (folder / "frames").is_dir() else None
 
 
 def _natural(path: Path) -> list:

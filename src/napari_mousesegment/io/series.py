@@ -26,7 +26,7 @@ import numpy as np
 from roifile import ImagejRoi
 
 from ..organs import US_FOLDERS, US_GRID
-from .composites import IMAGE_SUFFIXES, Composite, montage, read_composite
+from .composites import IMAGE_SUFFIXES, Composite, montage, read_composite, series_composite
 from .roi import read_rois, rois_to_labels, write_roiset
 from .tiff import write_stack
 
@@ -78,12 +78,9 @@ def _frame_from_name(path: Path) -> int | None:
 def find_composite(folder: Path) -> Path:
     """The composite of a series folder: SERIES.tif first, else the one image or a frames/ folder."""
     folder = Path(folder)
-    for suffix in IMAGE_SUFFIXES:
-        own = folder / f"{folder.name}{suffix}"
-        if own.is_file():
-            return own
-    if (folder / "frames").is_dir():
-        return folder / "frames"
+    named = series_composite(folder)
+    if named is not None:
+        return named
     images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     stacks = [p for p in images if p.suffix.lower() in (".tif", ".tiff")] or images
     if len(stacks) == 1:

@@ -9,6 +9,7 @@ what finished is kept and a rerun skips it. Models are loaded once per worker pr
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -150,7 +151,8 @@ def _run_on_dask(todo: list[str], task: Callable[[str], Outcome], outcomes: dict
         run = uuid.uuid4().hex[:12]  # keys unique to this run: a shared scheduler never mixes two runs
         futures = {client.submit(task, source, key=f"mousesegment-{Path(source).name}-{run}-{i}"): source
                    for i, source in enumerate(todo)}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="inputs", unit="input"):
+        for future in tqdm(as_completed(futures), total=len(futures), desc="inputs", unit="input",
+                           disable=not terminal(), file=sys.stderr):
             source = futures[future]
             try:
                 outcomes[source] = future.result()
@@ -160,6 +162,14 @@ def _run_on_dask(todo: list[str], task: Callable[[str], Outcome], outcomes: dict
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def terminal() -> bool:
+    """Progress bars only on a terminal: never in pipes, logs or tests."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
 
 
 def report(outcomes: list[Outcome], log: Callable[[str], None] = print) -> None:

@@ -22,7 +22,7 @@ from ..data.phantom_ct import CONDITIONS, ct_phantom
 from ..data.phantom_us import ultrasound_series, write_us_series
 from ..io.composites import read_composite
 from ..io.tiff import write_stack, write_tiff
-from ..organs import US_FRAMES
+from ..organs import US_FRAMES, volume_flag
 from ..store.registry import SHIPPED_CT, SHIPPED_US, model_config
 from .ct import write_labels
 
@@ -200,10 +200,13 @@ def _write_report(out: Path, steps: list[Step], seed: int, scores: list[dict], u
     lines += [f"| {s.name} | {s.status} | {s.detail} |" for s in steps]
     lines += ["", "## Scores against the samples' truth", "", *(note or []), ""]
     if scores:
-        lines += ["| sample | organ | DSC | JSC | HD95 (mm) | volume (mm³) | truth volume (mm³) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| sample | organ | DSC | JSC | HD95 (mm) | volume (mm³) | truth volume (mm³) | volume flag |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['sample']} | {r['organ']} | {r['dsc']:.3f} | {r['jsc']:.3f} | {r['hd95_mm']:.2f} | "
-                  f"{r['volume_pred_mm3']:.0f} | {r['volume_truth_mm3']:.0f} |" for r in scores]
+                  f"{r['volume_pred_mm3']:.0f} | {r['volume_truth_mm3']:.0f} | "
+                  f"{volume_flag(r['organ'], r['volume_pred_mm3'])} |" for r in scores]
+        lines += ["", ("Volume flag: the predicted volume against a plausible range for an adult mouse "
+                       "(`low`, `high`, `absent`: found nowhere; see docs/mosnet.md).")]
     if us_scores:
         lines += ["", "| sample | organ | Dice | precision | recall | instance F1 |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['sample']} | {r['organ']} | {r['dice']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "

@@ -44,6 +44,8 @@ def predict_composite(loaded: dict, weights: dict[str, str], source: str | os.Pa
     frames = read_composite(source, grid=grid).frames
     if frames.ndim != 3:
         raise ValueError(f"{source}: frames must be grey (N, H, W), got shape {frames.shape}")
+    if np.issubdtype(frames.dtype, np.floating) and not np.isfinite(frames).all():
+        raise ValueError(f"{source}: the frames contain NaN or infinite values")
     target = Path(out) / source.stem
     before = (read_manifest(target) or {}).get("parts", {})
     earlier = {o: made for o, made in (before.items() if isinstance(before, dict) else [])
@@ -70,15 +72,57 @@ def _check_stems(sources: list[Path]) -> None:
                          "under --out; predict them in separate runs")
 
 
-def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
-                       out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
-                       log=print) -> list[Path]:
-    """Segment each composite for each organ in this process; write instance labels and RoiSets under ``out``."""
+def with_builtin_models(organs: list[str], models: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``models`` with the built-in U-Net (:data:`~..store.registry.SHIPPED_US`) of each organ asked
+    for that has none given, and the organs that got one; organs without a built-in stay missing."""
+    from ..store.registry import SHIPPED_US
+
+    chosen = dict(models)
+    added = [o for o in organs if o not in chosen and o in SHIPPED_US]
+    chosen.update({o: SHIPPED_US[o] for o in added})
+    return chosen, added
+
+
+def predict_ultrasound_serial(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
+                              out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
+                              log=print, keep_going: bool = True, progress: bool | None = None) -> list:
+    """Segment each composite for each organ in this process; one :class:`~.batch.Outcome` per composite.
+
+    With ``keep_going`` a composite that fails is reported as failed and the others go on, as on
+    Dask; without it the first failure is raised. ``progress`` shows a bar over the composites on
+    stderr (default: only when stderr is a terminal).
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from .batch import Outcome, failure, terminal
+
     sources = [Path(c) for c in composites]
     _check_stems(sources)
     loaded = load_unets(models, organs, device)
     weights = weights_of(models, organs)
-    return [predict_composite(loaded, weights, source, out, grid, log) for source in sources]
+    outcomes = []
+    bars = terminal() if progress is None else progress
+    for source in tqdm(sources, desc="composites", unit="composite", leave=False, disable=not bars,
+                       file=sys.stderr):
+        try:
+            outcomes.append(Outcome(str(source), "done", str(predict_composite(loaded, weights, source, out, grid, log))))
+        except Exception as exc:
+            if not keep_going:
+                raise
+            outcomes.append(failure(source, exc))  # reported with the others at the end, as on Dask
+    return outcomes
+
+
+def predict_ultrasound(composites: list[str | os.PathLike], organs: list[str], models: dict[str, str],
+                       out: str | os.PathLike, grid: tuple[int, int] | None = None, device: str = "auto",
+                       log=print) -> list[Path]:
+    """Segment each composite for each organ in this process; write instance labels and RoiSets under
+    ``out``. The first bad composite stops the run; :func:`predict_ultrasound_serial` goes on."""
+    outcomes = predict_ultrasound_serial(composites, organs, models, out, grid, device, log, keep_going=False,
+                                         progress=False)
+    return [Path(o.output) for o in outcomes]
 
 
 def predict_us_task(source: str, *, organs: list[str], models: dict[str, str], weights: dict[str, str], out: str,

@@ -25,6 +25,7 @@ from ...io.hu import hu_map, parse_hu
 from ...metrics import volume_mm3
 from ...models.folder import ModelError
 from ...models.preprocess import pick_device
+from ...organs import volume_flag, volume_range_text
 from ...store.load import load_mosnet
 from ...store.registry import model_config
 from ..layers import ct_labels_layer
@@ -62,6 +63,12 @@ def check_ct_layer(layer, hu: str | tuple[float, float] | None = None) -> tuple[
     return data, tuple(float(s) for s in layer.scale)
 
 
+def _flag_text(organ: str, flag: str) -> str:
+    """A volume flag for the table: ``ok``, or the flag with the plausible range (``high (80-450 mm³)``)."""
+    band = volume_range_text(organ)
+    return flag if flag in ("ok", "") or not band else f"{flag} ({band})"
+
+
 class CTWidget(JobWidget):
     """Segment the organs of a micro-CT scan with a MOSnet model, off the GUI thread."""
 
@@ -80,7 +87,7 @@ class CTWidget(JobWidget):
                             tooltip="HU: the scan is in HU. auto: find air and soft tissue in the histogram. "
                                     "AIR,WATER: the raw values of air and water (as --hu)")
         self._run = PushButton(text="Run")
-        self._table = Table(value={"organ": [], "volume (mm³)": [], "voxels": []})
+        self._table = Table(value={"organ": [], "volume (mm³)": [], "voxels": [], "flag": []})
         self._export = PushButton(text="Export volumes as CSV…", enabled=False)
         self.extend([self._image, self._model, self._folder, self._condition, self._organs, self._hu, self._run,
                      self._cancel, self._progress, self._status, self._table, self._export])
@@ -91,7 +98,8 @@ class CTWidget(JobWidget):
         napari_viewer.layers.events.inserted.connect(self._image.reset_choices)
         napari_viewer.layers.events.removed.connect(self._image.reset_choices)
         self.result_layer = None
-        self.volumes: list[dict] = []  #: the last run's organ volumes: organ, volume_mm3, voxels
+        #: the last run's organ volumes: organ, volume_mm3, voxels, flag (:func:`~...organs.volume_flag`)
+        self.volumes: list[dict] = []
         self._load_model_info()
 
     # -- the inputs, for scripts -------------------------------------------------------------
@@ -220,20 +228,26 @@ class CTWidget(JobWidget):
         kwargs["translate"] = tuple(source.translate)
         kwargs["metadata"].update(model=model_spec, condition=condition, spacing_mm=tuple(spacing), source=source.name)
         self.result_layer = show_result(self.viewer, self.result_layer, data, kwargs)
-        self.volumes = [{"organ": o, "volume_mm3": round(volume_mm3(labels == v, spacing), 2),
-                         "voxels": int((labels == v).sum())} for o, v in organs.items()]
+        self.volumes = []
+        for o, v in organs.items():
+            mm3 = round(volume_mm3(labels == v, spacing), 2)
+            self.volumes.append({"organ": o, "volume_mm3": mm3, "voxels": int((labels == v).sum()),
+                                 "flag": volume_flag(o, mm3)})
         self._table.value = {"organ": [r["organ"] for r in self.volumes],
                              "volume (mm³)": [r["volume_mm3"] for r in self.volumes],
-                             "voxels": [r["voxels"] for r in self.volumes]}
+                             "voxels": [r["voxels"] for r in self.volumes],
+                             "flag": [_flag_text(r["organ"], r["flag"]) for r in self.volumes]}
         self._export.enabled = True
-        self._status.value = f"done: {len(organs)} organs"
+        flagged = [r["organ"] for r in self.volumes if r["flag"] not in ("ok", "")]
+        self._status.value = f"done: {len(organs)} organs" + (
+            f"; check {', '.join(flagged)}: volume outside the plausible range, or absent" if flagged else "")
         return self.result_layer
 
     def export_volumes(self, path: str | Path) -> Path:
-        """Write the last run's organ volumes as CSV (organ, volume_mm3, voxels)."""
+        """Write the last run's organ volumes as CSV (organ, volume_mm3, voxels, flag)."""
         path = Path(path)
         with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["organ", "volume_mm3", "voxels"])
+            writer = csv.DictWriter(fh, fieldnames=["organ", "volume_mm3", "voxels", "flag"])
             writer.writeheader()
             writer.writerows(self.volumes)
         return path
