@@ -1,4 +1,5 @@
-"""Hypothesis profiles for the fuzz tests, the seed files they mutate, and the outcome counts.
+"""Hypothesis profiles for the fuzz tests, the seed files they mutate, the outcome counts, and for
+the command suite a model store of its own (``home``) and models loaded before the clock runs (``warm``).
 
 Profiles: ``ci`` (the default: few examples, derandomized so every run tries the same inputs) and
 ``long`` (``HYPOTHESIS_PROFILE=long``; ``FUZZ_EXAMPLES`` overrides its example count).
@@ -62,3 +63,24 @@ def seeds(tmp_path_factory) -> Path:
 def work(tmp_path_factory) -> Path:
     """A folder for the mutated files (each test overwrites its own file name per example)."""
     return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.fixture
+def home(tmp_path_factory, monkeypatch) -> Path:
+    """A model store of the test's own ($MOUSESEGMENT_HOME): models a command installs, publishes or
+    breaks, and the traceback file of an unexpected error, stay out of the user's folders."""
+    root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("MOUSESEGMENT_HOME", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def warm() -> None:
+    """Import torch and load every built-in model once, outside the time limit: the first load
+    takes seconds on a busy machine, which the command tests must not count as a hang."""
+    from napari_mousesegment.store.load import load_model
+    from napari_mousesegment.store.registry import BUILTIN
+
+    for folder in sorted(BUILTIN.iterdir()):
+        if (folder / "config.json").is_file():
+            load_model(folder.name, "cpu")

@@ -30,8 +30,9 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-#: Every outcome :func:`classify` counts, in table order.
-OUTCOMES = ("ok", "error", "unclear", "traceback", "hang")
+#: Every outcome counted, in table order: :func:`classify` counts the first five; "wrong" (wrong but
+#: accepted: exit 0 on an input that must be refused) is counted by the command suite (``commands.py``).
+OUTCOMES = ("ok", "error", "unclear", "traceback", "hang", "wrong")
 #: Seconds a reader may take on one input before it counts as hung.
 TIME_LIMIT = 10.0
 #: Address space a reader may add (bytes) before an allocation fails: absurd declared sizes must be

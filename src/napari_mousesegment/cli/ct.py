@@ -31,16 +31,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..jobs.ct import predict_ct, predict_ct_batch
+    """Serial or on Dask, one rule: a bad scan among several is reported and the others go on (exit 1);
+    then the organ volumes of every scan, flagged where implausible, on stdout and in OUT/report.md."""
+    from ..jobs.batch import report
+    from ..jobs.ct import (
+        format_volume_table,
+        predict_ct_batch,
+        predict_ct_serial,
+        volume_table,
+        write_volume_report,
+    )
+    from ..store.registry import SHIPPED_CT
 
+    model = args.model
+    if model is None:
+        model = SHIPPED_CT
+        print(f"model: the built-in {SHIPPED_CT} (no --model given; trained on synthetic phantoms: for a first "
+              "look, train on real scans before measuring real mice)")
     if options.distributed(args):
-        return options.exit_code(predict_ct_batch(
-            args.scans, args.model, args.condition, args.out, workers=args.workers, scheduler=args.scheduler,
+        outcomes = predict_ct_batch(
+            args.scans, model, args.condition, args.out, workers=args.workers, scheduler=args.scheduler,
             overwrite=args.overwrite, spacing=args.spacing, device=args.device, cleanup=args.cleanup,
-            batch_size=args.batch_size, connect_timeout=args.connect_timeout, hu=args.hu, series=args.series))
-    predict_ct(args.scans, args.model, args.condition, args.out, args.spacing, args.device, args.cleanup,
-               batch_size=args.batch_size, hu=args.hu, series=args.series)
-    return 0
+            batch_size=args.batch_size, connect_timeout=args.connect_timeout, hu=args.hu, series=args.series,
+            force=args.force)
+    else:
+        with options.warnings_to_stderr():
+            outcomes = predict_ct_serial(args.scans, model, args.condition, args.out, args.spacing, args.device,
+                                         args.cleanup, batch_size=args.batch_size, hu=args.hu, series=args.series,
+                                         force=args.force, keep_going=len(args.scans) > 1)
+        if len(args.scans) > 1:
+            report(outcomes)
+    rows = volume_table(outcomes, args.out)
+    if rows:
+        flagged = sum(r["flag"] not in ("ok", "") for r in rows)
+        print(f"organ volumes ({flagged} flagged: outside the plausible range for an adult mouse, or absent):")
+        print(format_volume_table(rows), end="")
+    written = write_volume_report(args.out, rows, outcomes)
+    print(f"volumes and flags in {written}")
+    return options.exit_code(outcomes)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -77,19 +105,19 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                         help="dataset folder (repeat for joint training over several datasets)")
     mosnet.add_argument("--out", type=Path, required=True, help="model folder to write")
     mosnet.add_argument("--variant", choices=["full", "bm", "bm_cm", "bm_rb"], default="full")
-    mosnet.add_argument("--width", type=int, default=32,
+    mosnet.add_argument("--width", type=options.count(2, 512), default=32,
                         help="channels of the first level (default 32: ~12.7M parameters)")
-    mosnet.add_argument("--image-size", type=int, default=128, help="in-plane slice size (default 128)")
-    mosnet.add_argument("--voxel-mm", type=float, default=0.28,
+    mosnet.add_argument("--image-size", type=options.count(8, 4096), default=128, help="in-plane slice size (default 128)")
+    mosnet.add_argument("--voxel-mm", type=options.number(0.001, 10.0), default=0.28,
                         help="isotropic voxel size scans are resampled to (default 0.28 mm, the Rosenhain scans')")
-    mosnet.add_argument("--epochs", type=int, default=100)
-    mosnet.add_argument("--max-minutes", type=float, default=None,
+    mosnet.add_argument("--epochs", type=options.count(0), default=100)
+    mosnet.add_argument("--max-minutes", type=options.MINUTES, default=None,
                         help="stop cleanly after this long, keeping the best weights")
-    mosnet.add_argument("--batch-size", type=int, default=16)
-    mosnet.add_argument("--lr", type=float, default=1e-3)
-    mosnet.add_argument("--val-fraction", type=float, default=0.1,
+    mosnet.add_argument("--batch-size", type=options.positive_int, default=16)
+    mosnet.add_argument("--lr", type=options.LEARNING_RATE, default=1e-3)
+    mosnet.add_argument("--val-fraction", type=options.number(0.0, 0.9), default=0.1,
                         help="scans per dataset held out for validation (default 0.1)")
-    mosnet.add_argument("--slice-stride", type=int, default=1, help="use every n-th slice (default 1: all)")
+    mosnet.add_argument("--slice-stride", type=options.positive_int, default=1, help="use every n-th slice (default 1: all)")
     options.add_device(mosnet)
     mosnet.add_argument("--seed", type=int, default=0)
     mosnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -99,10 +127,17 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     pct.add_argument("scans", type=Path, nargs="+",
                      help="scans: TIFF, OME-TIFF, NIfTI, Analyze, GFF or DICOM files; DICOM, SkyScan, OME-Zarr "
                           "or Rosenhain folders (see docs/scanner-files.md)")
-    pct.add_argument("--model", required=True, help="model name (see `mousesegment models list`) or folder")
-    pct.add_argument("--condition", required=True, help="native or contrast (or a condition the model knows)")
+    pct.add_argument("--model", default=None,
+                     help="model name (see `mousesegment models list`) or folder (default: the built-in "
+                          "mosnet-synthetic, trained on synthetic phantoms)")
+    pct.add_argument("--condition", default="auto",
+                     help="native, contrast (or a condition the model knows), or auto (the default): each scan's "
+                          "own HU decide, and the choice is printed")
     pct.add_argument("--out", type=Path, required=True)
     options.add_scan_options(pct)
+    pct.add_argument("--force", action="store_true",
+                     help="predict scans whose values are not plausible HU (no air below -500 HU, one value "
+                          "everywhere, an 8-bit, unsigned or boolean type, an RGB image): a warning, not an error")
     options.add_device(pct)
     pct.add_argument("--cleanup", action="store_true",
                      help="keep the largest piece of single-piece organs, drop fragments under 5 mm3")

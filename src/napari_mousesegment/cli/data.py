@@ -129,8 +129,8 @@ def add_dataset_commands(dataset_sub) -> None:
     dus.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     dus.add_argument("--organs", type=options.organs, default=list(US_ORGANS),
                      help="organs or keywords (default: all three)")
-    dus.add_argument("--test", type=int, default=5, help="whole series held out for testing (default 5)")
-    dus.add_argument("--val-fraction", type=float, default=0.2, help="of the other series, for validation (0.2)")
+    dus.add_argument("--test", type=options.count(0), default=5, help="whole series held out for testing (default 5)")
+    dus.add_argument("--val-fraction", type=options.number(0.0, 0.9), default=0.2, help="of the other series, for validation (0.2)")
     dus.add_argument("--seed", type=int, default=0, help="seed of the series split")
     dus.add_argument("--grid", type=options.grid, default=None, help="montage grid RxC when it cannot be detected")
     dus.set_defaults(func=_cmd_dataset_us)

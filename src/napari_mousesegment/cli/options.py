@@ -23,12 +23,18 @@ def numbers(text: str, cast: type, what: str, example: str) -> tuple:
 
 
 def spacing(text: str) -> tuple[float, float, float]:
-    """``--spacing``: a voxel size Z,Y,X in mm, or one number for all three; finite and positive."""
+    """``--spacing``: a voxel size Z,Y,X in mm, or one number for all three; finite and within
+    1 µm to 10 mm (:data:`..io.readers.SPACING_RANGE_MM`), so that a wrong unit (1000 for 1 mm, or
+    inf) is refused here rather than asking a resample for terabytes."""
+    from ..io.readers import SPACING_RANGE_MM
+
+    low, high = SPACING_RANGE_MM
     values = numbers(text, float, "spacing", "0.28,0.28,0.28")
     if len(values) == 1:
         values = values * 3
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"spacing needs 1 or 3 positive numbers in mm, got {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) and low <= v <= high for v in values):
+        raise argparse.ArgumentTypeError(f"spacing needs 1 or 3 numbers in mm from {low:g} (1 µm) to {high:g}, "
+                                         f"got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -45,7 +51,8 @@ def hu(text: str) -> str | tuple[float, float]:
 def add_scan_options(parser) -> None:
     """``--spacing``, ``--hu`` and ``--series``: how to read a micro-CT scan, for every command that reads one."""
     parser.add_argument("--spacing", type=spacing, default=None,
-                        help="voxel size Z,Y,X in mm (one number for all three) when the file lacks it")
+                        help="voxel size Z,Y,X in mm (one number for all three; 0.001 to 10) when the file lacks it "
+                             "or states it unusably (a resolution or pixdim of 0)")
     parser.add_argument("--hu", type=hu, default=None, metavar="AIR,WATER|auto",
                         help="grey values are not HU (SkyScan, raw TIFF): map the raw values of air and water to "
                              "-1000 and 0 HU, or 'auto' to find air and soft tissue in the histogram")
@@ -93,6 +100,41 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def count(low: int = 0, high: int = 100_000):
+    """An option type: a whole number in [low, high] (epochs, series held out, patience), or an
+    argparse error that shows the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}")
+        return value
+    return parse
+
+
+def number(low: float, high: float, *, open_low: bool = False):
+    """An option type: a finite number in [low, high] (or (low, high] with ``open_low``: learning
+    rates, factors), or an argparse error that shows the range."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (low < value if open_low else low <= value) and value <= high):
+            raise argparse.ArgumentTypeError(
+                f"expected a number {'above' if open_low else 'from'} {low:g} {'and up' if open_low else ''} "
+                f"to {high:g}, got {text!r}".replace("  ", " "))
+        return value
+    return parse
+
+
+#: The learning rates and time budgets every trainer takes.
+LEARNING_RATE = number(0.0, 1.0, open_low=True)
+MINUTES = number(0.0, 60 * 24 * 30, open_low=True)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

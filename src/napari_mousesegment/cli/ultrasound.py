@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..organs import US_ORGANS
@@ -28,9 +29,12 @@ def _augment(text: str | None):
             setattr(settings, name, value.strip().lower() in ("1", "true", "yes", "on"))
         else:
             try:
-                setattr(settings, name, float(value))
+                number = float(value)
             except ValueError:
-                raise ValueError(f"--augment {name} needs a number, got {value!r}") from None
+                number = math.nan
+            if not (math.isfinite(number) and number >= 0):
+                raise ValueError(f"--augment {name} needs a number of at least 0, got {value!r}")
+            setattr(settings, name, number)
     return settings
 
 
@@ -56,17 +60,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..jobs.ultrasound import predict_ultrasound, predict_ultrasound_batch
+    """Serial or on Dask, one rule: a bad composite among several is reported and the others go on
+    (exit 1). Organs without --model get their built-in U-Net."""
+    from ..jobs.batch import report
+    from ..jobs.ultrasound import (
+        predict_ultrasound_batch,
+        predict_ultrasound_serial,
+        with_builtin_models,
+    )
 
+    asked = options.parse_models(args.model)
+    unused = [organ for organ in asked if organ not in args.organs]
+    if unused:  # a typo in ORGAN=MODEL would otherwise leave that organ to a built-in model without a word
+        raise ValueError(f"--model {unused[0]}={asked[unused[0]]}: {unused[0]!r} is not among --organs "
+                         f"{','.join(args.organs)}")
+    models, added = with_builtin_models(args.organs, asked)
+    for organ in added:
+        print(f"model for {organ}: the built-in {models[organ]} (no --model {organ}=... given; trained on "
+              "synthetic series: for a first look, train on your own series before measuring)")
     if options.distributed(args):
         return options.exit_code(predict_ultrasound_batch(
-            args.composites, args.organs, options.parse_models(args.model), args.out, workers=args.workers,
+            args.composites, args.organs, models, args.out, workers=args.workers,
             scheduler=args.scheduler, overwrite=args.overwrite, grid=args.grid, device=args.device,
             connect_timeout=args.connect_timeout))
     with options.warnings_to_stderr():
-        predict_ultrasound(args.composites, args.organs, options.parse_models(args.model), args.out, args.grid,
-                           args.device)
-    return 0
+        outcomes = predict_ultrasound_serial(args.composites, args.organs, models, args.out, args.grid, args.device,
+                                             keep_going=len(args.composites) > 1)
+    if len(args.composites) > 1:
+        report(outcomes)
+    return options.exit_code(outcomes)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -86,26 +108,26 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     unet.add_argument("--out", type=Path, required=True, help="model folder to write")
     unet.add_argument("--arch", choices=["standard", "deep", "residual"], default=None,
                       help="default: standard for hearts, deep for livers, residual for placentas")
-    unet.add_argument("--width", type=int, default=16, help="channels of the first level (default 16)")
-    unet.add_argument("--image-size", type=int, default=128, help="training crop size in pixels (default 128)")
-    unet.add_argument("--epochs", type=int, default=100, help="before fine-tuning (early stopping may end sooner)")
-    unet.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
-    unet.add_argument("--finetune-lr", type=float, default=1e-5, help="learning rate of fine-tuning (1e-5)")
-    unet.add_argument("--early-stop", type=int, default=10, help="epochs without a better validation Dice (10)")
-    unet.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
-    unet.add_argument("--batch-size", type=int, default=8)
-    unet.add_argument("--lr", type=float, default=1e-4)
-    unet.add_argument("--plateau-patience", type=int, default=5,
+    unet.add_argument("--width", type=options.count(1, 512), default=16, help="channels of the first level (default 16)")
+    unet.add_argument("--image-size", type=options.count(8, 4096), default=128, help="training crop size in pixels (default 128)")
+    unet.add_argument("--epochs", type=options.count(0), default=100, help="before fine-tuning (early stopping may end sooner)")
+    unet.add_argument("--finetune-epochs", type=options.count(0), default=10, help="fine-tuning epochs (default 10)")
+    unet.add_argument("--finetune-lr", type=options.LEARNING_RATE, default=1e-5, help="learning rate of fine-tuning (1e-5)")
+    unet.add_argument("--early-stop", type=options.count(1), default=10, help="epochs without a better validation Dice (10)")
+    unet.add_argument("--max-minutes", type=options.MINUTES, default=None, help="stop cleanly after this long")
+    unet.add_argument("--batch-size", type=options.positive_int, default=8)
+    unet.add_argument("--lr", type=options.LEARNING_RATE, default=1e-4)
+    unet.add_argument("--plateau-patience", type=options.count(1), default=5,
                       help="epochs without a lower validation loss before the lr drops (5)")
-    unet.add_argument("--plateau-factor", type=float, default=0.1, help="the lr drop on a plateau (0.1)")
-    unet.add_argument("--alpha", type=float, default=0.5, help="weight of Dice in alpha*Dice + (1-alpha)*BCE (0.5)")
-    unet.add_argument("--test", type=int, default=5, help="lab-layout data: whole series held out for testing (5)")
+    unet.add_argument("--plateau-factor", type=options.number(0.0, 1.0, open_low=True), default=0.1, help="the lr drop on a plateau (0.1)")
+    unet.add_argument("--alpha", type=options.number(0.0, 1.0), default=0.5, help="weight of Dice in alpha*Dice + (1-alpha)*BCE (0.5)")
+    unet.add_argument("--test", type=options.count(0), default=5, help="lab-layout data: whole series held out for testing (5)")
     unet.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
                       help="augmentation ranges, 0 switches one off: rotation (degrees, 20), scale (0.15), "
                            "translation (0.1), hflip (true), vflip (false), noise (0.03), brightness (0.1), "
                            "contrast (0.2), elastic (0.02), crop (0.15)")
     unet.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
-    unet.add_argument("--precision-target", type=float, default=None,
+    unet.add_argument("--precision-target", type=options.number(0.0, 1.0, open_low=True), default=None,
                       help="choose the threshold as the lowest reaching this validation precision "
                            "(default: the largest F0.5)")
     options.add_device(unet)
@@ -114,11 +136,14 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     unet.set_defaults(func=_cmd_train)
 
     pus = predict_sub.add_parser("ultrasound", help="composites to instance labels and RoiSets with the U-Nets")
-    pus.add_argument("composites", type=Path, nargs="+", help="multi-page TIFF, montage image or folder of frames")
+    pus.add_argument("composites", type=Path, nargs="+",
+                     help="multi-page TIFF, montage image, folder of frames, or series folder (as `synth ultrasound` "
+                          "writes)")
     pus.add_argument("--organs", type=options.organs, default=list(US_ORGANS),
                      help="comma-separated (default: all three)")
     pus.add_argument("--model", action="append", default=[], metavar="[ORGAN=]MODEL",
-                     help="one per organ: a model name or folder, optionally prefixed by its organ")
+                     help="one per organ: a model name or folder, optionally prefixed by its organ (default: the "
+                          "built-in unet-ORGAN-synthetic of each organ, trained on synthetic series)")
     pus.add_argument("--out", type=Path, required=True)
     pus.add_argument("--grid", type=options.grid, default=None, help="montage grid RxC (default: detect)")
     options.add_device(pus)
