@@ -16,11 +16,11 @@ import tifffile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from napari_mousesegment.cli import main
 from napari_mousesegment.io.roi import read_rois
 
 from ..conftest import shared_file
-from .harness import TIME_LIMIT, FuzzFailure, Hang, count, keep, memory_limit, mutations, time_limit
+from .commands import judge
+from .harness import FuzzFailure, keep, mutations
 
 #: Option values that are wrong but look like numbers, or are numbers at the edges.
 BAD_NUMBERS = ("nan", "inf", "-inf", "0", "-1", "1e300", "1e-300", "1,2", "a,b,c", "", ",", "1,,2", "0x10",
@@ -31,35 +31,10 @@ BAD_SHAPES = (*BAD_NUMBERS, "100000,100000,100000", "1,99999999,99999999", "2147
 
 
 def run_cli(argv: list[str], capsys, what: str, names: tuple[str, ...]) -> str:
-    """Run ``mousesegment ARGV`` and judge it: "ok" (exit 0), "error" (one clean line naming one of
-    ``names``) or "usage" (argparse); anything else raises :class:`FuzzFailure`."""
-    capsys.readouterr()
-    try:
-        with time_limit(TIME_LIMIT), memory_limit():
-            code = main(argv)
-    except SystemExit as exc:  # argparse's own usage errors (exit 2, usage and one error line)
-        err = capsys.readouterr().err
-        if exc.code == 2 and "error:" in err:
-            count(what, "error")
-            return "usage"
-        count(what, "traceback")
-        raise FuzzFailure(f"{what}: SystemExit({exc.code!r}) for {argv}: {err!r}") from exc
-    except Hang:
-        count(what, "hang")
-        raise FuzzFailure(f"{what}: hung (> {TIME_LIMIT} s) for {argv}") from None
-    except BaseException as exc:
-        count(what, "traceback")
-        raise FuzzFailure(f"{what}: uncaught {type(exc).__name__} for {argv}: {exc}") from exc
-    err = capsys.readouterr().err
-    if code == 0:
-        count(what, "ok")
-        return "ok"
-    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
-    if code == 2 and len(lines) == 1 and lines[0].startswith("mousesegment ") and any(n in lines[0] for n in names):
-        count(what, "error")
-        return "error"
-    count(what, "unclear")
-    raise FuzzFailure(f"{what}: exit {code} for {argv} with stderr {err!r}")
+    """Run ``mousesegment ARGV`` and judge it with the command suite's rules (:func:`.commands.judge`):
+    "ok" (exit 0), "error" (one clean line naming one of ``names``) or "usage" (argparse); anything
+    else raises :class:`FuzzFailure`."""
+    return judge(argv, capsys, what, names)
 
 
 def _keep_on_failure(path: Path, what: str, run) -> None:
