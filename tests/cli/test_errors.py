@@ -144,6 +144,13 @@ def test_a_named_pipe_as_roi_import_source_or_frames_is_refused_at_once(fifo, ca
     one_error(capsys, str(fifo), "named pipe")
 
 
+def test_characters_a_terminal_would_not_print_are_escaped_in_the_one_line(capsys, tmp_path):
+    name = tmp_path / "odd\x1ename\x06.tif"  # \x1e splits lines for str.splitlines()
+    assert main(["roi", "export", str(name), "--out", str(tmp_path / "r.zip")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "odd\\x1ename\\x06.tif" in err
+
+
 # --- limits before allocating ------------------------------------------------------------------
 
 

@@ -70,6 +70,12 @@ def test_a_scan_thinner_than_one_model_voxel_is_refused(shipped, scan):
         predict_volume(shipped, scan.image[:1], (0.1, 0.28, 0.28), "native")
 
 
+def test_voxels_far_coarser_than_the_model_s_are_refused_before_resampling(shipped, scan):
+    """8 mm voxels would be upsampled 29x per axis (minutes of work on a CPU): a wrong --spacing."""
+    with pytest.raises(ValueError, match="coarser than the model's 0.28 mm"):
+        predict_volume(shipped, scan.image, (8.0, 8.0, 8.0), "native")
+
+
 def test_labels_alone_equal_labels_with_probabilities(shipped, scan):
     lean = predict_volume(shipped, scan.image, (0.14, 0.28, 0.28), "native")
     full = predict_volume(shipped, scan.image, (0.14, 0.28, 0.28), "native", keep_probabilities=True)

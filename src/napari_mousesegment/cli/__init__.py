@@ -92,8 +92,10 @@ def report(args: argparse.Namespace, exc: Exception, argv: Sequence[str] = ()) -
 
 
 def one_line(text: str) -> str:
-    """A message as one line: line breaks (and the spaces around them) become one space."""
-    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
+    """A message as one line: line breaks (and the spaces around them) become one space, and other
+    characters a terminal would not print (a file name or option value may hold any) are escaped."""
+    text = re.sub(r"\s*\n\s*", " ", str(text)).strip()
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def foreseen(exc: BaseException) -> str | None:

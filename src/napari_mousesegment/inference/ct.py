@@ -86,6 +86,11 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], con
         yield probs
 
 
+#: How much coarser than the model's voxels a scan's may be: beyond it the scan is no micro-CT of a
+#: mouse (8x 0.28 mm is 2.24 mm: a whole mouse in about 40 voxels), and upsampling would be slow.
+MAX_UPSAMPLING = 8.0
+
+
 def _check(model: MOSnet, image, spacing, condition: str, batch_size: int | None) -> int:
     """The batch size to use, after refusing what the predictor cannot segment."""
     config = model.config
@@ -95,6 +100,10 @@ def _check(model: MOSnet, image, spacing, condition: str, batch_size: int | None
         raise ValueError(f"condition {condition!r} is unknown to this model; it knows {config.conditions}")
     if spacing is None or len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing must be three positive, finite numbers in mm, got {spacing!r}")
+    coarsest = max(float(s) for s in spacing)
+    if coarsest > MAX_UPSAMPLING * config.spacing_mm:  # a wrong --spacing: resampling it would take ages
+        raise ValueError(f"voxel size {coarsest:g} mm is {coarsest / config.spacing_mm:.0f}x coarser than the "
+                         f"model's {config.spacing_mm:g} mm: no micro-CT scan of a mouse; check --spacing")
     if batch_size is None:
         batch_size = 32 if next(model.parameters()).device.type == "cuda" else 4
     if batch_size < 1:
