@@ -193,6 +193,9 @@ def warnings_to_stderr(show: bool = True) -> Iterator[None]:
     ``show`` is false); a warning repeated from the same place with the same text is shown once."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
+        # a file handle left to the garbage collector (by a lazy reader, or an earlier call in the same
+        # process) says nothing about the user's input: not a line for them
+        warnings.simplefilter("ignore", ResourceWarning)
         try:
             yield
         finally:
