@@ -68,3 +68,13 @@ def served(tmp_path):
     thread.start()
     yield www, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A named pipe (``pipe.tif``): a reader that opens it would block until a writer comes."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    path = tmp_path / "pipe.tif"
+    os.mkfifo(path)
+    return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import struct
 import zipfile
@@ -108,15 +107,6 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, labels_tif, tmp_pa
 
 
 # --- named pipes never hang a command ----------------------------------------------------------
-
-
-@pytest.fixture
-def fifo(tmp_path):
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no named pipes on this platform")
-    path = tmp_path / "pipe.tif"
-    os.mkfifo(path)
-    return path
 
 
 def test_a_named_pipe_as_roi_export_labels_is_refused_at_once(fifo, capsys, tmp_path):

@@ -3,7 +3,6 @@ file states unusably replaced by ``--spacing`` instead of stopping the read."""
 
 from __future__ import annotations
 
-import os
 import zipfile
 
 import nibabel as nib
@@ -19,15 +18,6 @@ from napari_mousesegment.io.scan import Scan
 from napari_mousesegment.io.tiff import read_array, read_tiff, tiff_kind
 
 from ..fuzz.harness import time_limit
-
-
-@pytest.fixture
-def fifo(tmp_path):
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no named pipes on this platform")
-    path = tmp_path / "pipe.tif"
-    os.mkfifo(path)
-    return path
 
 
 def test_every_reader_refuses_a_named_pipe_without_opening_it(fifo):
