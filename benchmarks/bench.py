@@ -12,6 +12,8 @@ Sections (all in one run, so ratios compare like with like on a noisy machine):
 - train: training samples/s for MOSnet and the U-Nets (one optimisation step, as the trainers take).
 - active: one retraining round, from queued corrections to a promoted version.
 - scaling: CT inference time and peak memory at 1x, 2x and 4x the slices.
+- learning: Dice after 2, 6 and 12 CPU-minutes on real ultrasound (HC18) and on phantom micro-CT
+  drawn from held-out anatomy, against the plain U-Net trained in the same run (benchmarks/learning.py).
 
 --quick shrinks every section to a smoke test (CI); its figures are not the documented ones.
 """
@@ -31,6 +33,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.learning import add_options
 from benchmarks.measure import machine
 from benchmarks.sections import SECTIONS
 
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ct-width", type=int, default=None,
                         help="benchmark a MOSnet of this width (random weights) instead of the shipped model; "
                              "32 is the paper's size")
+    add_options(parser)
     args = parser.parse_args(argv)
     from napari_mousesegment.models.preprocess import pick_device
 

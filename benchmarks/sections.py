@@ -12,6 +12,7 @@ import torch
 
 from benchmarks.baseline import naive_predict_volume
 from benchmarks.bigscan import bigscan
+from benchmarks.learning import learning
 from benchmarks.measure import best_time, conv_flops, interleaved_best, matmul_rate, peak_memory
 from napari_mousesegment.data.phantom_ct import DEFAULT_SHAPE, ct_phantom
 from napari_mousesegment.inference.ct import predict_volume
@@ -289,4 +290,5 @@ def scaling(args: argparse.Namespace, device: torch.device, scratch: Path) -> di
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device, Path], dict]] = {
-    "ct": ct, "ultrasound": ultrasound, "train": train, "active": active, "scaling": scaling, "bigscan": bigscan}
+    "ct": ct, "ultrasound": ultrasound, "train": train, "active": active, "scaling": scaling, "bigscan": bigscan,
+    "learning": learning}

@@ -76,5 +76,30 @@ def main(ct_work: Path, us_work: Path) -> None:
     print(f"built-in models: {total / 1e6:.2f} MB in all")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] != ["--hc18"]:
     main(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+HC18_NOTE = ("Fetal head U-Net trained on real ultrasound: HC18 (van den Heuvel T.L.A. et al., PLoS ONE 13(8): "
+             "e0200412, 2018; CC BY 4.0), series 00 and 01 of hc18_dev (70 frames), by `train unet --organ head "
+             "--image-size 256 --test 0 --max-minutes 12 --device cpu` (benchmarks/learning_us.py). Human fetal "
+             "heads, not mouse organs: a real-data example of the recipe, and a start for a lab's own training.")
+
+
+def ship_hc18(source: Path, result: Path) -> Path:
+    """Install the model of a benchmarks/learning_us.py run as ``unet-head-hc18``, with its held-out scores."""
+    scores = json.loads(result.read_text())["ours"]
+    held = {name: {k: round(v, 3) for k, v in s.items()} for name, s in scores.items() if isinstance(s, dict)}
+    dest = ship(source, "unet-head-hc18", HC18_NOTE,
+                {"metric": "pooled pixel Dice, precision and recall on held-out HC18 series (never trained on)",
+                 "series": held})
+    meta = json.loads((dest / "config.json").read_text())
+    meta["training"]["data"] = {"dataset": "HC18 (hc18_dev: series_00, series_01)", "license": "CC BY 4.0",
+                                "credit": "van den Heuvel T.L.A. et al., PLoS ONE 13(8): e0200412 (2018)"}
+    (dest / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    load_model(dest)
+    return dest
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--hc18"]:  # python experiments/ship_weights.py --hc18 MODEL RESULT
+    ship_hc18(Path(sys.argv[2]), Path(sys.argv[3]))

@@ -45,7 +45,13 @@ def test_quick_benchmark_reports_every_section(tmp_path):
     assert all(_positive(big[f"{n}_{k}"]) for n in ("quarter", "full") for k in ("seconds", "peak_rss_mb", "gb"))
     assert big["full_labelled_fraction"] > 0  # the streamed labels.tif holds organs
     assert big["nifti_same_labels_mid_slice"] and big["nifti_wrote_labels_nii_gz"]  # the NIfTI path agrees
-    for section in ("ct", "ultrasound", "train", "active", "scaling", "bigscan"):
+    learning = results["learning"]  # quick: 3 s of each model on synthetic series, scored on a third
+    assert learning["budgets_min"] == "0.05" and learning["ct_skipped"] == "--quick"
+    for who in ("ours", "plain"):
+        assert 0 <= learning[f"us_0.05min_{who}_dice"] <= 1
+        assert _positive(learning[f"us_0.05min_{who}_samples_per_s"])
+        assert _positive(learning[f"us_0.05min_{who}_matmul_fraction"])
+    for section in ("ct", "ultrasound", "train", "active", "scaling", "bigscan", "learning"):
         assert f"## {section}" in run.stdout
 
 

@@ -142,7 +142,7 @@ def test_a_full_disk_while_publishing_fails_the_round_and_keeps_everything(home,
 
 def test_a_full_disk_while_promoting_is_finished_by_the_next_pass_without_training_again(home, tmp_path,
                                                                                          monkeypatch):
-    queue = _corrections(tmp_path / "q", n_items=2, frames=2)
+    queue = _corrections(tmp_path / "q", n_items=2, frames=4)  # 2 held-out frames: evidence to promote on
     versions.ensure_base(NAME, BASE)
 
     def full_disk(*args, **kwargs):

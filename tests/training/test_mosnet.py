@@ -66,7 +66,8 @@ def test_training_learns_checkpoints_and_resumes(datasets, tmp_path):
     assert resumed["epochs_run"] == 4  # history kept, one more epoch run
     rows = json.loads((out / "checkpoint" / "state.json").read_text())["history"]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert rows[3]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # new length's cosine, not 0
+    # the budget schedule of the new length (4 epochs), three quarters spent: not the old end's floor
+    assert rows[3]["lr"] == pytest.approx(3e-3 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * 0.70 / 0.95))))
     other = TrainSettings(**{**vars(more), "epochs": 5, "seed": 9})
     with pytest.raises(ValueError, match="split differs"):
         train_mosnet(datasets, out, _config(), other, log=lambda _: None, progress=False)
@@ -76,7 +77,7 @@ def test_max_minutes_stops_cleanly_keeps_weights_and_resume_reruns_the_epoch(dat
     settings = TrainSettings(epochs=2, batch_size=8, device="cpu", slice_stride=4, max_minutes=1e-4, val_fraction=0.34)
     result = train_mosnet(datasets, tmp_path / "m", _config(), settings, log=lambda _: None, progress=False)
     assert result["stopped"].startswith("--max-minutes") and result["epochs_run"] == 1
-    model, config, _ = load_mosnet(tmp_path / "m")
+    _, config, _ = load_mosnet(tmp_path / "m")
     assert config.width == 4
     state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == -1 and state["history"][0]["complete"] is False  # epoch 1 not done

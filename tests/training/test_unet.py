@@ -20,7 +20,9 @@ def lab(tmp_path_factory):
 
 
 def settings(**kw):
-    base = dict(epochs=3, finetune_epochs=1, batch_size=4, lr=3e-3, test_series=1, val_fraction=0.34)
+    """The report's recipe (plateau drops, a fine-tuning stage, series split), small."""
+    base = dict(epochs=3, finetune_epochs=1, batch_size=4, lr=3e-3, test_series=1, val_fraction=0.34,
+                schedule="plateau", val_split="series")
     return UNetSettings(**{**base, **kw})
 
 
@@ -80,3 +82,51 @@ def test_augment_option_parses_ranges_and_switches(capsys):
 def test_settings_out_of_range_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
         UNetSettings(**bad)
+
+
+def test_default_recipe_anneals_over_its_budget_with_a_frame_split(tmp_path, lab):
+    """Defaults: cosine over the epochs budget (no fine-tuning stage, no early stop), frames resized,
+    and with fewer than 6 series validation frames drawn within the series."""
+    config = UNetConfig(organ="heart", width=4, image_size=32, frame_size=32)
+    lines = []
+    train_unet([lab], tmp_path / "m", config, UNetSettings(epochs=4, batch_size=4, lr=3e-3, test_series=1),
+               log=lines.append, progress=False)
+    rows = [r.split(",") for r in (tmp_path / "m" / "history.csv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    stages, lrs = [r[header.index("stage")] for r in rows], [float(r[header.index("lr")]) for r in rows]
+    assert stages == ["train"] * 4
+    assert lrs[1] > lrs[-1] and lrs[-1] < 3e-3 * 0.5  # warmed up, then annealed within the 4 epochs
+    meta = load_unet(tmp_path / "m")[2]["training"]
+    assert meta["train_series"] == meta["val_series"] and len(meta["train_series"]) == 3
+    assert all(len(v) == 1 for v in meta["val_frames"].values())  # 0.2 of 4 frames: one held out per series
+    assert any("held out within" in line for line in lines)
+
+
+def test_one_series_is_enough_to_train(tmp_path):
+    write_us_series(tmp_path / "lab" / "only", ultrasound_series(seed=3, n_frames=6, frame_shape=(64, 80)))
+    config = UNetConfig(organ="heart", width=4, image_size=32, frame_size=32)
+    summary = train_unet([tmp_path / "lab"], tmp_path / "m", config,
+                         UNetSettings(epochs=1, batch_size=4, test_series=0), log=lambda m: None, progress=False)
+    assert summary["epochs_run"] == 1
+    held = load_unet(tmp_path / "m")[2]["training"]["val_frames"]
+    assert list(held) == ["only"] and len(held["only"]) == 1  # 0.2 of 6 frames
+
+
+def test_validation_split_rules():
+    import numpy as np
+
+    from napari_mousesegment.data.us_dataset import USItem
+    from napari_mousesegment.training.unet import assign_validation
+
+    def items(n, split="train"):
+        return [USItem(f"s{i}", split, np.zeros((10, 4, 4)), {"heart": np.zeros((10, 4, 4))}) for i in range(n)]
+
+    few, held = assign_validation(items(5), "auto", 0.2, 0)
+    assert len(held) == 5 and all(len(v) == 2 for v in held.values())
+    assert sum(len(i.frames) for i in few if i.split == "train") == 40
+    many, held = assign_validation(items(6), "auto", 0.2, 0)
+    assert not held and sum(i.split == "val" for i in many) == 1
+    kept, held = assign_validation(items(2) + items(1, "val"), "auto", 0.2, 0)
+    assert not held and [i.split for i in kept] == ["train", "train", "val"]  # a dataset folder's own split
+    forced, held = assign_validation(items(7), "frames", 0.1, 0)
+    assert len(held) == 7 and all(len(v) == 1 for v in held.values())

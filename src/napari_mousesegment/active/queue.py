@@ -213,13 +213,34 @@ class Item:
         return array
 
 
-def touched_planes(labels: np.ndarray, prediction: np.ndarray | None) -> list[int]:
+def touched_planes(labels: np.ndarray, prediction: np.ndarray | None, instances: bool = True) -> list[int]:
     """Frames or slices (first axis) where the correction differs from the prediction; without a
-    prediction, those with any label."""
+    prediction, those with any label.
+
+    With ``instances`` (ultrasound) ids only name instances: ``predict`` numbers them per frame,
+    ``roi import`` across the series, so the two are compared as segmentations. A plane is touched
+    when its foreground differs or its partition into instances does (a merge, a split, a pixel
+    moved from one instance to another), whatever the ids. Without (micro-CT, ids are organs),
+    when any id differs.
+    """
     if prediction is None:
         return [int(k) for k in np.nonzero(labels.reshape(len(labels), -1).any(1))[0]]
+    labels, prediction = np.asarray(labels), np.asarray(prediction)
     diff = (labels != prediction).reshape(len(labels), -1).any(1)
+    if instances:
+        diff = np.array([bool(d) and not same_partition(labels[k], prediction[k]) for k, d in enumerate(diff)],
+                        dtype=bool)
     return [int(k) for k in np.nonzero(diff)[0]]
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two instance labelings are the same segmentation: the same foreground, and ids that
+    map one to one between them (each instance of one is exactly one instance of the other)."""
+    fg = a != 0
+    if not np.array_equal(fg, b != 0):
+        return False
+    pairs = np.unique(np.stack([a[fg].astype(np.int64), b[fg].astype(np.int64)]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
 def check_fields(kind: str, organ: str | None, condition: str | None,
@@ -473,7 +494,8 @@ class Queue:
             raise QueueError("the image contains NaN or infinite values")
         if prediction is not None and np.asarray(prediction).shape != labels.shape:
             raise QueueError(f"the prediction's shape {np.asarray(prediction).shape} differs from the labels' {labels.shape}")
-        touched = touched_planes(labels, None if prediction is None else np.asarray(prediction))
+        touched = touched_planes(labels, None if prediction is None else np.asarray(prediction),
+                                 instances=kind == "ultrasound")
         if not labels.any() or not touched:
             raise QueueError("the correction is empty (no labels, or identical to the prediction): nothing to learn")
         name = uuid.uuid4().hex

@@ -7,6 +7,12 @@ the last good version throughout. A round killed after publishing is finished by
 from the decision recorded with its version (:func:`..store.versions.settle`), so its items are
 trained on once.
 
+Each round chooses its new version's threshold(s) as ``train`` does (a U-Net's by the largest
+F0.5, a MOSnet's per organ), on the held-out corrected frames, or on the corrected frames it trained
+on when fewer than :data:`.rounds.MIN_EVIDENCE` held-out ones have an organ. The version is then
+promoted only on evidence (:func:`.rounds.promotion`): both versions scored on the same held-out
+frames at their own thresholds, the new one finding organs there and not worse than ``guard``.
+
 No item stops the worker: before a round each item is checked (its files read, its voxel size,
 label ids, organ or condition against the model, its corrected frames), and one that fails is
 marked ``failed`` with the reason and skipped while the rest of its group trains; so is an item
@@ -22,10 +28,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from filelock import FileLock, Timeout
 
 from ..metrics import dice
@@ -35,7 +42,15 @@ from ..store import versions
 from ..store.load import load_model
 from ..store.registry import model_config
 from .queue import Item, Queue, QueueError, check_labels
-from .rounds import Round, RoundResult, RoundState
+from .rounds import (
+    MIN_EVIDENCE,
+    HeldOut,
+    Round,
+    RoundResult,
+    RoundState,
+    ThresholdChoice,
+    promotion,
+)
 
 ERROR_LOG = "worker-errors.log"  #: in the queue folder: the traceback of each failed pass or round
 BACKOFF_S = (60.0, 3600.0)  #: first and longest pause before a failed group is tried again
@@ -176,6 +191,89 @@ def pixel_dice(model, frames: np.ndarray, masks: np.ndarray) -> float:
     return dice(predict_probabilities(model, frames) > model.config.threshold, masks > 0)
 
 
+def with_organ(masks: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Which frames (N, H, W) or slices (N, M, S, S) have an organ: a bool per one."""
+    flat = np.asarray(masks).reshape(len(masks), -1)
+    return flat.any(1) if flat.size else np.zeros(len(masks), bool)
+
+
+def unet_held_out(model, frames: np.ndarray, masks: np.ndarray) -> HeldOut:
+    """A U-Net on held-out frames at its own threshold: pixel Dice over all of them, and the frames
+    with an organ where the instances it segments (as ``predict`` makes them) meet that organ."""
+    from ..inference.ultrasound import instances, predict_probabilities
+
+    organ = with_organ(masks)
+    if not organ.any():
+        return HeldOut(None, 0, 0)
+    threshold = model.config.threshold
+    prob = predict_probabilities(model, frames)
+    found = instances(prob[organ], threshold, model.config.min_size) > 0
+    hits = int(with_organ(found & (masks[organ] > 0)).sum())
+    return HeldOut(dice(prob > threshold, masks > 0), hits, int(organ.sum()))
+
+
+def choose_unet_threshold(model, frames: np.ndarray, masks: np.ndarray, on: str,
+                          precision_target: float | None = None) -> ThresholdChoice:
+    """Set a fine-tuned U-Net's threshold by the rule ``train unet`` uses (largest F0.5, or the
+    lowest reaching ``precision_target``) on ``frames``; kept when their masks hold no organ."""
+    from ..inference.ultrasound import predict_probabilities
+    from ..training.thresholds import choose_threshold
+
+    before = float(model.config.threshold)
+    if not (masks > 0).any():
+        return ThresholdChoice(before, before, "kept")
+    prob = torch.from_numpy(predict_probabilities(model, frames))
+    threshold, _ = choose_threshold(prob, torch.from_numpy((masks > 0).astype(np.float32)), precision_target)
+    model.config.threshold = threshold
+    return ThresholdChoice(before, threshold, on)
+
+
+def ct_held_out(model, images: torch.Tensor, masks: torch.Tensor, condition: int) -> HeldOut:
+    """A MOSnet on held-out slices at its own thresholds: mean Dice of the organs present, and the
+    slices with an organ where its labels meet one of their organs."""
+    from ..training.finetune import ct_labels, organ_dice
+
+    organ = with_organ(masks)
+    if not organ.any():
+        return HeldOut(None, 0, 0)
+    labels = ct_labels(model, images, condition)
+    rows = torch.from_numpy(organ)
+    ids = torch.arange(1, masks.shape[1] + 1).view(1, -1, 1, 1)
+    hits = int(with_organ((labels[rows][:, None] == ids) & masks[rows].bool()).sum())
+    return HeldOut(organ_dice(labels, masks), hits, int(organ.sum()))
+
+
+def choose_ct_thresholds(model, images: torch.Tensor, masks: torch.Tensor, condition: int,
+                         on: str) -> ThresholdChoice:
+    """Set a fine-tuned MOSnet's per-organ thresholds as ``train mosnet`` chooses them, from its
+    current ones and for the organs ``masks`` hold (:func:`..training.thresholds.refine_thresholds`)."""
+    from ..training.slices import SliceSet
+    from ..training.thresholds import refine_thresholds
+
+    config = model.config
+    before = dict(zip(config.organs, config.organ_thresholds()))
+    if not masks.any():
+        return ThresholdChoice(before, before, "kept")
+    n = len(images)
+    data = SliceSet(images.half(), masks.bool(), torch.ones((n, len(config.organs)), dtype=torch.bool),
+                    torch.full((n,), condition), ["round"] * n)
+    chosen, _, _ = refine_thresholds(model, data, next(model.parameters()).device)
+    config.thresholds = chosen
+    return ThresholdChoice(before, chosen, on)
+
+
+@dataclass
+class _Plan:
+    """What a round does, as its modality prepares it (see :func:`_round`)."""
+
+    fine_tune: Callable  #: (model, report, should_stop) -> a fine-tuned copy
+    choose: Callable  #: (tuned) -> ThresholdChoice, setting the copy's threshold(s)
+    score: Callable  #: (model) -> HeldOut on the held-out frames or slices
+    n_train: int
+    n_held: int
+    unit: str = "frames"
+
+
 def _replay(data: str | None, organ: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
     """A random sample of ``n`` training frames of the original dataset, when one is given."""
     if not data:
@@ -193,12 +291,12 @@ def _replay(data: str | None, organ: str, n: int, seed: int) -> tuple[np.ndarray
 
 def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare, *, device: str, guard: float,
            settings, log: Callable[[str], None], should_stop: Callable[[], bool]) -> RoundResult | None:
-    """The round both modalities share: base version, items checked, fine-tune, score on held-out
-    data, publish with the promote decision, promote when not worse, and only then mark the items used.
+    """The round both modalities share: base version, items checked, fine-tune, threshold(s) chosen,
+    both versions scored on the held-out data, publish with the promote decision, promote on
+    evidence (:func:`.rounds.promotion`), and only then mark the items used.
 
-    ``prepare(model, config, items)`` returns ``(fine_tune(model, progress) -> tuned, score(model) -> Dice,
-    n_train, n_held)``. Returns None when every item was set aside. Any failure is recorded as a
-    failed round (cancelled for ``should_stop``) and raised.
+    ``prepare(model, config, items, settings)`` returns a :class:`_Plan`. Returns None when every
+    item was set aside. Any failure is recorded as a failed round (cancelled for ``should_stop``) and raised.
     """
     from ..training.finetune import FineTuneSettings
 
@@ -226,27 +324,25 @@ def _round(queue: Queue, items: list[Item], model_spec: str, kind: str, prepare,
         versions.fault_point("training")
 
     try:
-        fine_tune, score, n_train, n_held = prepare(model, config, items, settings)
-        log(f"round {round_id}: {name} (v{current}) on {n_train} corrected "
-            f"{'frames' if kind == 'ultrasound' else 'slices'} of {len(items)} item(s), {n_held} held out; "
-            f"device {dev}")
-        tuned = fine_tune(model, report, should_stop)
-        before = score(model) if n_held else float("nan")
-        after = score(tuned) if n_held else float("nan")
-        if np.isnan(before) or np.isnan(after):  # held-out data with nothing to score (no organ in it)
-            n_held, before, after = 0, None, None
-        result = RoundResult(name, held_out=n_held, dice_before=before, dice_after=after, trained_on=n_train)
-        promote = bool(n_held) and after >= before - guard  # nothing to check it on: never promoted blind
-        verdict = ("promoted" if promote else "kept, not promoted ("
-                   + ("worse on the held-out data)" if n_held else "nothing held out to check it on)"))
-        version = versions.publish(name, tuned, config, current, [i.id for i in items], result.metrics(),
+        plan = prepare(model, config, items, settings)
+        log(f"round {round_id}: {name} (v{current}) on {plan.n_train} corrected {plan.unit} of {len(items)} "
+            f"item(s), {plan.n_held} held out; device {dev}")
+        tuned = plan.fine_tune(model, report, should_stop)
+        choice = plan.choose(tuned)
+        log(f"round {round_id}: {choice.text()}")
+        before, after = plan.score(model), plan.score(tuned)
+        promote, verdict = promotion(before, after, guard, plan.unit)
+        result = RoundResult(name, held_out=plan.n_held, dice_before=before.dice, dice_after=after.dice,
+                             trained_on=plan.n_train, with_organs=after.with_organs, found_before=before.found,
+                             found_after=after.found, threshold=choice, verdict=verdict)
+        version = versions.publish(name, tuned, tuned.config, current, [i.id for i in items], result.metrics(),
                                    decision={"queue": _key(queue), "id": round_id, "promote": promote,
                                              "verdict": verdict})
         promoted, verdict = versions.settle(name, version)
         _finish(queue, round_id, name, version, [i.id for i in items], {**result.metrics(), "promoted": promoted},
                 verdict)
-        log(f"round {round_id}: held-out Dice {_fmt(before)} -> {_fmt(after)}; version {version} {verdict}")
-        return replace(result, version=version, promoted=promoted, set_aside=aside)
+        log(f"round {round_id}: held-out Dice {_fmt(before.dice)} -> {_fmt(after.dice)}; version {version} {verdict}")
+        return replace(result, version=version, promoted=promoted, set_aside=aside, verdict=verdict)
     except BaseException as exc:
         queue.update_round(round_id, message=_reason(exc),
                            state=RoundState.CANCELLED if isinstance(exc, InterruptedError) else RoundState.FAILED)
@@ -334,15 +430,20 @@ def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device
 
     organ = items[0].organ
 
-    def prepare(model, config, items, settings):
+    def prepare(model, config, items, settings) -> _Plan:
         train_pairs, held_pairs = split_frames(items)
         if not train_pairs:
             raise QueueError(f"{organ}: the corrections touch no frame to train on")
         frames, masks = _gather(items, train_pairs)
         held_f, held_m = _gather(items, held_pairs) if held_pairs else (frames[:0], masks[:0])
         old = _replay(replay, organ, len(frames), settings.seed)
-        return (lambda m, report, stop: fine_tune_unet(m, frames, masks, settings, old, report, stop),
-                lambda m: pixel_dice(m, held_f, held_m), len(train_pairs), len(held_pairs))
+        on_held = with_organ(held_m).sum() >= MIN_EVIDENCE  # else the frames it trains on, as `train` validates
+        pick_f, pick_m = (held_f, held_m) if on_held else (frames, masks)
+        target = read_precision_target(model_spec)
+        return _Plan(lambda m, report, stop: fine_tune_unet(m, frames, masks, settings, old, report, stop),
+                     lambda m: choose_unet_threshold(m, pick_f, pick_m, "held-out" if on_held else "training",
+                                                     target),
+                     lambda m: unet_held_out(m, held_f, held_m), len(train_pairs), len(held_pairs))
 
     return _round(queue, items, model_spec, "ultrasound", prepare, device=device, guard=guard,
                   settings=settings, log=log, should_stop=should_stop)
@@ -352,14 +453,12 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
              replay: str | None = None, settings=None, log: Callable[[str], None] = print,
              should_stop: Callable[[], bool] = lambda: False) -> RoundResult:
     """Fine-tune a MOSnet on the corrected slices of one condition and publish the result as a version."""
-    import torch
-
-    from ..training.finetune import ct_dice, fine_tune_mosnet
+    from ..training.finetune import fine_tune_mosnet
     from ..training.slices import corrected_slices
 
     condition = items[0].condition
 
-    def prepare(model, config, items, settings):
+    def prepare(model, config, items, settings) -> _Plan:
         if condition not in config.conditions:
             raise QueueError(f"model {model_spec} knows conditions {config.conditions}, not {condition!r}")
         train, held = [], []
@@ -375,6 +474,8 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
                 raise ItemError(item.id, _reason(exc)) from exc
         images, masks = (torch.cat(t) for t in zip(*train))
         held_i, held_m = (torch.cat(t) for t in zip(*held)) if held else (images[:0], masks[:0])
+        on_held = with_organ(held_m).sum() >= MIN_EVIDENCE
+        pick_i, pick_m = (held_i, held_m) if on_held else (images, masks)
         beta = torch.tensor(read_beta(model_spec, len(config.organs)))
         code = config.conditions.index(condition)
         n = len(images)
@@ -385,9 +486,10 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
             log(f"replaying {len(old.images)} slices of {replay}")
             images, masks = torch.cat([images, old.images.float()]), torch.cat([masks, old.organ_masks])
             annotated, conditions = torch.cat([annotated, old.annotated]), torch.cat([conditions, old.condition])
-        return (lambda m, report, stop: fine_tune_mosnet(m, images, masks, annotated, conditions, beta, settings,
-                                                          report, stop),
-                lambda m: ct_dice(m, held_i, held_m, code), n, len(held_i))
+        return _Plan(lambda m, report, stop: fine_tune_mosnet(m, images, masks, annotated, conditions, beta,
+                                                              settings, report, stop),
+                     lambda m: choose_ct_thresholds(m, pick_i, pick_m, code, "held-out" if on_held else "training"),
+                     lambda m: ct_held_out(m, held_i, held_m, code), n, len(held_i), "slices")
 
     return _round(queue, items, model_spec, "ct", prepare, device=device, guard=guard, settings=settings,
                   log=log, should_stop=should_stop)
@@ -397,8 +499,6 @@ def _ct_replay(data: str | None, config, n: int, seed: int):
     """``n`` random slices of an original micro-CT dataset folder (the model's preprocessing), or None."""
     if not data:
         return None
-    import torch
-
     from ..data.ct_dataset import read_ct_dataset
     from ..training.slices import build_slices
 
@@ -409,6 +509,12 @@ def _ct_replay(data: str | None, config, n: int, seed: int):
     size = min(n, len(slices.images))
     return slices.subset(torch.from_numpy(np.random.default_rng(seed).choice(len(slices.images), size=size,
                                                                              replace=False)))
+
+
+def read_precision_target(model_spec: str) -> float | None:
+    """The precision target a U-Net's threshold was chosen for in training (its config), or None (F0.5)."""
+    target = model_config(model_spec).get("training", {}).get("settings", {}).get("precision_target")
+    return float(target) if isinstance(target, (int, float)) and 0 < target <= 1 else None
 
 
 def read_beta(model_spec: str, n_organs: int) -> list[float]:

@@ -36,20 +36,31 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; choose another --out or pass --overwrite")
+    if args.kind != "ct" and (args.atlas or args.hold_out or args.shape):
+        raise ValueError("--atlas, --hold-out and --shape are for `synth ct` only")
+    if args.hold_out and not args.atlas:
+        raise ValueError("--hold-out names a map among --atlas; give --atlas too")
+    pool = [None]
+    if args.kind == "ct" and args.atlas:
+        from ..data.atlas import load_atlases
+
+        pool = load_atlases(args.atlas, args.hold_out)
     for k in range(args.count):
         seed = args.seed + k
         if args.kind == "ct":
             from ..data.ct_dataset import write_ct_case
-            from ..data.phantom_ct import ct_phantom
+            from ..data.phantom_ct import DEFAULT_SHAPE, ct_phantom
 
             drop = tuple(o for o in (args.unannotated or "").split(",") if o)
-            write_ct_case(args.out, f"phantom_{seed:04d}", ct_phantom(seed=seed, condition=args.condition),
-                          unannotated=drop)
+            scan = ct_phantom(seed=seed, condition=args.condition, shape=args.shape or DEFAULT_SHAPE,
+                              atlas=pool[k % len(pool)])  # round robin: each anatomy as often
+            write_ct_case(args.out, f"phantom_{seed:04d}", scan, unannotated=drop)
+            print(f"  {k + 1}/{args.count} seed {seed} ({scan.anatomy})", flush=True)
         else:
             from ..data.phantom_us import ultrasound_series, write_us_series
 
             write_us_series(args.out / f"series_{seed:04d}", ultrasound_series(seed=seed))
-        print(f"  {k + 1}/{args.count} seed {seed}", flush=True)
+            print(f"  {k + 1}/{args.count} seed {seed}", flush=True)
     print(f"wrote {args.count} synthetic {args.kind} case(s) to {args.out}")
     return 0
 
@@ -106,6 +117,14 @@ def add_commands(sub) -> None:
     synth.add_argument("--condition", choices=["native", "contrast"], default="native", help="ct only")
     synth.add_argument("--unannotated", default="", metavar="ORGAN,...",
                        help="ct only: organs to leave out of the labels and dataset.json (partial annotation)")
+    synth.add_argument("--atlas", action="append", default=[], metavar="PATH",
+                       help="ct only: draw organs from real label maps (SEGFF, NIfTI/TIFF with organ names beside, "
+                            "a folder of them, or `ellipsoids` for the built-in model); repeat to pool several, "
+                            "used in turn")
+    synth.add_argument("--hold-out", action="append", default=[], metavar="NAME",
+                       help="ct only: leave the map NAME (file name without extensions) out of --atlas")
+    synth.add_argument("--shape", type=options.shape, default=None, metavar="Z,Y,X",
+                       help="ct only: phantom grid in voxels (default 200,110,150)")
     synth.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     synth.set_defaults(func=_cmd_synth)
 

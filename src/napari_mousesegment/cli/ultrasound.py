@@ -44,8 +44,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..training.unet import UNetSettings, train_unet
 
     arch = args.arch or DEFAULT_ARCH.get(args.organ, "standard")
-    config = UNetConfig(organ=args.organ, arch=arch, width=args.width, image_size=args.image_size)
-    settings = UNetSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    frame_size = args.image_size if args.frame_size is None else args.frame_size
+    config = UNetConfig(organ=args.organ, arch=arch, width=args.width, image_size=args.image_size,
+                        frame_size=frame_size)
+    settings = UNetSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                            warmup=args.warmup, val_split=args.val_split, val_fraction=args.val_fraction,
                             finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                             plateau_patience=args.plateau_patience, plateau_factor=args.plateau_factor,
                             alpha=args.alpha, early_stop=args.early_stop,
@@ -110,16 +113,33 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                       help="default: standard for hearts, deep for livers, residual for placentas")
     unet.add_argument("--width", type=options.count(1, 512), default=16, help="channels of the first level (default 16)")
     unet.add_argument("--image-size", type=options.count(8, 4096), default=128, help="training crop size in pixels (default 128)")
-    unet.add_argument("--epochs", type=options.count(0), default=100, help="before fine-tuning (early stopping may end sooner)")
-    unet.add_argument("--finetune-epochs", type=options.count(0), default=10, help="fine-tuning epochs (default 10)")
-    unet.add_argument("--finetune-lr", type=options.LEARNING_RATE, default=1e-5, help="learning rate of fine-tuning (1e-5)")
-    unet.add_argument("--early-stop", type=options.count(1), default=10, help="epochs without a better validation Dice (10)")
-    unet.add_argument("--max-minutes", type=options.MINUTES, default=None, help="stop cleanly after this long")
+    unet.add_argument("--frame-size", type=options.count(0, 4096), default=None,
+                      help="resize frames so their longer side has this many pixels, in training and prediction "
+                           "(default: --image-size, so crops hold whole organs; 0: frames at their own size)")
+    unet.add_argument("--epochs", type=options.count(0), default=None,
+                      help="budget in epochs (default: --max-minutes alone when given, else 100)")
+    unet.add_argument("--max-minutes", type=options.MINUTES, default=None,
+                      help="budget in minutes: the schedule anneals to fit it, then training stops cleanly")
+    unet.add_argument("--schedule", choices=["cosine", "plateau"], default="cosine",
+                      help="cosine: warm-up then cosine decay over the budget (default); plateau: the report's "
+                           "drops on a validation plateau, early stopping and a fine-tuning stage")
+    unet.add_argument("--warmup", type=options.number(0.0, 0.5), default=0.05,
+                      help="cosine: fraction of the budget warming up (0.05)")
+    unet.add_argument("--finetune-epochs", type=options.count(0), default=10, help="plateau: fine-tuning epochs (10)")
+    unet.add_argument("--finetune-lr", type=options.LEARNING_RATE, default=1e-5, help="plateau: learning rate of fine-tuning (1e-5)")
+    unet.add_argument("--early-stop", type=options.count(1), default=10,
+                      help="plateau: epochs without a better validation Dice (10); the cosine schedule runs its budget")
     unet.add_argument("--batch-size", type=options.positive_int, default=8)
-    unet.add_argument("--lr", type=options.LEARNING_RATE, default=1e-4)
+    unet.add_argument("--lr", type=options.LEARNING_RATE, default=1e-3,
+                      help="peak learning rate (default 1e-3, measured on real ultrasound; the report used 1e-4)")
     unet.add_argument("--plateau-patience", type=options.count(1), default=5,
-                      help="epochs without a lower validation loss before the lr drops (5)")
-    unet.add_argument("--plateau-factor", type=options.number(0.0, 1.0, open_low=True), default=0.1, help="the lr drop on a plateau (0.1)")
+                      help="plateau: epochs without a lower validation loss before the lr drops (5)")
+    unet.add_argument("--plateau-factor", type=options.number(0.0, 1.0, open_low=True), default=0.1, help="plateau: the lr drop (0.1)")
+    unet.add_argument("--val-split", choices=["auto", "series", "frames"], default="auto",
+                      help="validation: whole series, frames within each series, or auto (a dataset folder's own "
+                           "split; else series from 6 series up, frames below)")
+    unet.add_argument("--val-fraction", type=options.number(0.0, 0.9, open_low=True), default=0.2,
+                      help="share of series or frames held out for validation (0.2)")
     unet.add_argument("--alpha", type=options.number(0.0, 1.0), default=0.5, help="weight of Dice in alpha*Dice + (1-alpha)*BCE (0.5)")
     unet.add_argument("--test", type=options.count(0), default=5, help="lab-layout data: whole series held out for testing (5)")
     unet.add_argument("--augment", default=None, metavar="NAME=VALUE,...",

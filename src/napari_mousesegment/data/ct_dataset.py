@@ -126,7 +126,17 @@ def write_ct_case(dataset: str | os.PathLike, case: str, scan: CTPhantom, name: 
         if organ not in organs:
             labels[labels == value] = 0
     write_case(root, case, scan.image, labels, scan.spacing)
+    record_phantom(root, case, {"seed": scan.seed, "anatomy": scan.anatomy})
     return root
+
+
+def record_phantom(root: str | os.PathLike, case: str, info: dict) -> None:
+    """Note in dataset.json where a phantom case came from (``"phantoms": {case: {seed, anatomy}}``),
+    so a held-out anatomy experiment can show which label map each scan was drawn from."""
+    path = Path(root) / META
+    meta = read_object(path, "a dataset description")
+    phantoms = meta.get("phantoms") if isinstance(meta.get("phantoms"), dict) else {}
+    write_object(path, {**meta, "phantoms": {**phantoms, case: info}})
 
 
 def convert_ct_dataset(sources: list[str | os.PathLike], out: str | os.PathLike, condition: str,

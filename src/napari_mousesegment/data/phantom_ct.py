@@ -7,16 +7,25 @@ and positions, the intestine's path and a smooth elastic deformation all vary.
 
 Axes are (z, y, x): z runs head to tail, y back (dorsal, low y) to belly (ventral, high y), x
 across. Voxels are isotropic, 0.28 mm by default, as in the database's native scans.
+
+Given a real label map (:class:`~.atlas.LabelAtlas`), the phantom draws the organs the map has
+from the map's own shapes instead: fitted to the phantom's organ layout, then warped by a random
+affine (scale, small rotation, shift) and a smooth elastic field, resampled to the phantom's grid.
+The organs the map lacks keep the ellipsoid model's shapes, so every phantom holds all 9 organs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..organs import CT_ORGANS
+
+if TYPE_CHECKING:
+    from .atlas import LabelAtlas
 
 CONDITIONS = ("native", "contrast")
 DEFAULT_SHAPE = (200, 110, 150)
@@ -51,6 +60,7 @@ class CTPhantom:
     organs: dict[str, int]  #: organ name -> label value
     condition: str  #: "native" or "contrast"
     seed: int
+    anatomy: str = "ellipsoids"  #: the label map the organs came from, or "ellipsoids"
 
     def organ_volumes(self) -> dict[str, float]:
         """Volume in mm³ of each organ in the truth labels."""
@@ -265,28 +275,156 @@ def _paint_intestine(cv: _Canvas, yc: float, xc: float, size: float) -> None:
     pts = np.stack([140 + 30 * wave[0], yc + 5 + 16 * wave[1], xc + 30 * wave[2]], axis=1)
     pts[:, 0] = np.clip(pts[:, 0], 104, 172)
     inside = cv.tube(pts, 4.4 * size, gut, gut, within=soft)
-    lumen = ndi.binary_erosion(inside, iterations=1)
-    for k in rng.choice(len(pts), int(rng.integers(18, 30)), replace=False):
+    _gut_contents(cv, pts, ndi.binary_erosion(inside, iterations=1), rng)
+
+
+def _gut_contents(cv: _Canvas, points: np.ndarray, lumen: np.ndarray, rng: np.random.Generator) -> None:
+    """Balls of gas or faeces at random ``points`` (default-scan voxels) of a gut, inside its ``lumen``."""
+    count = int(rng.integers(18, 30))
+    for k in rng.choice(len(points), min(count, len(points)), replace=False):
         material = GAS if rng.random() < 0.4 else CONTENT
-        sl, ball = cv.region(pts[k], (5, 5, 5))
+        sl, ball = cv.region(points[k], (5, 5, 5))
         if sl is not None:
             ball &= lumen[sl]
             cv.material[sl][ball] = material
 
 
+def _displacement(shape: tuple[int, int, int], rng: np.random.Generator, amplitude: float,
+                  scale: np.ndarray) -> list[np.ndarray]:
+    """A smooth random displacement field, one (z, y, x) array per axis, at most ``amplitude`` x
+    ``scale[axis]`` voxels along each axis."""
+    coarse = tuple(max(4, n // 16) for n in shape)
+    fields = []
+    for axis in range(3):
+        field = rng.standard_normal(coarse).astype(np.float32)
+        field = ndi.zoom(ndi.gaussian_filter(field, 1.0), np.array(shape) / np.array(coarse), order=1)
+        field = field[: shape[0], : shape[1], : shape[2]]
+        field *= amplitude / (np.abs(field).max() + 1e-6) * scale[axis]
+        pad = [(0, n - f) for n, f in zip(shape, field.shape)]
+        fields.append(np.pad(field, pad, mode="edge"))
+    return fields
+
+
 def _deform(cv: _Canvas, amplitude: float) -> None:
     """Smooth random elastic deformation of materials and labels (nearest-neighbour)."""
-    coarse = tuple(max(4, n // 16) for n in cv.shape)
     coords = list(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in cv.shape), indexing="ij"))
-    for axis in range(3):
-        field = cv.rng.standard_normal(coarse).astype(np.float32)
-        field = ndi.zoom(ndi.gaussian_filter(field, 1.0), np.array(cv.shape) / np.array(coarse), order=1)
-        field = field[: cv.shape[0], : cv.shape[1], : cv.shape[2]]
-        field *= amplitude / (np.abs(field).max() + 1e-6) * cv.scale[axis]
-        pad = [(0, n - f) for n, f in zip(cv.shape, field.shape)]
-        coords[axis] += np.pad(field, pad, mode="edge")
+    for axis, field in enumerate(_displacement(cv.shape, cv.rng, amplitude, cv.scale)):
+        coords[axis] += field
     cv.material = ndi.map_coordinates(cv.material, coords, order=0, mode="nearest")
     cv.labels = ndi.map_coordinates(cv.labels, coords, order=0, mode="nearest")
+
+
+# How a real label map is fitted and warped: rotation (degrees), per-axis scale, shift and elastic
+# displacement (default-scan voxels, 0.28 mm each). Fat margins (default-scan voxels) around the
+# map's organs, as ``_paint_organs`` puts around its own.
+ATLAS_ROTATION, ATLAS_SCALE, ATLAS_SHIFT, ATLAS_ELASTIC = 8.0, (0.9, 1.1), 3.0, 5.0
+_FAT_MARGINS = {"heart": 1.5, "kidneys": 2.5, "bladder": 2.0}
+
+
+def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> np.ndarray:
+    """The map's labels on the canvas grid: fitted to the phantom's own organs, then warped.
+
+    The fit matches the centre and total volume of the organs the map has (bone aside, whose
+    extent depends on the scan's field of view) with the same organs of the ellipsoid model, so
+    the map's shapes and proportions land where the phantom's body holds them.
+    """
+    fit = [o for o in atlas.organs if o != "bone"] or list(atlas.organs)
+    values = [CT_ORGANS[o] for o in fit]
+    counts = np.bincount(cv.labels.ravel(), minlength=256)
+    ours = float(counts[values].sum()) / float(np.prod(cv.scale))  # default-scan voxels
+    per_mm = np.cbrt(ours / sum(atlas.volumes[o] for o in fit))
+    centres = ndi.center_of_mass(np.ones(cv.shape, bool), cv.labels, values)
+    target = np.mean([np.asarray(c) / cv.scale for c in centres], axis=0) + rng.uniform(-ATLAS_SHIFT, ATLAS_SHIFT, 3)
+    source = np.mean([atlas.centroids[o] for o in fit], axis=0)
+    matrix = per_mm * _rotation(rng, ATLAS_ROTATION) @ np.diag(rng.uniform(*ATLAS_SCALE, 3))
+    to_atlas = np.linalg.inv(matrix) / np.asarray(atlas.spacing)[:, None]  # default voxels -> map voxels
+    points = np.indices(cv.shape, dtype=np.float32)
+    for axis, field in enumerate(_displacement(cv.shape, rng, ATLAS_ELASTIC, np.ones(3))):
+        points[axis] = points[axis] / cv.scale[axis] + field - target[axis]
+    coords = np.tensordot(to_atlas.astype(np.float32), points, axes=1)
+    coords += (source / np.asarray(atlas.spacing)).astype(np.float32)[:, None, None, None]
+    return ndi.map_coordinates(atlas.labels, coords, order=0, mode="constant", cval=0)
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of a mask, grown by ``margin`` voxels, or None for an empty mask."""
+    hits = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(mask.any(axis=(0, 1)))[0]
+    if not len(hits[0]):
+        return None
+    return tuple(slice(max(int(h[0]) - margin, 0), min(int(h[-1]) + margin + 1, n)) for h, n in zip(hits, mask.shape))
+
+
+def _near(cv: _Canvas, mask: np.ndarray, margin: float) -> tuple[tuple[slice, ...], np.ndarray] | tuple[None, None]:
+    """Voxels within ``margin`` default-scan voxels of a mask (the mask included), in its grown box."""
+    sl = _box(mask, int(np.ceil(margin * cv.scale.max())) + 1)
+    if sl is None:
+        return None, None
+    return sl, ndi.distance_transform_edt(~mask[sl], sampling=1.0 / cv.scale) <= margin
+
+
+def _hold(cv: _Canvas, organs: np.ndarray) -> None:
+    """Grow the body where the map's organs reach outside it: muscle around them, skin fat outside."""
+    sl, near = _near(cv, organs, 3.0)
+    if sl is None:
+        return
+    added = near & np.isin(cv.material[sl], [AIR, BED])
+    if not added.any():
+        return
+    cv.material[sl][added] = MUSCLE
+    body = ~np.isin(cv.material[sl], [AIR, BED])
+    skin = body & ~ndi.binary_erosion(body, iterations=2, border_value=1) & (cv.material[sl] == MUSCLE)
+    cv.material[sl][skin] = FAT
+
+
+def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.random.Generator) -> None:
+    """Replace the ellipsoid organs the map has by the map's warped ones.
+
+    The map's organs take their place over soft tissue and the other organs, not over the
+    phantom's skeleton unless the map brings its own bone. An organ the map lacks keeps its
+    ellipsoid shape; where the map's organs would cover more than half of it, it is drawn back.
+    """
+    o = CT_ORGANS
+    mine = [o[n] for n in atlas.organs]
+    labels_before, material_before = cv.labels.copy(), cv.material.copy()
+    old = np.isin(cv.labels, mine)
+    cv.material[old], cv.labels[old] = MUSCLE, 0
+    _hold(cv, warped > 0)
+    for organ, margin in _FAT_MARGINS.items():
+        if organ in atlas.organs:
+            sl, near = _near(cv, warped == o[organ], margin)
+            if sl is not None:
+                cv.material[sl][near & (cv.material[sl] == MUSCLE)] = FAT
+    free = ~np.isin(cv.material, [AIR, BED]) & (cv.labels != o["bone"])
+    for value in mine:
+        inside = (warped == value) & free
+        cv.material[inside], cv.labels[inside] = value, value
+    _fill_hollow_organs(cv, atlas, rng)
+    before = np.bincount(labels_before.ravel(), minlength=256)
+    after = np.bincount(cv.labels.ravel(), minlength=256)
+    for organ, value in o.items():
+        if organ not in atlas.organs and after[value] < 0.5 * before[value]:
+            back = labels_before == value
+            cv.material[back], cv.labels[back] = material_before[back], value
+
+
+def _fill_hollow_organs(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> None:
+    """Gas and food in the map's stomach, gas and faeces in its gut, as in the ellipsoid model."""
+    if "stomach" in atlas.organs:
+        stomach = cv.labels == CT_ORGANS["stomach"]
+        if stomach.any():
+            ys = np.nonzero(stomach)[1]
+            gas = stomach & (np.arange(cv.shape[1])[None, :, None] <= np.quantile(ys, 0.2))  # gas rises dorsally
+            cv.material[gas] = GAS
+            points = np.argwhere(stomach & ~gas)
+            if len(points):
+                sl, ball = cv.region(points[rng.integers(len(points))] / cv.scale, (6, 5, 6))
+                if sl is not None:
+                    cv.material[sl][ball & stomach[sl] & ~gas[sl]] = CONTENT
+    if "intestine" in atlas.organs:
+        lumen = ndi.binary_erosion(cv.labels == CT_ORGANS["intestine"], iterations=1)
+        points = np.argwhere(lumen) / cv.scale
+        if len(points):
+            _gut_contents(cv, points, lumen, rng)
 
 
 def _render(cv: _Canvas, condition: str) -> np.ndarray:
@@ -318,6 +456,7 @@ def ct_phantom(
     condition: str = "native",
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: float = DEFAULT_SPACING,
+    atlas: LabelAtlas | None = None,
 ) -> CTPhantom:
     """Make one synthetic whole-body mouse micro-CT scan with organ labels.
 
@@ -331,6 +470,10 @@ def ct_phantom(
         Grid size in voxels. The default is about the size of a native Rosenhain scan.
     spacing : float
         Isotropic voxel size in mm.
+    atlas : LabelAtlas, optional
+        A real label map (:func:`~.atlas.read_atlas`): its organs are drawn from its warped
+        shapes, the others from the ellipsoid model. The ellipsoid parts, the body and the noise
+        are those of the same seed without a map.
 
     Returns
     -------
@@ -350,8 +493,12 @@ def ct_phantom(
     yc, xc, ry, rx = _paint_body(cv, size)
     _paint_bone(cv, yc, xc, ry, rx, size)
     _paint_organs(cv, yc, xc, ry, rx, size)
+    if atlas is not None:  # its own random stream: the rest of the animal stays the seed's
+        atlas_rng = np.random.default_rng([int(seed), 20181105, 2])
+        _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng), atlas, atlas_rng)
     _deform(cv, amplitude=2.5)
     # Noise depends on the condition too, but anatomy does not: reseed from (seed, condition).
     cv.rng = np.random.default_rng([int(seed), CONDITIONS.index(condition), 7])
     image = _render(cv, condition)
-    return CTPhantom(image, cv.labels, (float(spacing),) * 3, dict(CT_ORGANS), condition, int(seed))
+    return CTPhantom(image, cv.labels, (float(spacing),) * 3, dict(CT_ORGANS), condition, int(seed),
+                     atlas.name if atlas is not None else "ellipsoids")

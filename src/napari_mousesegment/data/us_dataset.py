@@ -49,9 +49,9 @@ def split_series(names: list[str], test: int = 5, val_fraction: float = 0.2, see
         raise ValueError(f"series names must be unique, got {sorted(names)}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if len(names) - test < 2:
-        raise ValueError(f"{len(names)} series cannot give {test} test series and still train and validate; "
-                         "pass a smaller --test")
+    if len(names) - test < (2 if val_fraction > 0 else 1):
+        raise ValueError(f"{len(names)} series cannot give {test} test series and still train"
+                         f"{' and validate' if val_fraction > 0 else ''}; pass a smaller --test")
     names = sorted(names)  # the same series get the same split whatever order they were given in
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     rest = order[test:]

@@ -41,13 +41,39 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, pw, 0, ph)), (h, w)
 
 
+def working_shape(shape: tuple[int, int], frame_size: int) -> tuple[int, int]:
+    """The (height, width) frames of ``shape`` are resized to, their longer side ``frame_size`` (0: as they are)."""
+    h, w = shape
+    if not frame_size:
+        return h, w
+    scale = frame_size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def to_working_scale(x: torch.Tensor, frame_size: int, masks: bool = False) -> torch.Tensor:
+    """(B, C, H, W) frames resized to the model's working scale (bilinear, antialiased when shrinking);
+    ``masks`` are resized as fractions of foreground, for losses and scores at that scale."""
+    size = working_shape(tuple(x.shape[-2:]), frame_size)
+    if size == tuple(x.shape[-2:]):
+        return x
+    if masks:
+        return F.interpolate(x.float(), size=size, mode="area")
+    return F.interpolate(x.float(), size=size, mode="bilinear", antialias=size[0] < x.shape[-2], align_corners=False)
+
+
 def batch_probabilities(model: UNet, x: torch.Tensor) -> torch.Tensor:
-    """Probabilities (on the CPU) of a (B, 1, H, W) batch of [0, 1] frames already on the model's device."""
+    """Probabilities (on the CPU) of a (B, 1, H, W) batch of [0, 1] frames already on the model's device,
+    computed at the model's working scale and returned at the frames' own size."""
+    h0, w0 = x.shape[-2:]
+    x = to_working_scale(x, model.config.frame_size)
     x, (h, w) = pad_to_multiple(x, 2 ** (model.config.levels - 1))
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         logits = model(x)
-    return torch.sigmoid(logits.float())[:, :, :h, :w].cpu()
+    logits = logits.float()[:, :, :h, :w]
+    if (h, w) != (h0, w0):  # logits, not probabilities, are interpolated: sharper edges
+        logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits).cpu()
 
 
 def predict_probabilities(model: UNet, frames: np.ndarray, batch_size: int = 8,

@@ -118,6 +118,13 @@ def _unet_description(model, meta: dict, name: str, folder: Path, work: Path) ->
     from ..inference.ultrasound import predict_probabilities
 
     frames = ultrasound_series(seed=11, n_frames=1).frames  # (1, H, W) uint8, a synthetic frame
+    if model.config.frame_size:  # the package holds the network: frames arrive at its working scale
+        import torch
+
+        from ..inference.ultrasound import to_working_scale
+
+        scaled = to_working_scale(torch.from_numpy(frames[:, None].astype(np.float32)), model.config.frame_size)
+        frames = scaled[:, 0].round().clamp(0, 255).numpy().astype(np.uint8)
     organ = meta.get("organ", "organ")
     test_in = frames[:, None].astype(np.float32)
     test_out = predict_probabilities(model, frames)[:, None]
@@ -289,7 +296,10 @@ napari-mousesegment does all of them: `mousesegment models import` this zip, the
 
 
 def _unet_readme(name: str, meta: dict) -> str:
+    resize = ([f"- resizing each frame so that its longer side is {meta['frame_size']} px before the network "
+               "(bilinear), and the logits back to the frame's size after it;"] if meta.get("frame_size") else [])
     steps = "\n".join([
+        *resize,
         f"- the probability threshold chosen on validation data for precision ({meta.get('threshold', 0.5)});",
         (f"- separating touching organs into instances (hole filling, pieces under {meta.get('min_size', 30)} "
         "pixels dropped, distance-transform watershed);"),

@@ -125,7 +125,7 @@ SCHEMAS: dict[str, tuple[tuple[str, ...], dict[str, Callable[[Any], str | None]]
     "unet": (("organ",), {
         **_COMMON, "organ": _name, "arch": _choice(UNET_ARCHS), "width": _integer(*WIDTH_RANGE),
         "image_size": _integer(*IMAGE_SIZE_RANGE), "dropout": _number(0.0, 1.0, open_high=True),
-        "threshold": _probability, "min_size": _integer(0, 1 << 30),
+        "threshold": _probability, "min_size": _integer(0, 1 << 30), "frame_size": _integer(0, 4096),
     }),
     "bioimageio": (("organ",), {
         **_COMMON, "organ": _name, "spatial_dims": _integer(2, 3), "weights_format": _text,

@@ -24,7 +24,10 @@ class UNetConfig:
     organ: str = "heart"
     arch: str = "standard"
     width: int = 16
-    image_size: int = 128  #: training crop size; prediction runs on whole frames at their own size
+    image_size: int = 128  #: training crop size; prediction runs on whole frames
+    #: frames are resized so that their longer side has this many pixels, for training and prediction
+    #: alike, and probabilities resized back (0: frames at their own size, as models before 0.4)
+    frame_size: int = 0
     dropout: float = 0.1  #: before the bottleneck; also gives MC-dropout uncertainty
     threshold: float = 0.5  #: probability threshold, chosen on validation for precision (F0.5)
     min_size: int = 30  #: instances smaller than this many pixels (at frame size) are dropped
@@ -39,6 +42,8 @@ class UNetConfig:
             raise ValueError(f"image_size must be a multiple of {2 ** (levels - 1)} for {self.arch}")
         if not 1 <= self.width <= 512:  # the bounds of models.schema (this file stands alone in packages)
             raise ValueError(f"width must be from 1 to 512, got {self.width}")
+        if self.frame_size and not 16 <= self.frame_size <= 4096:
+            raise ValueError(f"frame_size must be 0 or from 16 to 4096, got {self.frame_size}")
         if not 0.0 <= float(self.threshold) <= 1.0:  # NaN too
             raise ValueError(f"threshold must be from 0 to 1, got {self.threshold}")
 

@@ -219,7 +219,7 @@ def settle(name: str, version: str) -> tuple[bool, str]:
         else:
             if index["current"] != version or not _serves(name, version):
                 _promote(name, version, index)
-            promoted, verdict = True, "promoted"
+            promoted, verdict = True, str(decision.get("verdict") or "promoted")
         entry["round"] = {**decision, "settled": True, "promoted": promoted, "verdict": verdict}
         _write_index(name, index)
     return promoted, verdict

@@ -2,7 +2,9 @@
 
 A round is short and gentle: few epochs of a few steps at a low learning rate, with replay of the
 model's original data when it is given, so the model adapts to the lab's data without forgetting.
-The original model is left untouched; a fine-tuned copy is returned.
+The rate warms up, then anneals along a cosine over the round's steps (:class:`.schedule.BudgetSchedule`),
+so a round ends at a low rate whatever its length. A U-Net trains at its working scale
+(``frame_size``), as it predicts. The original model is left untouched; a fine-tuned copy is returned.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import numpy as np
 import torch
 
 from ..inference.ct import vote
-from ..inference.ultrasound import to_unit
 from ..metrics import dice
 from ..models.mosnet import MOSnet
 from ..models.unet import UNet
 from .augment import AugmentSettings, augment
 from .loop import Step, autocast, fit
 from .losses import dice_bce_loss, mosnet_loss
-from .unet import crops
+from .schedule import BudgetSchedule, total_steps
+from .unet import crops, working_pair
 
 
 @dataclass
@@ -36,10 +38,14 @@ class FineTuneSettings:
     replay_fraction: float = 0.5  #: share of each batch drawn from the original data, when given
     seed: int = 0
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    anneal: bool = True  #: warm-up, then cosine decay over the round's steps; False: ``lr`` throughout
+    warmup: float = 0.05  #: share of the round's steps spent warming up, when annealing
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
             raise ValueError("epochs, steps per epoch and batch size must be at least 1")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"the warm-up must be a share of the round in [0, 1), got {self.warmup}")
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ValueError(f"the replay fraction must lie in [0, 1), got {self.replay_fraction}")
 
@@ -79,10 +85,12 @@ def _run(model: torch.nn.Module, make_loss: Callable[[torch.nn.Module], Callable
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
+    schedule = (BudgetSchedule(optimizer, total_steps=total_steps(settings.epochs, settings.steps_per_epoch),
+                               warmup=settings.warmup) if settings.anneal else None)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
         run = fit(tuned, optimizer, _Round(make_loss(tuned), settings.steps_per_epoch), epochs=settings.epochs,
-                  where="fine-tuning", should_stop=should_stop, progress=progress)
+                  where="fine-tuning", should_stop=should_stop, progress=progress, schedule=schedule)
     if run.stopped:
         raise InterruptedError("retraining cancelled")
     return tuned.eval()
@@ -95,8 +103,10 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
     """A fine-tuned copy of ``model`` (the original is left untouched).
 
     ``frames`` and ``masks`` are the corrected (n, H, W) frames and their organ masks; ``replay``
-    the same for a sample of the original training data. ``progress`` gets one dict per epoch
-    (epoch, epochs, loss, eta_s); ``should_stop`` is checked between steps.
+    the same for a sample of the original training data. Both are resized to the model's working
+    scale (its ``frame_size``) before crops are cut, as
+    ``train unet`` and prediction see frames. ``progress`` gets one dict per epoch (epoch, epochs,
+    loss, eta_s); ``should_stop`` is checked between steps.
     """
     if len(frames) == 0:
         raise ValueError("no corrected frames to learn from")
@@ -104,21 +114,21 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(settings.seed)
-    own_f = torch.from_numpy(to_unit(frames))[:, None]
-    own_m = torch.from_numpy((masks > 0).astype(np.float32))[:, None]
+    own_f, own_m = working_pair(frames, masks, model.config.frame_size)
     if replay is not None and len(replay[0]):
-        old_f = torch.from_numpy(to_unit(replay[0]))[:, None]
-        old_m = torch.from_numpy((replay[1] > 0).astype(np.float32))[:, None]
+        old_f, old_m = working_pair(*replay, model.config.frame_size)
     else:
         old_f = old_m = None
-    n_old = int(round(settings.batch_size * settings.replay_fraction)) if old_f is not None else 0
+    n_old = round(settings.batch_size * settings.replay_fraction) if old_f is not None else 0
     size = model.config.image_size
+    multiple = 2 ** (model.config.levels - 1) if model.config.frame_size else None  # as train unet crops
 
     def make_loss(tuned: torch.nn.Module) -> Callable[[], Step]:
         def batch_loss() -> Step:
-            f, m = crops(own_f, own_m, rng.integers(0, len(own_f), settings.batch_size - n_old), size, rng)
+            f, m = crops(own_f, own_m, rng.integers(0, len(own_f), settings.batch_size - n_old), size, rng,
+                         multiple=multiple)
             if n_old:
-                rf, rm = crops(old_f, old_m, rng.integers(0, len(old_f), n_old), size, rng)
+                rf, rm = crops(old_f, old_m, rng.integers(0, len(old_f), n_old), size, rng, multiple=multiple)
                 f, m = torch.cat([f, rf]), torch.cat([m, rm])
             f, m = augment(f.to(device), m.to(device), settings.augment, generator)
             with autocast(device):
@@ -154,14 +164,24 @@ def fine_tune_mosnet(model: MOSnet, images: torch.Tensor, masks: torch.Tensor, a
     return _run(model, make_loss, settings, progress, should_stop)
 
 
-def ct_dice(model: MOSnet, images: torch.Tensor, masks: torch.Tensor, condition: int) -> float:
-    """Mean Dice over the organs present in ``masks`` (slice space), labels as predict_volume makes them."""
+def ct_labels(model: MOSnet, images: torch.Tensor, condition: int) -> torch.Tensor:
+    """Organ labels (N, S, S) of slices (N, 1, S, S) in ``condition`` (its code), voted at the
+    model's own thresholds as predict_volume labels them (1 = its first organ)."""
     config = model.config
     device = next(model.parameters()).device
     model.eval()
     with torch.inference_mode():
         logits = model.segment(images.float().to(device), torch.full((len(images),), condition, device=device),
                                config.borrowed_organs(config.conditions[condition]))
-    labels = vote(logits.float().cpu(), torch.logit(torch.tensor(config.organ_thresholds())))
+    return vote(logits.float().cpu(), torch.logit(torch.tensor(config.organ_thresholds())))
+
+
+def organ_dice(labels: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean Dice over the organs present in ``masks`` (N, M, S, S) of the labels (N, S, S); NaN when none is."""
     scores = [dice((labels == i + 1).numpy(), masks[:, i].numpy()) for i in range(masks.shape[1]) if masks[:, i].any()]
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def ct_dice(model: MOSnet, images: torch.Tensor, masks: torch.Tensor, condition: int) -> float:
+    """Mean Dice over the organs present in ``masks`` (slice space), labels as predict_volume makes them."""
+    return organ_dice(ct_labels(model, images, condition), masks)

@@ -10,9 +10,13 @@ one history row per epoch, and a progress event per epoch (epoch, epochs, loss, 
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +25,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import TrainingError, stop_reason
 from .distributed import Ranks
+from .schedule import BudgetSchedule
 
 
 @dataclass
@@ -62,9 +67,23 @@ class Fit:
     stopped: str | None  #: why it stopped early ("cancelled", "--max-minutes ... reached"), or None
 
 
+@functools.cache
+def cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast trains a U-Net
+    step about 1.8x faster than fp32 (measured on a 2-core EPYC); ``MOUSESEGMENT_CPU_BF16=0`` turns it off."""
+    if os.environ.get("MOUSESEGMENT_CPU_BF16", "1") == "0":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell native bf16 from emulated (slow) bf16
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags)) and torch.backends.mkldnn.is_available()
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bf16 autocast for training steps on CUDA, and on CPUs with native bf16; a no-op elsewhere."""
+    enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, where: str) -> float:
@@ -80,7 +99,8 @@ def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, where: str) -
 def fit(net: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe, *, epochs: int,
         start_epoch: int = 0, history: list[dict] | None = None, ranks: Ranks = Ranks(), where: str = "training",
         should_stop: Callable[[], bool] = lambda: False, max_minutes: float | None = None,
-        progress: Callable[[dict], None] | None = None, bar: bool = False, desc: str = "epoch") -> Fit:
+        progress: Callable[[dict], None] | None = None, bar: bool = False, desc: str = "epoch",
+        schedule: BudgetSchedule | None = None) -> Fit:
     """Train ``net`` with ``recipe`` from epoch ``start_epoch`` up to ``epochs`` (or until the recipe ends it).
 
     ``should_stop`` and ``max_minutes`` end the run after the current step, the interrupted epoch
@@ -103,6 +123,8 @@ def fit(net: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe, 
         for batch in batches:
             step = recipe.step(batch)
             value = optimise(optimizer, step.loss, f"{where}, epoch {epoch + 1}")
+            if schedule is not None:
+                schedule.step()
             seen += step.size
             sums["loss"] += value * step.size
             for name in recipe.parts:

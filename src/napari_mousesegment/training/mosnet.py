@@ -4,6 +4,11 @@ Each sample's dataset sets its condition code and its α (which organs count). E
 a checkpoint; the best epoch's weights (by mean validation Dice) are the model folder's weights.
 ``--resume`` continues from the last checkpoint after a crash or a ``--max-minutes`` stop. The
 epochs themselves run in :func:`.loop.fit`.
+
+The learning rate follows the budget the user gave (:class:`.schedule.BudgetSchedule`): a short
+linear warm-up, then a cosine down to a floor, over ``--epochs`` x batches steps or
+``--max-minutes``, whichever ends first, so a 12-minute run anneals within its 12 minutes. MOSnet
+has no early stopping: every run spends its whole budget, and the best epoch is kept.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,17 +32,9 @@ from .checkpoint import TrainingError, last_done, load_checkpoint, prepare_run, 
 from .distributed import Ranks
 from .loop import Step, autocast, fit
 from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
+from .schedule import BudgetSchedule, total_steps
 from .slices import SliceSet, build_slices, split_by_scan
 from .thresholds import choose_thresholds
-
-
-def cosine_factor(epoch: int, epochs: int) -> float:
-    """Learning-rate factor of a cosine schedule over ``epochs``, in closed form.
-
-    Closed form (not torch's recursive CosineAnnealingLR) so that a run resumed with more epochs
-    follows the schedule of its new length instead of staying at the old end's zero.
-    """
-    return 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1)))
 
 
 @dataclass
@@ -55,6 +51,27 @@ class TrainSettings:
     seed: int = 0
     slice_stride: int = 1  #: use every n-th slice (neighbouring slices are nearly identical)
     resume: bool = False
+
+
+class MOSnetSchedule(BudgetSchedule):
+    """The budget schedule, which also resumes checkpoints of the former per-epoch cosine."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, batches_per_epoch: int, **budget) -> None:
+        self.batches_per_epoch = batches_per_epoch
+        super().__init__(optimizer, **budget)
+
+    def load_state_dict(self, state: dict) -> None:
+        if "steps" not in state and "last_epoch" in state:  # a LambdaLR's state: epochs done, no clock
+            state = {"steps": int(state["last_epoch"]) * self.batches_per_epoch, "seconds": 0.0}
+        super().load_state_dict(state)
+
+
+def budget_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, batches_per_epoch: int
+                    ) -> MOSnetSchedule:
+    """Warm-up and cosine over ``--epochs`` x batches steps, or ``--max-minutes`` when it ends first."""
+    seconds = settings.max_minutes * 60 if settings.max_minutes else None
+    return MOSnetSchedule(optimizer, batches_per_epoch, total_steps=total_steps(settings.epochs, batches_per_epoch),
+                          total_seconds=seconds)
 
 
 def _batches(n: int, batch_size: int) -> list[np.ndarray]:
@@ -107,13 +124,13 @@ def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings:
 
 @dataclass
 class MOSnetRecipe:
-    """MOSnet's epochs for :func:`.loop.fit`: shuffled slice batches, the cosine schedule, the best
-    mean validation Dice kept as the model, a checkpoint every epoch."""
+    """MOSnet's epochs for :func:`.loop.fit`: shuffled slice batches, the best mean validation Dice
+    kept as the model, a checkpoint (with the budget schedule's state) every epoch."""
 
     model: MOSnet
     net: torch.nn.Module  #: what trains: the model, or DDP around it under torchrun
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: BudgetSchedule  #: stepped by :func:`.loop.fit` after every step; saved in each checkpoint
     train: SliceSet
     val: SliceSet
     beta: torch.Tensor
@@ -142,8 +159,6 @@ class MOSnetRecipe:
         return evaluate_slices(self.model, self.val, self.beta, self.settings, self.device)
 
     def end_epoch(self, row: dict, history: list[dict], stopped: str | None) -> None:
-        if stopped is None:
-            self.scheduler.step()
         improved = row["val_dice_mean"] > self.best
         if improved:
             self.best = row["val_dice_mean"]
@@ -218,13 +233,15 @@ def train_mosnet(
     # Channels-last on every device: oneDNN's and cuDNN's fastest convolution layout (1.6x on a CPU).
     model = MOSnet(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cosine_factor(e, settings.epochs))
+    per_epoch = len(distributed.epoch_batches(len(train.images), settings.batch_size, 0, settings.seed, ranks))
+    scheduler = budget_schedule(optimizer, settings, per_epoch)
     history: list[dict] = []
     start_epoch, best = 0, -1.0
     state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, device) if settings.resume else None
     if state is not None:
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # this run's schedule length
-            group["lr"] = base * cosine_factor(scheduler.last_epoch, settings.epochs)
+        if settings.max_minutes:  # this run's minutes come on top of those spent: the rate ends with the run
+            scheduler.total_seconds = scheduler.seconds + settings.max_minutes * 60
+        scheduler.load_state_dict(scheduler.state_dict())  # this run's --lr at the restored progress
         if (state.get("train_scans"), state.get("val_scans")) != (train_ids, val_ids):
             raise TrainingError(f"{checkpoint_dir}: the train/validation split differs from the checkpoint's "
                                 "(other datasets, --seed or --val-fraction); resume with the same ones")
@@ -242,8 +259,11 @@ def train_mosnet(
     }
     recipe = MOSnetRecipe(model, net, optimizer, scheduler, train, val, beta, settings, out, checkpoint_dir, ranks,
                           device, best, {"train_scans": train_ids, "val_scans": val_ids}, extra, log)
+    log(f"learning rate {settings.lr:g}: warm-up, then cosine to {scheduler.floor:g}x over {scheduler.total_steps} "
+        f"steps" + (f" or {settings.max_minutes:g} minutes, whichever ends first" if settings.max_minutes else ""))
     run = fit(net, optimizer, recipe, epochs=settings.epochs, start_epoch=start_epoch, history=history, ranks=ranks,
-              where=str(out), should_stop=should_stop, max_minutes=settings.max_minutes, bar=progress)
+              where=str(out), should_stop=should_stop, max_minutes=settings.max_minutes, bar=progress,
+              schedule=scheduler)
     if run.stopped:
         log(f"stopped: {run.stopped}; the best weights so far are kept in {out}")
     if ranks.main and len(val.images) and (out / WEIGHTS).is_file():

@@ -63,21 +63,53 @@ def choose_thresholds(model: MOSnet, data: SliceSet, device: torch.device, passe
 
     At most ``max_slices`` evenly spaced slices are used, to bound time and memory.
     """
-    if len(data.images) > max_slices:
-        data = data.subset(torch.linspace(0, len(data.images) - 1, max_slices).long())
+    data = _at_most(data, max_slices)
     logits = validation_logits(model, data, device)
-    offsets = torch.zeros(logits.shape[1])
+    offsets, start, best = _ascend(logits, data, torch.zeros(logits.shape[1]), range(logits.shape[1]), passes)
+    return _as_thresholds(model, offsets), start, best
+
+
+def refine_thresholds(model: MOSnet, data: SliceSet, device: torch.device, passes: int = 2,
+                      max_slices: int = 512) -> tuple[dict[str, float], float, float]:
+    """A fine-tuned MOSnet's per-organ thresholds, chosen as :func:`choose_thresholds` does but
+    starting from the thresholds in its config, and only for the organs ``data`` holds.
+
+    A retraining round has a few slices: an organ absent from them keeps its threshold, so it is
+    not pushed to 0.99 merely because it competes with the organs present. Returns the thresholds
+    and the vote Dice at the old and the new ones.
+    """
+    data = _at_most(data, max_slices)
+    logits = validation_logits(model, data, device)
+    start = torch.logit(torch.tensor(model.config.organ_thresholds()).clamp(1e-4, 1 - 1e-4))
+    present = [i for i in range(logits.shape[1]) if (data.organ_masks[:, i] & data.annotated[:, i, None, None]).any()]
+    offsets, before, after = _ascend(logits, data, start, present, passes)
+    return _as_thresholds(model, offsets), before, after
+
+
+def _at_most(data: SliceSet, max_slices: int) -> SliceSet:
+    """At most ``max_slices`` evenly spaced slices of ``data``."""
+    if len(data.images) > max_slices:
+        return data.subset(torch.linspace(0, len(data.images) - 1, max_slices).long())
+    return data
+
+
+def _ascend(logits: torch.Tensor, data: SliceSet, offsets: torch.Tensor, organs, passes: int
+            ) -> tuple[torch.Tensor, float, float]:
+    """Coordinate ascent of the vote Dice over the threshold logits of ``organs``, from ``offsets``."""
     start = best = vote_dice(logits, data, offsets)
     for _ in range(passes):
-        for i in range(len(offsets)):
+        for i in organs:
             for value in OFFSETS:
                 trial = offsets.clone()
                 trial[i] = float(value)
                 score = vote_dice(logits, data, trial)
                 if score > best + 1e-6:
                     best, offsets = score, trial
-    thresholds = {organ: round(float(torch.sigmoid(offsets[i])), 4) for i, organ in enumerate(model.config.organs)}
-    return thresholds, start, best
+    return offsets, start, best
+
+
+def _as_thresholds(model: MOSnet, offsets: torch.Tensor) -> dict[str, float]:
+    return {organ: round(float(torch.sigmoid(offsets[i])), 4) for i, organ in enumerate(model.config.organs)}
 
 
 def pixel_scores(prob: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[str, float]:

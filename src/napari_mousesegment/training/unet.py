@@ -1,10 +1,14 @@
-"""Training one ultrasound organ U-Net, with the report's recipe.
+"""Training one ultrasound organ U-Net: defaults measured on real ultrasound, the report's recipe by flags.
 
-Adam at 1e-4, α·Dice + (1−α)·BCE, ReduceLROnPlateau (factor 0.1, patience 5), early stopping
-(patience 10), batch 8, then a fine-tuning stage at 1e-5. Training sees random crops of whole
-frames, augmented on the device; validation sees whole frames. The probability threshold is then
-chosen on the validation series for precision (largest F0.5). Split by series, never by frame.
-The epochs themselves run in :func:`.loop.fit`.
+The defaults come from measurement on real fetal ultrasound (HC18, see docs/results-ultrasound.md):
+frames resized so their longer side is ``--image-size`` (the network sees whole organs), Adam at
+1e-3 with a warm-up and a cosine decay that fit the budget given (``--epochs`` or
+``--max-minutes``), and validation frames held out within the series when a study has fewer than
+:data:`MIN_SERIES_FOR_SERIES_SPLIT` series. The report's literal recipe stays reachable by flags
+(``--schedule plateau --lr 1e-4 --val-split series --frame-size 0``): ReduceLROnPlateau (factor
+0.1, patience 5), early stopping (patience 10), then a fine-tuning stage at 1e-5. Either way the
+loss is α·Dice + (1−α)·BCE on augmented crops; validation sees whole frames, and the probability
+threshold is chosen on validation for precision (largest F0.5). The epochs run in :func:`.loop.fit`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..data.us_dataset import USItem, load_us_items
-from ..inference.ultrasound import batch_probabilities, to_unit
+from ..data.us_dataset import USItem, load_us_items, split_series
+from ..inference.ultrasound import batch_probabilities, to_unit, to_working_scale
 from ..models.folder import WEIGHTS, read_config, save_model
 from ..models.mosnet import count_parameters
 from ..models.unet import UNet, UNetConfig
@@ -31,16 +35,31 @@ from .checkpoint import TrainingError, last_done, load_checkpoint, prepare_run, 
 from .distributed import Ranks
 from .loop import Step, autocast, fit
 from .losses import dice_bce_loss
+from .schedule import BudgetSchedule, total_steps
 from .thresholds import choose_threshold, pixel_scores
+
+
+SCHEDULES = ("cosine", "plateau")
+VAL_SPLITS = ("auto", "series", "frames")
+#: with fewer series than this (after the test series), validation frames are drawn within each series:
+#: holding out whole series would halve a small study's training data, or leave none
+MIN_SERIES_FOR_SERIES_SPLIT = 6
+DEFAULT_EPOCHS = 100  #: when neither --epochs nor --max-minutes is given
+#: an epoch of a small study revisits its frames until it has this many steps: validation,
+#: checkpoint and curves after every 7 steps of 56 frames took a third of a CPU budget
+MIN_EPOCH_STEPS = 25
 
 
 @dataclass
 class UNetSettings:
-    """The report's recipe; every part can be changed."""
+    """Measured defaults; the report's recipe is ``schedule="plateau", lr=1e-4, val_split="series"``."""
 
-    epochs: int = 100
+    epochs: int | None = None  #: None: the --max-minutes budget alone, or DEFAULT_EPOCHS without one
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 1e-3
+    schedule: str = "cosine"  #: warm-up + cosine over the budget, or the report's plateau drops
+    warmup: float = 0.05  #: fraction of the budget spent warming up (cosine)
+    val_split: str = "auto"  #: "series", "frames", or "auto" (frames below MIN_SERIES_FOR_SERIES_SPLIT)
     alpha: float = 0.5  #: weight of the Dice term
     plateau_patience: int = 5
     plateau_factor: float = 0.1
@@ -64,37 +83,106 @@ class UNetSettings:
         for name in ("lr", "finetune_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.val_split not in VAL_SPLITS:
+            raise ValueError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {self.val_split!r}")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the main stage: as given, else unbounded under a time budget, else DEFAULT_EPOCHS."""
+        if self.epochs is not None:
+            return self.epochs
+        return 1_000_000 if self.max_minutes else DEFAULT_EPOCHS
 
 
-def _stack(items: list[USItem], organ: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def working_pair(frames: np.ndarray, masks: np.ndarray, frame_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, h, w) [0, 1] frames and {0, 1} masks at the model's working scale, from (N, H, W) frames and labels."""
+    f = to_working_scale(torch.from_numpy(to_unit(frames))[:, None], frame_size)
+    m = to_working_scale(torch.from_numpy((np.asarray(masks) > 0).astype(np.float32))[:, None], frame_size, masks=True)
+    return f.contiguous(), (m > 0.5).float()
+
+
+def _stack(items: list[USItem], organ: str, split: str,
+           frame_size: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One split's frames and masks (at the working scale), and its series' names."""
     chosen = [i for i in items if i.split == split]
     if not chosen:
         return torch.empty(0), torch.empty(0), []
-    frames = torch.from_numpy(np.concatenate([to_unit(i.frames) for i in chosen]))[:, None]
-    masks = torch.from_numpy(np.concatenate([i.labels[organ] > 0 for i in chosen]).astype(np.float32))[:, None]
-    return frames, masks, [i.name for i in chosen]
+    pairs = [working_pair(i.frames, i.labels[organ], frame_size) for i in chosen]
+    shapes = {tuple(f.shape[-2:]) for f, _ in pairs}
+    if len(shapes) > 1:  # series of different frame sizes: pad to the largest (crops see the real pixels)
+        h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+        pairs = [tuple(F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in pair) for pair in pairs]
+    return torch.cat([f for f, _ in pairs]), torch.cat([m for _, m in pairs]), [i.name for i in chosen]
+
+
+def assign_validation(items: list[USItem], mode: str, fraction: float, seed: int,
+                      log: Callable[[str], None] = lambda _: None) -> tuple[list[USItem], dict[str, list[int]]]:
+    """Items with a validation split: the dataset's own, whole series, or frames within each series.
+
+    ``mode`` "auto" keeps a dataset folder's validation series, holds out whole series when there
+    are at least :data:`MIN_SERIES_FOR_SERIES_SPLIT`, and frames within each series otherwise
+    (one annotated series is enough). Returns the items and, for a frame split, the validation
+    frame indices of each series.
+    """
+    pool = [i for i in items if i.split != "test"]
+    has_val = any(i.split == "val" for i in pool)
+    if mode == "auto":
+        mode = "keep" if has_val else ("series" if len(pool) >= MIN_SERIES_FOR_SERIES_SPLIT else "frames")
+    if mode in ("keep", "series") and has_val:
+        return items, {}
+    if mode == "series":
+        chosen = split_series([i.name for i in pool], test=0, val_fraction=fraction or 0.2, seed=seed)
+        return [replace(i, split=chosen.get(i.name, i.split)) if i.split != "test" else i for i in items], {}
+    rng = np.random.default_rng(seed)
+    out, held = [i for i in items if i.split == "test"], {}
+    for item in pool:
+        n = len(item.frames)
+        k = min(max(1, round(n * (fraction or 0.2))), n - 1) if n > 1 else 0
+        val = np.sort(rng.choice(n, k, replace=False)) if k else np.array([], int)
+        train = np.setdiff1d(np.arange(n), val)
+        out.append(replace(item, split="train", frames=item.frames[train],
+                           labels={o: lab[train] for o, lab in item.labels.items()}))
+        if k:
+            out.append(replace(item, split="val", frames=item.frames[val],
+                               labels={o: lab[val] for o, lab in item.labels.items()}))
+            held[item.name] = val.tolist()
+    if not held:
+        raise ValueError("need at least 2 annotated frames to hold one out for validation")
+    log(f"validation: {sum(map(len, held.values()))} frames held out within {len(held)} series "
+        f"(fewer than {MIN_SERIES_FOR_SERIES_SPLIT} series: whole series held out would halve the training data)")
+    return out, held
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def crops(frames: torch.Tensor, masks: torch.Tensor, idx: np.ndarray, size: int, rng: np.random.Generator,
-          foreground: float = 0.5):
+          foreground: float = 0.5, multiple: int | None = None):
     """Random size x size crops (whole frames padded when smaller), one per index.
+
+    With ``multiple``, a frame side shorter than ``size`` is padded only to the next multiple of it,
+    not to ``size``: whole small frames train without wasted padding.
 
     With probability ``foreground`` a crop is centred near an organ pixel of its frame, when the
     frame has one, so that small organs are seen often enough (as nnU-Net oversamples them).
     """
     h, w = frames.shape[-2:]
+    sh, sw = (size, size) if multiple is None else (min(size, _round_up(h, multiple)), min(size, _round_up(w, multiple)))
     out_f, out_m = [], []
     for i in idx:
-        y = int(rng.integers(0, max(h - size, 0) + 1))
-        x = int(rng.integers(0, max(w - size, 0) + 1))
+        y = int(rng.integers(0, max(h - sh, 0) + 1))
+        x = int(rng.integers(0, max(w - sw, 0) + 1))
         if rng.random() < foreground:
             on = torch.nonzero(masks[i, 0])
             if len(on):
                 cy, cx = on[int(rng.integers(len(on)))].tolist()
-                y = int(np.clip(cy - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, max(h - size, 0)))
-                x = int(np.clip(cx - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, max(w - size, 0)))
-        f, m = frames[i, :, y:y + size, x:x + size], masks[i, :, y:y + size, x:x + size]
-        pad = (0, size - f.shape[-1], 0, size - f.shape[-2])
+                y = int(np.clip(cy - sh // 2 + rng.integers(-sh // 4, sh // 4 + 1), 0, max(h - sh, 0)))
+                x = int(np.clip(cx - sw // 2 + rng.integers(-sw // 4, sw // 4 + 1), 0, max(w - sw, 0)))
+        f, m = frames[i, :, y:y + sh, x:x + sw], masks[i, :, y:y + sh, x:x + sw]
+        pad = (0, sw - f.shape[-1], 0, sh - f.shape[-2])
         out_f.append(F.pad(f, pad))
         out_m.append(F.pad(m, pad))
     return torch.stack(out_f), torch.stack(out_m)
@@ -154,10 +242,18 @@ class UNetRecipe:
     def _finetuning(self, history: list[dict]) -> bool:
         return any(r["stage"] == "finetune" for r in history)
 
+    @property
+    def cosine(self) -> bool:
+        return isinstance(self.scheduler, BudgetSchedule)
+
     def begin_epoch(self, epoch: int, history: list[dict]) -> dict | None:
         settings = self.settings
+        if self.cosine:  # the schedule has its say in full: no early stop, no fine-tuning stage after it
+            if epoch >= settings.total_epochs or self.scheduler.done:
+                return None
+            return self._seed_epoch(epoch, "train")
         finetune = self._finetuning(history)
-        if not finetune and (epoch >= settings.epochs or self.since_best >= settings.early_stop):
+        if not finetune and (epoch >= settings.total_epochs or self.since_best >= settings.early_stop):
             if self.since_best >= settings.early_stop:
                 self.log(f"early stop: no better validation Dice for {self.since_best} epochs")
             self.log(f"fine-tuning the best weights at lr {settings.finetune_lr}")
@@ -168,17 +264,22 @@ class UNetRecipe:
             finetune = True
         if finetune and sum(r["stage"] == "finetune" for r in history) >= settings.finetune_epochs:
             return None
+        return self._seed_epoch(epoch, "finetune" if finetune else "train")
+
+    def _seed_epoch(self, epoch: int, stage: str) -> dict:
+        seed = self.settings.seed
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(settings.seed * 100003 + epoch * 101 + self.ranks.rank)  # each rank its own
-        self.rng = np.random.default_rng([settings.seed, epoch, self.ranks.rank])
-        return {"stage": "finetune" if finetune else "train"}
+        self.generator.manual_seed(seed * 100003 + epoch * 101 + self.ranks.rank)  # each rank its own
+        self.rng = np.random.default_rng([seed, epoch, self.ranks.rank])
+        return {"stage": stage}
 
     def batches(self, epoch: int) -> list[np.ndarray]:
-        return distributed.epoch_batches(len(self.train_f), self.settings.batch_size, epoch, self.settings.seed,
-                                         self.ranks)
+        return epoch_batches(len(self.train_f), self.settings.batch_size, epoch, self.settings.seed, self.ranks)
 
     def step(self, idx: np.ndarray) -> Step:
-        image, mask = crops(self.train_f, self.train_m, idx, self.model.config.image_size, self.rng)
+        config = self.model.config
+        image, mask = crops(self.train_f, self.train_m, idx, config.image_size, self.rng,
+                            multiple=2 ** (config.levels - 1) if config.frame_size else None)
         image, mask = augment(image.to(self.device), mask.to(self.device), self.settings.augment, self.generator)
         return batch_loss(self.net, image, mask, self.settings.alpha)
 
@@ -188,7 +289,7 @@ class UNetRecipe:
                 "val_precision": scores["precision"], "val_recall": scores["recall"]}
 
     def end_epoch(self, row: dict, history: list[dict], stopped: str | None) -> None:
-        if row["stage"] == "train" and stopped is None:
+        if row["stage"] == "train" and stopped is None and not self.cosine:
             self.scheduler.step(row["val_loss"])
         dice = row[f"val_dice_{self.organ}"]
         improved = dice > self.best
@@ -222,48 +323,79 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
     distributed.barrier(ranks)
     torch.manual_seed(settings.seed)
     organ = config.organ
-    items = load_us_items(data, organ, settings.test_series, settings.val_fraction, settings.seed)
-    train_f, train_m, train_names = _stack(items, organ, "train")
-    val_f, val_m, val_names = _stack(items, organ, "val")
+    if settings.val_split == "series":
+        items = load_us_items(data, organ, settings.test_series, settings.val_fraction, settings.seed)
+    else:  # lab series go to training or test; validation is assigned below
+        items = load_us_items(data, organ, settings.test_series, 0.0, settings.seed)
+    items, val_frames = assign_validation(items, settings.val_split, settings.val_fraction, settings.seed, log)
+    train_f, train_m, train_names = _stack(items, organ, "train", config.frame_size)
+    val_f, val_m, val_names = _stack(items, organ, "val", config.frame_size)
     if not train_names or not val_names:
         raise ValueError(f"need training and validation series annotated for {organ!r}; "
                          f"got {len(train_names)} and {len(val_names)}")
+    scale = f" at {tuple(train_f.shape[-2:])} px" if config.frame_size else ""
     log(f"{organ}: {len(train_f)} training frames from {len(train_names)} series, {len(val_f)} validation "
-        f"frames from {len(val_names)} series; device {device}"
+        f"frames from {len(val_names)} series{scale}; device {device}"
         + (f"; {ranks.world} processes, {settings.batch_size} crops each per step" if ranks.distributed else ""))
     model = UNet(config).to(device).to(memory_format=torch.channels_last)  # oneDNN's/cuDNN's fastest layout
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=settings.plateau_factor,
-                                                           patience=settings.plateau_patience)
+    scheduler = _scheduler(optimizer, settings, len(train_f), ranks)
     history: list[dict] = []
     start_epoch, best, since_best = 0, -1.0, 0
     state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, device) if settings.resume else None
     if state is not None:
-        if state["train_series"] != train_names or state["val_series"] != val_names:
+        if (state["train_series"] != train_names or state["val_series"] != val_names
+                or state.get("val_frames", {}) != val_frames):
             raise TrainingError(f"{checkpoint_dir}: the series split differs from the checkpoint's; "
                                 "resume with the same --data, --seed and split settings")
+        if isinstance(scheduler, BudgetSchedule) and settings.max_minutes:  # this run's minutes on top
+            scheduler.total_seconds = scheduler.seconds + settings.max_minutes * 60 * 0.97
         start_epoch, best, since_best = state["epoch"] + 1, state["best"], state["since_best"]
         history = [row for row in state["history"] if row["complete"]]  # a cut epoch runs again
         log(f"resumed after epoch {start_epoch} (best validation Dice {best:.3f})")
     distributed.same_as_main(start_epoch, "the checkpoint's epoch", ranks)
     net = distributed.wrap(model, ranks, device)
     extra = {"training": {"organ": organ, "train_series": train_names, "val_series": val_names,
+                          "val_frames": val_frames,
                           "test_series": sorted(i.name for i in items if i.split == "test"),
                           "settings": {k: (vars(v) if k == "augment" else v) for k, v in vars(settings).items()
                                        if k != "resume"},
                           "parameters": count_parameters(model)}}
     recipe = UNetRecipe(model, net, optimizer, scheduler, train_f, train_m, val_f, val_m, settings, out,
                         checkpoint_dir, ranks, device, best, since_best,
-                        {"train_series": train_names, "val_series": val_names}, extra, log)
-    run = fit(net, optimizer, recipe, epochs=settings.epochs + settings.finetune_epochs, start_epoch=start_epoch,
+                        {"train_series": train_names, "val_series": val_names, "val_frames": val_frames}, extra, log)
+    cosine = isinstance(scheduler, BudgetSchedule)
+    epochs = settings.total_epochs + (0 if cosine else settings.finetune_epochs)
+    run = fit(net, optimizer, recipe, epochs=epochs, start_epoch=start_epoch,
               history=history, ranks=ranks, where=str(out), should_stop=should_stop,
-              max_minutes=settings.max_minutes, bar=progress, desc=f"{organ} epoch")
+              max_minutes=settings.max_minutes, bar=progress, desc=f"{organ} epoch",
+              schedule=scheduler if cosine else None)
     if run.stopped:
         log(f"stopped: {run.stopped}; the best weights so far are kept in {out}")
     distributed.barrier(ranks)  # rank 0's files are written
     final = distributed.from_main(partial(_finish, model, config, out, val_f, val_m, device, settings, log), ranks)
     return {"out": str(out), "best_val_dice": recipe.best, "epochs_run": len(run.history), "stopped": run.stopped,
             **final}
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, ranks: Ranks) -> list[np.ndarray]:
+    """This rank's batches of an epoch: every frame once, or several times over for a small study
+    so that an epoch has at least :data:`MIN_EPOCH_STEPS` steps."""
+    repeats = max(1, -(-MIN_EPOCH_STEPS * batch_size * ranks.world // max(n, 1)))
+    batches = distributed.epoch_batches(n * repeats, batch_size, epoch, seed, ranks)
+    return [b % n for b in batches]
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, settings: UNetSettings, n_train: int, ranks: Ranks):
+    """The cosine :class:`.schedule.BudgetSchedule` over the budget given, or the report's plateau drops."""
+    if settings.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=settings.plateau_factor,
+                                                          patience=settings.plateau_patience)
+    per_epoch = len(epoch_batches(n_train, settings.batch_size, 0, settings.seed, ranks))
+    timed_only = settings.epochs is None and settings.max_minutes
+    steps = None if timed_only else total_steps(settings.total_epochs, per_epoch)
+    seconds = settings.max_minutes * 60 * 0.97 if settings.max_minutes else None  # the floor before the stop
+    return BudgetSchedule(optimizer, total_steps=steps, total_seconds=seconds, warmup=settings.warmup)
 
 
 def _finish(model: UNet, config: UNetConfig, out: Path, frames: torch.Tensor, masks: torch.Tensor,

@@ -131,7 +131,7 @@ def correction(image: Any, labels: Any, kind: str, *, organ: str | None = None, 
         raise QueueError(f"{labels.name}: labels must be integers, got {painted.dtype}")
     if prediction is not None and np.shape(prediction) != painted.shape:
         prediction = None  # recorded for another image: every labelled plane counts
-    if not painted.any() or not touched_planes(painted, prediction):
+    if not painted.any() or not touched_planes(painted, prediction, instances=kind == "ultrasound"):
         raise QueueError(f"{labels.name}: the correction is empty (no labels, or identical to the prediction): "
                          "nothing to learn")
     return Correction(data, painted, kind, organ=organ, condition=condition, model=model or None,

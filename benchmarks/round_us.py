@@ -1,0 +1,112 @@
+"""An active-learning round on real ultrasound, through the CLI a lab uses.
+
+A head U-Net is trained on one HC18 series (A). It predicts a second series (B); 8 of B's frames,
+corrected (their expert masks), are queued with that prediction, and ``worker --once`` runs a
+round. Dice on a third series (C), never seen, is scored before and after, with each version's own
+threshold, and on the corrected frames themselves. A second queue holds frames whose corrections
+equal the prediction: nothing to learn from, so its round must not be promoted::
+
+    python benchmarks/round_us.py --out /tmp/round --base-minutes 3 [--data ../shared/data/hc18_dev]
+
+Data: HC18 (van den Heuvel et al. 2018, CC BY 4.0), read in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_us import ORGAN, held_out, lab_folder, scores  # noqa: E402
+
+MODEL = "head-hc18-round"
+CORRECTED = 8
+
+
+def cli(*args: str, env: dict) -> str:
+    done = subprocess.run([sys.executable, "-m", "napari_mousesegment.cli", *args], env=env, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise SystemExit(f"mousesegment {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def current_scores(env: dict, tests: list) -> dict:
+    """Each test series scored with the current version of MODEL (in a child with the same home)."""
+    code = ("import json,sys;sys.path.insert(0,'benchmarks');import numpy as np,tifffile;"
+            "from napari_mousesegment.store.load import load_model;"
+            "from napari_mousesegment.inference.ultrasound import segment_frames;from learning_us import scores;"
+            f"m=load_model({MODEL!r})[0];out={{}}\n"
+            "for name,path,truth in json.loads(sys.argv[1]):\n"
+            "    f=tifffile.imread(path);out[name]=scores(segment_frames(m,f)[1],tifffile.imread(truth))\n"
+            "print(json.dumps(out))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(tests)], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/hc18_dev")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--series", default="00,03,04", help="A (trains the model), B (corrected), C (scored)")
+    parser.add_argument("--base-minutes", type=float, default=3.0)
+    parser.add_argument("--round-epochs", type=int, default=None, help="worker --epochs (default: the worker's)")
+    args = parser.parse_args(argv)
+    a, b, c = args.series.split(",")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MOUSESEGMENT_HOME": str(out / "home")}
+    base = out / "base"
+    if not (base / "config.json").is_file():
+        cli("train", "unet", "--organ", ORGAN, "--data", str(lab_folder(args.data, [a], out / "lab_a")),
+            "--out", str(base), "--image-size", "256", "--test", "0", "--max-minutes", str(args.base_minutes),
+            "--device", "cpu", env=env)
+    cli("models", "import", str(base), "--name", MODEL, "--force", env=env)
+    # B's frames: prediction and truth; C: the unseen series.
+    (_, frames_b, truth_b), (_, frames_c, truth_c) = held_out(args.data, [b, c])
+    stack = {"B": (frames_b, truth_b), "C": (frames_c, truth_c)}
+    pick = np.linspace(0, len(frames_b) - 1, CORRECTED).round().astype(int)
+    stack["B_corrected"] = (frames_b[pick], (truth_b[pick] > 0).astype(np.uint16))
+    files = []
+    for name, (frames, truth) in stack.items():
+        tifffile.imwrite(out / f"{name}_frames.tif", frames)
+        tifffile.imwrite(out / f"{name}_truth.tif", truth)
+        files.append([name, str(out / f"{name}_frames.tif"), str(out / f"{name}_truth.tif")])
+    before = current_scores(env, files)
+    cli("predict", "ultrasound", str(out / "B_frames.tif"), "--organs", ORGAN, "--model", f"{ORGAN}={MODEL}",
+        "--out", str(out / "pred_b"), "--device", "cpu", env=env)
+    predicted = tifffile.imread(next((out / "pred_b").rglob(f"*{ORGAN}*labels*.tif")))
+    tifffile.imwrite(out / "corr_pred.tif", predicted[pick].astype(np.uint16))
+    queue = out / "queue"
+    cli("queue", "add", "--queue", str(queue), "--image", str(out / "B_corrected_frames.tif"), "--labels",
+        str(out / "B_corrected_truth.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind", "ultrasound",
+        "--organ", ORGAN, "--model", MODEL, env=env)
+    worker = ["worker", "--queue", str(queue), "--once", "--device", "cpu"]
+    if args.round_epochs:
+        worker += ["--epochs", str(args.round_epochs)]
+    round_log = cli(*worker, env=env)
+    after = current_scores(env, files)
+    # Nothing to learn from: the prediction queued as its own correction.
+    idle = out / "queue_idle"
+    cli("queue", "add", "--queue", str(idle), "--image", str(out / "B_corrected_frames.tif"), "--labels",
+        str(out / "corr_pred.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind", "ultrasound",
+        "--organ", ORGAN, "--model", MODEL, env=env)
+    idle_log = cli(*worker, env=env)
+    result = {"series": {"A": a, "B": b, "C": c}, "corrected_frames": pick.tolist(), "before": before,
+              "after": after, "round": round_log.strip().splitlines()[-3:], "idle_round": idle_log.strip().splitlines()[-3:],
+              "versions": cli("models", "versions", MODEL, env=env).strip().splitlines()}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Unseen anatomy (issue 17): train on phantoms drawn from two real label maps and the ellipsoid
+model, test on phantoms drawn from the third map, for MOSnet and a plain U-Net in the same run.
+
+The measurement (12 CPU-minutes each, width 16, 0.28 mm phantoms; the maps are read in place)::
+
+    python experiments/heldout_anatomy.py --atlas ../shared/data/rosenhain --hold-out mouse_c_organs \
+        --minutes 12 --out /tmp/heldout_c
+
+A seconds-long check that the script works end to end (small phantoms, tiny models)::
+
+    python experiments/heldout_anatomy.py --atlas ../shared/data/rosenhain --hold-out mouse_c_organs \
+        --minutes 0.5 --out /tmp/heldout_tiny --shape 64,40,52 --train 2 --test 1 --width 4 --image-size 64
+
+Data: ``--train`` native phantoms (seeds 0..) and as many contrast ones (seeds 100..), written by
+``mousesegment synth ct --atlas ellipsoids --atlas MAPS --hold-out NAME``, so each set cycles
+through the ellipsoid model and the maps kept in. The native set lacks stomach and bone labels, as
+the database's native scans do. Test: ``--test`` phantoms per condition (seeds 200.. and 300..)
+drawn from the held-out map alone, with all 9 organs in their truth, written to OUT/test.
+
+MOSnet trains through the CLI with the contract command (``train mosnet --data A --data B --out M
+--width 16 --image-size 128 --max-minutes M --device cpu --seed 0``). The plain U-Net
+(``benchmarks/reference_unet.py``: width 16, depth 4, Adam at 1e-3, Dice + BCE on the organs each
+slice's dataset annotates, random batches of 8, last weights, threshold 0.5) sees the same slices
+with the condition as a second input channel, for the same minutes; no flips, since left and
+right differ in a mouse. Both are scored on the test phantoms' own grid: per-organ DSC, mean over
+scans. The table is printed and written to OUT/heldout_anatomy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.reference_unet import PlainUNet
+
+from napari_mousesegment.data.atlas import atlas_files, read_atlas
+from napari_mousesegment.data.ct_dataset import read_ct_dataset, write_case, write_meta
+from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, ct_phantom
+from napari_mousesegment.inference.ct import predict_volume, vote
+from napari_mousesegment.io.scan import case_name
+from napari_mousesegment.metrics import organ_scores
+from napari_mousesegment.models.mosnet import MOSnetConfig
+from napari_mousesegment.models.preprocess import (
+    fit_square,
+    from_slices,
+    to_slices,
+    unfit_square,
+    window,
+)
+from napari_mousesegment.organs import CT_DATASET_ORGANS, CT_ORGANS
+from napari_mousesegment.store.load import load_mosnet
+from napari_mousesegment.training.slices import build_slices
+
+BIG = ("heart", "lungs", "liver", "kidneys")
+NEVER_NATIVE = tuple(o for o in CT_ORGANS if o not in CT_DATASET_ORGANS["native"])  # stomach, bone
+SEEDS = {"native": 0, "contrast": 100}
+TEST_SEEDS = {"native": 200, "contrast": 300}
+
+
+def run(*cmd: str) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def make_data(args: argparse.Namespace) -> dict[str, Path]:
+    """The two training sets, through `synth ct` (skipped when already written)."""
+    shape = ",".join(map(str, args.shape))
+    atlas = [a for p in args.atlas for a in ("--atlas", str(p))]
+    sets = {}
+    for condition in CONDITIONS:
+        out = args.out / "data" / condition
+        if not (out / "dataset.json").is_file():
+            run("mousesegment", "synth", "ct", "--out", str(out), "--count", str(args.train), "--seed",
+                str(SEEDS[condition]), "--condition", condition, "--shape", shape, "--atlas", "ellipsoids", *atlas,
+                "--hold-out", args.hold_out)
+        sets[condition] = out
+    return sets
+
+
+def held_out_map(args: argparse.Namespace):
+    """The held-out label map, read from where --atlas points."""
+    for path in atlas_files(args.atlas):
+        if case_name(path) == args.hold_out:
+            return read_atlas(path)
+    raise SystemExit(f"--hold-out {args.hold_out}: no such map among --atlas")
+
+
+def make_tests(args: argparse.Namespace) -> dict[str, list]:
+    """Test phantoms from the held-out map, all 9 organs in their truth, also written to OUT/test."""
+    atlas = held_out_map(args)
+    tests = {}
+    for condition in CONDITIONS:
+        scans = [ct_phantom(TEST_SEEDS[condition] + k, condition, shape=tuple(args.shape), atlas=atlas)
+                 for k in range(args.test)]
+        root = args.out / "test" / condition
+        write_meta(root, f"test_{condition}", condition, dict(CT_ORGANS), scans[0].spacing)
+        for scan in scans:
+            write_case(root, f"phantom_{scan.seed:04d}", scan.image, scan.labels, scan.spacing)
+        tests[condition] = scans
+    return tests
+
+
+def train_mosnet(args: argparse.Namespace, sets: dict[str, Path]) -> Path:
+    out = args.out / "models" / "mosnet"
+    if not (out / "weights.safetensors").is_file():
+        run("mousesegment", "train", "mosnet", "--data", str(sets["native"]), "--data", str(sets["contrast"]),
+            "--out", str(out), "--width", str(args.width), "--image-size", str(args.image_size),
+            "--max-minutes", str(args.minutes), "--device", "cpu", "--seed", str(args.seed))
+    return out
+
+
+def masked_dice_bce(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """Dice + BCE over the organs each slice's dataset annotates (the others teach nothing)."""
+    a = annotated[:, :, None, None].float().expand_as(logits)
+    p = torch.sigmoid(logits) * a
+    t = target * a
+    dice = 1 - (2 * (p * t).sum((0, 2, 3)) + 1) / (p.sum((0, 2, 3)) + t.sum((0, 2, 3)) + 1)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * a).sum() / a.sum().clamp(min=1)
+    return dice[annotated.any(0)].mean() + bce
+
+
+def with_condition(images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """The condition code as a second input channel."""
+    code = condition.float()[:, None, None, None].expand(-1, 1, *images.shape[-2:])
+    return torch.cat([images.float(), code], 1)
+
+
+def train_plain(args: argparse.Namespace, sets: dict[str, Path], config: MOSnetConfig) -> tuple[PlainUNet, int]:
+    """The plain U-Net on the same slices, for the same minutes."""
+    data = build_slices([read_ct_dataset(sets[c]) for c in CONDITIONS], config)
+    images = with_condition(data.images, data.condition)
+    masks, annotated = data.organ_masks.float(), data.annotated
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = PlainUNet(2, len(config.organs), width=args.width)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    end, steps = time.monotonic() + args.minutes * 60, 0
+    model.train()
+    while time.monotonic() < end:
+        idx = torch.from_numpy(rng.choice(len(images), min(8, len(images)), replace=False))
+        loss = masked_dice_bce(model(images[idx]), masks[idx], annotated[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    return model.eval(), steps
+
+
+@torch.inference_mode()
+def plain_labels(model: PlainUNet, config: MOSnetConfig, image: np.ndarray, condition: str) -> np.ndarray:
+    """Labels of a phantom on its own grid (already at the model's voxel size), threshold 0.5."""
+    stack = to_slices(image, config.plane)
+    out = []
+    for start in range(0, len(stack), 16):
+        hu = torch.from_numpy(window(np.asarray(stack[start:start + 16]), config.window_level, config.window_width))
+        x = fit_square(hu[:, None], config.image_size, "bilinear")
+        x = with_condition(x, torch.full((len(x),), CONDITIONS.index(condition)))
+        probs = unfit_square(torch.sigmoid(model(x)), *stack.shape[1:])
+        out.append(vote(torch.logit(probs, eps=1e-6), torch.zeros(len(config.organs))).to(torch.uint8).numpy())
+    return from_slices(np.concatenate(out), config.plane)
+
+
+def score(tests: dict[str, list], predict) -> dict[str, dict[str, float]]:
+    """Mean DSC per organ and condition of ``predict(scan) -> labels`` (numbered as CT_ORGANS)."""
+    table = {}
+    for condition, scans in tests.items():
+        rows = [r for s in scans for r in organ_scores(predict(s), s.labels, CT_ORGANS, CT_ORGANS, s.spacing)]
+        table[condition] = {o: float(np.mean([r["dsc"] for r in rows if r["organ"] == o])) for o in CT_ORGANS}
+    return table
+
+
+def summary(table: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {"native_big_mean": float(np.mean([table["native"][o] for o in BIG])),
+            "contrast_big_mean": float(np.mean([table["contrast"][o] for o in BIG])),
+            "native_never_labelled_mean": float(np.mean([table["native"][o] for o in NEVER_NATIVE]))}
+
+
+def print_table(ours: dict, base: dict) -> None:
+    print(f"\n{'organ':<10} {'native ours':>11} {'native base':>11} {'contr. ours':>11} {'contr. base':>11}")
+    for organ in CT_ORGANS:
+        mark = " (never labelled native)" if organ in NEVER_NATIVE else ""
+        print(f"{organ:<10} {ours['native'][organ]:>11.3f} {base['native'][organ]:>11.3f} "
+              f"{ours['contrast'][organ]:>11.3f} {base['contrast'][organ]:>11.3f}{mark}")
+    for key, value in summary(ours).items():
+        print(f"{key:<28} ours {value:.3f}  plain U-Net {summary(base)[key]:.3f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--atlas", type=Path, action="append", default=None,
+                        help="label maps or a folder of them (default ../shared/data/rosenhain)")
+    parser.add_argument("--hold-out", required=True, help="the map to test on, never trained on")
+    parser.add_argument("--minutes", type=float, default=12.0, help="training minutes of each model (12)")
+    parser.add_argument("--out", type=Path, required=True, help="work folder: data, test phantoms, models, table")
+    parser.add_argument("--shape", type=lambda t: tuple(int(v) for v in t.split(",")), default=DEFAULT_SHAPE,
+                        help="phantom grid Z,Y,X at 0.28 mm (default 200,110,150)")
+    parser.add_argument("--train", type=int, default=6, help="training phantoms per condition (6)")
+    parser.add_argument("--test", type=int, default=4, help="test phantoms per condition (4)")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    sets = make_data(args)
+    tests = make_tests(args)
+    mosnet_dir = train_mosnet(args, sets)
+    model, config, _ = load_mosnet(mosnet_dir)
+    ours = score(tests, lambda s: predict_volume(model, s.image, s.spacing, s.condition).labels)
+    plain_config = MOSnetConfig(organs=list(CT_ORGANS), image_size=args.image_size, spacing_mm=config.spacing_mm)
+    print(f"plain U-Net: {args.minutes:g} minutes on the same slices", flush=True)
+    plain, steps = train_plain(args, sets, plain_config)
+    base = score(tests, lambda s: plain_labels(plain, plain_config, s.image, s.condition))
+    print_table(ours, base)
+    result = {"held_out": args.hold_out, "atlas": [str(p) for p in args.atlas], "minutes": args.minutes,
+              "shape": list(args.shape), "train_per_condition": args.train, "test_per_condition": args.test,
+              "width": args.width, "image_size": args.image_size, "plain_unet_steps": steps,
+              "mosnet": {"dsc": ours, **summary(ours)}, "plain_unet": {"dsc": base, **summary(base)}}
+    path = args.out / "heldout_anatomy.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\ntable written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Real label maps as phantom anatomy: reading, pose, warping into phantoms, the `synth ct --atlas` pool.
+
+The maps are built here (a tiny NIfTI with its organ names in a JSON beside it), so nothing needs
+../shared; the Rosenhain maps themselves are tried in the one test that skips without them.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_mousesegment.cli import main
+from napari_mousesegment.data.atlas import load_atlases, organ_of, read_atlas
+from napari_mousesegment.data.phantom_ct import ct_phantom
+from napari_mousesegment.metrics import dice
+from napari_mousesegment.organs import CT_ORGANS
+
+from ..conftest import SHARED_DATA
+
+SPACING = 0.4
+SHAPE = (64, 40, 52)
+#: The map's own numbering and names, as a database writes them (tumour: a class we do not model).
+CLASSES = {"Heart": 10, "Lung": 11, "Liver": 12, "KidneyLeft": 13, "KidneyRight": 14, "Tumor": 20}
+
+
+def _blob(labels, centre, radii, value):
+    z, y, x = np.ogrid[: labels.shape[0], : labels.shape[1], : labels.shape[2]]
+    inside = sum(((a - c) / r) ** 2 for a, c, r in zip((z, y, x), centre, radii)) <= 1
+    labels[inside] = value
+
+
+def _mouse() -> np.ndarray:
+    """A (z, y, x) map: thorax at the head end, back (kidneys) at low y, the heart on the left (high x)."""
+    labels = np.zeros((90, 40, 48), np.uint8)
+    for x in (16, 32):
+        _blob(labels, (20, 18, x), (12, 8, 6), CLASSES["Lung"])
+    _blob(labels, (22, 24, 27), (7, 6, 6), CLASSES["Heart"])
+    _blob(labels, (42, 22, 24), (9, 12, 16), CLASSES["Liver"])
+    _blob(labels, (58, 12, 14), (6, 4, 4), CLASSES["KidneyRight"])
+    _blob(labels, (60, 12, 34), (6, 4, 4), CLASSES["KidneyLeft"])
+    _blob(labels, (75, 25, 24), (3, 3, 3), CLASSES["Tumor"])
+    return labels
+
+
+def _write_map(folder, name, labels):
+    """A NIfTI label map in RAS (x, y, z) order with its class names in NAME.json."""
+    nibabel = pytest.importorskip("nibabel")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(labels.transpose(2, 1, 0).copy(), np.diag([SPACING] * 3 + [1.0])), str(path))
+    (folder / f"{name}.json").write_text(json.dumps({"organs": CLASSES}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("maps")
+    mouse = _mouse()
+    return {"a": _write_map(root, "mouse_a", mouse),
+            "turned": _write_map(root, "mouse_turned", mouse[::-1, ::-1, :])}  # tail first, back up
+
+
+def test_class_names_map_to_our_organs():
+    assert organ_of("Lung") == "lungs" and organ_of("KidneyLeft") == "kidneys" and organ_of("right_kidney") == "kidneys"
+    assert organ_of("Tumor") is None and organ_of("Trachea") is None and organ_of("spleen") == "spleen"
+
+
+def test_reads_organs_volumes_and_pose(maps):
+    atlas = read_atlas(maps["a"])
+    assert atlas.name == "mouse_a" and atlas.spacing == pytest.approx((SPACING,) * 3)
+    assert atlas.organs == ("heart", "lungs", "liver", "kidneys")  # tumour dropped, both kidneys one organ
+    mouse = _mouse()
+    for organ, names in {"kidneys": ("KidneyLeft", "KidneyRight"), "liver": ("Liver",)}.items():
+        truth = np.isin(mouse, [CLASSES[n] for n in names]).sum() * SPACING**3
+        assert atlas.volumes[organ] == pytest.approx(truth, rel=0.02)
+    c = atlas.centroids
+    assert c["heart"][0] < c["liver"][0] < c["kidneys"][0]  # head first
+    assert c["kidneys"][1] < c["liver"][1]  # back at low y
+    assert c["heart"][2] > c["lungs"][2]  # the animal's left at high x
+    turned = read_atlas(maps["turned"])  # stored tail first and back up: put in the same pose
+    assert np.array_equal(turned.labels, atlas.labels)
+
+
+def test_warped_map_drives_the_phantom(maps):
+    atlas = read_atlas(maps["a"])
+    a, b = (ct_phantom(seed, "native", shape=SHAPE, atlas=atlas) for seed in (1, 2))
+    plain = ct_phantom(1, "native", shape=SHAPE)
+    assert a.anatomy == "mouse_a" and plain.anatomy == "ellipsoids"
+    assert set(np.unique(a.labels)) == {0, *CT_ORGANS.values()}  # all 9 organs, whatever the map has
+    volumes = a.organ_volumes()
+    for organ in ("lungs", "liver", "kidneys"):  # the map's proportions, within the warp's jitter
+        ours, real = volumes[organ] / volumes["heart"], atlas.volumes[organ] / atlas.volumes["heart"]
+        assert 0.6 < ours / real < 1.6, organ
+    assert not np.array_equal(a.labels, b.labels)  # each seed warps the map its own way
+    assert dice(a.labels == CT_ORGANS["liver"], b.labels == CT_ORGANS["liver"]) < 0.97
+    liver = dice(a.labels == CT_ORGANS["liver"], plain.labels == CT_ORGANS["liver"])
+    assert liver < 0.9  # the map's liver, not the ellipsoid one
+    for organ in ("bladder", "intestine", "bone"):  # not in the map: the ellipsoid model's, as without it
+        assert dice(a.labels == CT_ORGANS[organ], plain.labels == CT_ORGANS[organ]) > 0.7, organ
+    assert ct_phantom(1, "contrast", shape=SHAPE, atlas=atlas).labels.tobytes() == a.labels.tobytes()
+
+
+def test_pool_round_robin_and_hold_out(maps, tmp_path):
+    folder = maps["a"].parent
+    pool = load_atlases(["ellipsoids", folder], hold_out=["mouse_turned"])  # the folder's own map only
+    assert [None if p is None else p.name for p in pool] == [None, "mouse_a"]
+    with pytest.raises(ValueError, match="--hold-out mouse_x"):
+        load_atlases([folder], hold_out=["mouse_x"])
+    with pytest.raises(ValueError, match="every map is held out"):
+        load_atlases([maps["a"]], hold_out=["mouse_a"])
+    bare = tmp_path / "bare.nii.gz"
+    bare.write_bytes(maps["a"].read_bytes())
+    with pytest.raises(ValueError, match="no organ names beside it"):
+        read_atlas(bare)
+    out = tmp_path / "data"
+    assert main(["synth", "ct", "--out", str(out), "--count", "3", "--seed", "5", "--shape", "40,28,32",
+                 "--atlas", "ellipsoids", "--atlas", str(maps["a"]), "--condition", "native"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert {c: p["anatomy"] for c, p in meta["phantoms"].items()} == {
+        "phantom_0005": "ellipsoids", "phantom_0006": "mouse_a", "phantom_0007": "ellipsoids"}
+    assert "stomach" not in meta["organs"]  # the native dataset's organs, as without --atlas
+
+
+def test_rosenhain_maps_when_present():
+    folder = SHARED_DATA / "rosenhain"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/rosenhain is not beside this checkout")
+    pool = load_atlases([folder])
+    assert {a.name: set(a.organs) >= {"heart", "liver", "kidneys"} for a in pool} == {
+        "CT280_organs": True, "mouse_b_organs": True, "mouse_c_organs": True}
+    mouse_b = next(a for a in pool if a.name == "mouse_b_organs")
+    assert {"stomach", "spleen", "kidneys"} <= set(mouse_b.organs)  # left and right kidney merged
+    scan = ct_phantom(0, "contrast", shape=(100, 56, 76), atlas=mouse_b)
+    assert set(np.unique(scan.labels)) == {0, *CT_ORGANS.values()}
