@@ -11,11 +11,13 @@ from napari_mousesegment.store.registry import BUILTIN, SHIPPED_CT, SHIPPED_US, 
 NAMES = {SHIPPED_CT, *SHIPPED_US.values()}
 
 
-def test_the_four_synthetic_models_ship_verified_and_within_20_mb():
+def test_the_four_synthetic_models_and_the_hc18_one_ship_verified_and_within_20_mb():
     rows = {r.name: r for r in list_models() if r.source == "builtin"}
-    assert set(rows) == NAMES
-    assert all(name.endswith("-synthetic") for name in rows)
+    assert set(rows) == NAMES | {"unet-head-hc18"}
     assert sum(r.size_bytes for r in rows.values()) <= 20e6
+    _, config, meta = load_model("unet-head-hc18")  # the real-data example: its credit and held-out scores
+    assert config.organ == "head" and config.frame_size == 256 and "CC BY 4.0" in meta["description"]
+    assert all(s["dice"] >= 0.93 for s in meta["test_scores"]["series"].values())
     for name in NAMES:
         _, config, meta = load_model(name)  # sha256 checked
         assert meta["version"] == "1" and "synthetic" in meta["description"]
