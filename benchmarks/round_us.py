@@ -3,8 +3,9 @@
 A head U-Net is trained on one HC18 series (A). It predicts a second series (B); 8 of B's frames,
 corrected (their expert masks), are queued with that prediction, and ``worker --once`` runs a
 round. Dice on a third series (C), never seen, is scored before and after, with each version's own
-threshold, and on the corrected frames themselves. A second queue holds frames whose corrections
-equal the prediction: nothing to learn from, so its round must not be promoted::
+threshold, and on the corrected frames themselves. Nothing to learn from: the prediction queued as
+its own correction must be refused, and a round on one corrected frame (no held-out evidence) must
+not be promoted::
 
     python benchmarks/round_us.py --out /tmp/round --base-minutes 3 [--data ../shared/data/hc18_dev]
 
@@ -30,9 +31,14 @@ MODEL = "head-hc18-round"
 CORRECTED = 8
 
 
-def cli(*args: str, env: dict) -> str:
+def cli(*args: str, env: dict, refused: bool = False) -> str:
+    """Run a command; its output, or with ``refused`` its one-line error (the command must fail)."""
     done = subprocess.run([sys.executable, "-m", "napari_mousesegment.cli", *args], env=env, capture_output=True,
                           text=True)
+    if refused:
+        if not done.returncode:
+            raise SystemExit(f"mousesegment {' '.join(args)} was expected to refuse, and did not")
+        return done.stderr.strip().splitlines()[-1]
     if done.returncode:
         raise SystemExit(f"mousesegment {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
@@ -94,14 +100,22 @@ def main(argv: list[str] | None = None) -> dict:
         worker += ["--epochs", str(args.round_epochs)]
     round_log = cli(*worker, env=env)
     after = current_scores(env, files)
-    # Nothing to learn from: the prediction queued as its own correction.
+    # Nothing to learn from. The prediction queued as its own correction is refused at the door;
+    # one corrected frame gives the round no held-out frame, so its version is kept, not promoted.
+    unedited = cli("queue", "add", "--queue", str(out / "queue_unedited"), "--image", str(out / "B_corrected_frames.tif"),
+                   "--labels", str(out / "corr_pred.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind",
+                   "ultrasound", "--organ", ORGAN, "--model", MODEL, env=env, refused=True)
+    one = predicted[pick].astype(np.uint16)
+    one[0] = (truth_b[pick[0]] > 0).astype(np.uint16)
+    tifffile.imwrite(out / "one_frame.tif", one)
     idle = out / "queue_idle"
     cli("queue", "add", "--queue", str(idle), "--image", str(out / "B_corrected_frames.tif"), "--labels",
-        str(out / "corr_pred.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind", "ultrasound",
+        str(out / "one_frame.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind", "ultrasound",
         "--organ", ORGAN, "--model", MODEL, env=env)
-    idle_log = cli(*worker, env=env)
+    idle_log = cli("worker", "--queue", str(idle), "--once", "--device", "cpu", env=env)
     result = {"series": {"A": a, "B": b, "C": c}, "corrected_frames": pick.tolist(), "before": before,
-              "after": after, "round": round_log.strip().splitlines()[-3:], "idle_round": idle_log.strip().splitlines()[-3:],
+              "after": after, "round": round_log.strip().splitlines()[-3:], "unedited_correction": unedited,
+              "one_frame_round": idle_log.strip().splitlines()[-3:],
               "versions": cli("models", "versions", MODEL, env=env).strip().splitlines()}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -194,6 +194,21 @@ def test_a_round_with_nothing_to_learn_from_is_not_promoted_and_says_why(home, t
     assert "no evidence" in capsys.readouterr().out
 
 
+def test_a_round_on_one_corrected_frame_runs_and_is_not_promoted(home, tmp_path, capsys):
+    """One touched frame leaves nothing to hold out: the round trains, publishes, keeps the old version."""
+    model = _tiny_unet(tmp_path / "tiny")
+    frames, labels = _discs(4, seed=6)
+    pred = labels.copy()
+    pred[2] = 0  # the organ was missed on one frame alone
+    queue = Queue(tmp_path / "q")
+    assert queue.add(frames, labels, "ultrasound", organ="heart", model=model, prediction=pred).touched == [2]
+    assert main(["worker", "--queue", str(queue.root), "--once", "--epochs", "1", "--device", "cpu"]) == 0
+    assert "not promoted (no evidence: 0 held-out frames with an organ" in capsys.readouterr().out
+    last = queue.rounds()[-1]
+    assert not last.promoted and last.metrics["held_out"] == 0
+    assert versions.current(versions.lab_name(model)) == "0"
+
+
 def test_a_version_that_finds_nothing_is_never_promoted(home, tmp_path, monkeypatch):
     from napari_mousesegment.training import finetune
 

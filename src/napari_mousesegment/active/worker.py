@@ -193,8 +193,10 @@ def pixel_dice(model, frames: np.ndarray, masks: np.ndarray) -> float:
 
 def with_organ(masks: np.ndarray | torch.Tensor) -> np.ndarray:
     """Which frames (N, H, W) or slices (N, M, S, S) have an organ: a bool per one."""
-    flat = np.asarray(masks).reshape(len(masks), -1)
-    return flat.any(1) if flat.size else np.zeros(len(masks), bool)
+    masks = np.asarray(masks)
+    if masks.size == 0:  # no frames (a round with nothing held out), or frames of no pixels
+        return np.zeros(len(masks), bool)
+    return masks.reshape(len(masks), -1).any(1)
 
 
 def unet_held_out(model, frames: np.ndarray, masks: np.ndarray) -> HeldOut:
