@@ -111,13 +111,18 @@ def make_tests(args: argparse.Namespace) -> dict[str, list]:
     return tests
 
 
-def train_mosnet(args: argparse.Namespace, sets: dict[str, Path]) -> Path:
-    out = args.out / "models" / "mosnet"
+def train_mosnet(args: argparse.Namespace, sets: dict[str, Path], name: str = "mosnet", *extra: str) -> Path:
+    out = args.out / "models" / name
     if not (out / "weights.safetensors").is_file():
         run("mousesegment", "train", "mosnet", "--data", str(sets["native"]), "--data", str(sets["contrast"]),
             "--out", str(out), "--width", str(args.width), "--image-size", str(args.image_size),
-            "--max-minutes", str(args.minutes), "--device", "cpu", "--seed", str(args.seed))
+            "--max-minutes", str(args.minutes), "--device", "cpu", "--seed", str(args.seed), *extra)
     return out
+
+
+def score_mosnet(folder: Path, tests: dict[str, list]) -> dict[str, dict[str, float]]:
+    model, _, _ = load_mosnet(folder)
+    return score(tests, lambda s: predict_volume(model, s.image, s.spacing, s.condition).labels)
 
 
 def masked_dice_bce(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
@@ -186,14 +191,17 @@ def summary(table: dict[str, dict[str, float]]) -> dict[str, float]:
             "native_never_labelled_mean": float(np.mean([table["native"][o] for o in NEVER_NATIVE]))}
 
 
-def print_table(ours: dict, base: dict) -> None:
-    print(f"\n{'organ':<10} {'native ours':>11} {'native base':>11} {'contr. ours':>11} {'contr. base':>11}")
+def print_table(tables: dict[str, dict]) -> None:
+    """Per-organ DSC of each model and condition, then the summary means."""
+    names = list(tables)
+    head = "".join(f" {c[:6] + ' ' + n[:12]:>20}" for c in CONDITIONS for n in names)
+    print(f"\n{'organ':<10}{head}")
     for organ in CT_ORGANS:
         mark = " (never labelled native)" if organ in NEVER_NATIVE else ""
-        print(f"{organ:<10} {ours['native'][organ]:>11.3f} {base['native'][organ]:>11.3f} "
-              f"{ours['contrast'][organ]:>11.3f} {base['contrast'][organ]:>11.3f}{mark}")
-    for key, value in summary(ours).items():
-        print(f"{key:<28} ours {value:.3f}  plain U-Net {summary(base)[key]:.3f}")
+        cells = "".join(f" {tables[n][c][organ]:>20.3f}" for c in CONDITIONS for n in names)
+        print(f"{organ:<10}{cells}{mark}")
+    for key in summary(tables[names[0]]):
+        print(f"{key:<28} " + "  ".join(f"{n} {summary(tables[n])[key]:.3f}" for n in names))
 
 
 def main() -> int:
@@ -205,28 +213,33 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="work folder: data, test phantoms, models, table")
     parser.add_argument("--shape", type=lambda t: tuple(int(v) for v in t.split(",")), default=DEFAULT_SHAPE,
                         help="phantom grid Z,Y,X at 0.28 mm (default 200,110,150)")
-    parser.add_argument("--train", type=int, default=6, help="training phantoms per condition (6)")
+    parser.add_argument("--train", type=int, default=12, help="training phantoms per condition (12)")
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition (4)")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablate-augment", action="store_true",
+                        help="also train MOSnet with --no-augment for the same minutes, to measure augmentation")
     args = parser.parse_args()
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sets = make_data(args)
     tests = make_tests(args)
     mosnet_dir = train_mosnet(args, sets)
-    model, config, _ = load_mosnet(mosnet_dir)
-    ours = score(tests, lambda s: predict_volume(model, s.image, s.spacing, s.condition).labels)
+    tables = {"mosnet": score_mosnet(mosnet_dir, tests)}
+    if args.ablate_augment:
+        tables["mosnet_no_augment"] = score_mosnet(train_mosnet(args, sets, "mosnet_no_augment", "--no-augment"),
+                                                   tests)
+    config = load_mosnet(mosnet_dir)[1]
     plain_config = MOSnetConfig(organs=list(CT_ORGANS), image_size=args.image_size, spacing_mm=config.spacing_mm)
     print(f"plain U-Net: {args.minutes:g} minutes on the same slices", flush=True)
     plain, steps = train_plain(args, sets, plain_config)
-    base = score(tests, lambda s: plain_labels(plain, plain_config, s.image, s.condition))
-    print_table(ours, base)
+    tables["plain_unet"] = score(tests, lambda s: plain_labels(plain, plain_config, s.image, s.condition))
+    print_table(tables)
     result = {"held_out": args.hold_out, "atlas": [str(p) for p in args.atlas], "minutes": args.minutes,
               "shape": list(args.shape), "train_per_condition": args.train, "test_per_condition": args.test,
               "width": args.width, "image_size": args.image_size, "plain_unet_steps": steps,
-              "mosnet": {"dsc": ours, **summary(ours)}, "plain_unet": {"dsc": base, **summary(base)}}
+              **{name: {"dsc": table, **summary(table)} for name, table in tables.items()}}
     path = args.out / "heldout_anatomy.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\ntable written to {path}")

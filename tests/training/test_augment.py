@@ -39,3 +39,24 @@ def test_flips_with_rotation_keep_areas():
     _, out = augment(mask.clone(), mask, settings, torch.Generator().manual_seed(2))
     areas = out.sum(dim=(1, 2, 3))
     assert torch.all((areas - 256).abs() < 256 * 0.08)  # a rotation or mirror, never a shear
+
+
+def test_ct_slices_keep_every_organ_channel_with_its_tissue_and_never_flip():
+    """MOSnet's default: each organ's mask moves with the slice; the animal's left stays left."""
+    settings = AugmentSettings.for_ct()
+    assert not settings.hflip and not settings.vflip and settings.noise == 0
+    masks = torch.zeros(8, 3, 64, 64)
+    masks[:, 0, 10:30, 8:24] = 1  # an organ on the image's left
+    masks[:, 1, 34:54, 40:58] = 1  # one on its right
+    masks[:, 2, 20:44, 28:36] = 1
+    image = (masks * torch.tensor([0.3, 0.6, 0.9]).view(1, 3, 1, 1)).amax(1, keepdim=True)
+    out_image, out_masks = augment(image, masks, settings, torch.Generator().manual_seed(3))
+    assert not torch.equal(out_masks, masks)
+    for k, level in enumerate((0.3, 0.6, 0.9)):
+        tissue = (out_image - level).abs() < 0.1
+        inside = out_masks[:, k : k + 1] > 0.5
+        assert (tissue & inside).sum() > 0.75 * inside.sum()  # bilinear edges aside, the mask lies on its tissue
+    columns = torch.arange(64.0)
+    left = (out_masks[:, 0].sum(1) * columns).sum(1) / out_masks[:, 0].sum((1, 2))
+    right = (out_masks[:, 1].sum(1) * columns).sum(1) / out_masks[:, 1].sum((1, 2))
+    assert (left < right).all()

@@ -57,6 +57,8 @@ def test_training_learns_checkpoints_and_resumes(datasets, tmp_path):
     meta = json.loads((out / "config.json").read_text())
     assert meta["training"]["val_scans"] and not set(meta["training"]["val_scans"]) & set(meta["training"]["train_scans"])
     assert "kidneys" not in meta["annotated"]["native"] and "kidneys" in meta["annotated"]["contrast"]
+    augment = meta["training"]["settings"]["augment"]  # the default: slices augmented, never flipped
+    assert augment["rotation"] == 10 and augment["hflip"] is False and augment["noise"] == 0
     assert set(meta["thresholds"]) == set(CT_ORGANS) and all(0 < t < 1 for t in meta["thresholds"].values())
     assert load_mosnet(out)[1].thresholds == meta["thresholds"]
     with pytest.raises(FileExistsError):

@@ -70,12 +70,22 @@ def test_threshold_by_f05_or_by_a_precision_target():
 
 
 def test_augment_option_parses_ranges_and_switches(capsys):
-    from napari_mousesegment.cli.ultrasound import _augment
+    from argparse import Namespace
 
-    settings = _augment("rotation=10,vflip=true,noise=0")
+    from napari_mousesegment.cli.options import augment_settings
+    from napari_mousesegment.training.augment import AugmentSettings
+
+    def parse(text, defaults=AugmentSettings(), off=False):
+        return augment_settings(Namespace(augment=text, no_augment=off), defaults)
+
+    settings = parse("rotation=10,vflip=true,noise=0")
     assert settings.rotation == 10 and settings.vflip and settings.noise == 0 and settings.scale == 0.15
     with pytest.raises(ValueError, match="NAME=VALUE"):
-        _augment("spin=3")
+        parse("spin=3")
+    ct = parse("scale=0.25", AugmentSettings.for_ct())  # train mosnet's defaults: never flipped
+    assert ct.scale == 0.25 and ct.rotation == 10 and not ct.hflip and ct.noise == 0
+    assert AugmentSettings.for_ct().scale == 0.15  # the defaults themselves are not changed
+    assert parse("rotation=5", AugmentSettings.for_ct(), off=True) == AugmentSettings.off()
 
 
 @pytest.mark.parametrize("bad", [{"alpha": 1.5}, {"plateau_factor": 1.0}, {"lr": 0}, {"finetune_lr": -1e-5}])

@@ -12,6 +12,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..data.ct_dataset import read_ct_dataset
     from ..models.mosnet import MOSnetConfig
     from ..organs import CT_ORGANS
+    from ..training.augment import AugmentSettings
     from ..training.mosnet import TrainSettings, train_mosnet
 
     datasets = [read_ct_dataset(d) for d in args.data]
@@ -22,7 +23,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                           image_size=args.image_size, spacing_mm=args.voxel_mm)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
-                             seed=args.seed, slice_stride=args.slice_stride, resume=args.resume)
+                             seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
+                             augment=options.augment_settings(args, AugmentSettings.for_ct()))
     result = options.run_training(train_mosnet, args.data, args.out, config, settings)
     if result is not None:
         print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "
@@ -118,6 +120,8 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--val-fraction", type=options.number(0.0, 0.9), default=0.1,
                         help="scans per dataset held out for validation (default 0.1)")
     mosnet.add_argument("--slice-stride", type=options.positive_int, default=1, help="use every n-th slice (default 1: all)")
+    options.add_augment(mosnet, "rotation (degrees, 10), scale (0.15), translation (0.05), hflip (false), "
+                                "vflip (false), noise (0), brightness (0.01), contrast (0.05), elastic (0.02), crop (0)")
     options.add_device(mosnet)
     mosnet.add_argument("--seed", type=int, default=0)
     mosnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

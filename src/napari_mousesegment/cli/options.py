@@ -83,6 +83,44 @@ def grid(text: str) -> tuple[int, int]:
     return value
 
 
+def augment_settings(args: argparse.Namespace, defaults):
+    """AugmentSettings from ``--augment NAME=VALUE,...`` over ``defaults`` (0 or false switches one
+    off), or every augmentation off with ``--no-augment``."""
+    from dataclasses import fields, replace
+
+    from ..training.augment import AugmentSettings
+
+    if args.no_augment:
+        return AugmentSettings.off()
+    settings = replace(defaults)
+    names = {f.name: f.type for f in fields(AugmentSettings)}
+    for item in (args.augment or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise ValueError(f"--augment takes NAME=VALUE with NAME in {', '.join(names)}; got {item!r}")
+        if name in ("hflip", "vflip"):
+            setattr(settings, name, value.strip().lower() in ("1", "true", "yes", "on"))
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not (math.isfinite(number) and number >= 0):
+                raise ValueError(f"--augment {name} needs a number of at least 0, got {value!r}")
+            setattr(settings, name, number)
+    return settings
+
+
+def add_augment(parser: argparse.ArgumentParser, defaults: str) -> None:
+    """``--augment NAME=VALUE,...`` and ``--no-augment``; ``defaults`` lists each default for the help."""
+    parser.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
+                        help=f"augmentation ranges, 0 switches one off: {defaults}")
+    parser.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+
+
 def organs(text: str) -> list[str]:
     """``--organs``: comma-separated organ names or ROI keywords."""
     names = [o.strip() for o in text.split(",") if o.strip()]

@@ -3,39 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from ..organs import US_ORGANS
 from . import options
-
-
-def _augment(text: str | None):
-    """AugmentSettings from NAME=VALUE,...; 0 or false switches one off."""
-    from dataclasses import fields
-
-    from ..training.augment import AugmentSettings
-
-    settings = AugmentSettings()
-    names = {f.name: f.type for f in fields(AugmentSettings)}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in names:
-            raise ValueError(f"--augment takes NAME=VALUE with NAME in {', '.join(names)}; got {item!r}")
-        if name in ("hflip", "vflip"):
-            setattr(settings, name, value.strip().lower() in ("1", "true", "yes", "on"))
-        else:
-            try:
-                number = float(value)
-            except ValueError:
-                number = math.nan
-            if not (math.isfinite(number) and number >= 0):
-                raise ValueError(f"--augment {name} needs a number of at least 0, got {value!r}")
-            setattr(settings, name, number)
-    return settings
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -54,7 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                             alpha=args.alpha, early_stop=args.early_stop,
                             test_series=args.test, max_minutes=args.max_minutes, device=args.device,
                             seed=args.seed, resume=args.resume, precision_target=args.precision_target,
-                            augment=_augment(args.augment) if not args.no_augment else AugmentSettings.off())
+                            augment=options.augment_settings(args, AugmentSettings()))
     summary = options.run_training(train_unet, args.data, args.out, config, settings)
     if summary is not None:
         print(f"model -> {summary['out']} (best validation Dice {summary['best_val_dice']:.3f}, "
@@ -142,11 +113,8 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                       help="share of series or frames held out for validation (0.2)")
     unet.add_argument("--alpha", type=options.number(0.0, 1.0), default=0.5, help="weight of Dice in alpha*Dice + (1-alpha)*BCE (0.5)")
     unet.add_argument("--test", type=options.count(0), default=5, help="lab-layout data: whole series held out for testing (5)")
-    unet.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
-                      help="augmentation ranges, 0 switches one off: rotation (degrees, 20), scale (0.15), "
-                           "translation (0.1), hflip (true), vflip (false), noise (0.03), brightness (0.1), "
-                           "contrast (0.2), elastic (0.02), crop (0.15)")
-    unet.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    options.add_augment(unet, "rotation (degrees, 20), scale (0.15), translation (0.1), hflip (true), vflip (false), "
+                              "noise (0.03), brightness (0.1), contrast (0.2), elastic (0.02), crop (0.15)")
     unet.add_argument("--precision-target", type=options.number(0.0, 1.0, open_low=True), default=None,
                       help="choose the threshold as the lowest reaching this validation precision "
                            "(default: the largest F0.5)")

@@ -317,7 +317,7 @@ def _deform(cv: _Canvas, amplitude: float) -> None:
 # How a real label map is fitted and warped: rotation (degrees), per-axis scale, shift and elastic
 # displacement (default-scan voxels, 0.28 mm each). Fat margins (default-scan voxels) around the
 # map's organs, as ``_paint_organs`` puts around its own.
-ATLAS_ROTATION, ATLAS_SCALE, ATLAS_SHIFT, ATLAS_ELASTIC = 8.0, (0.9, 1.1), 3.0, 5.0
+ATLAS_ROTATION, ATLAS_SCALE, ATLAS_SHIFT, ATLAS_ELASTIC = 12.0, (0.8, 1.25), 5.0, 6.0
 _FAT_MARGINS = {"heart": 1.5, "kidneys": 2.5, "bladder": 2.0}
 
 

@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..metrics import dice_from_counts
 from ..models.folder import WEIGHTS, load_folder, update_config
 from ..models.mosnet import MOSnet, MOSnetConfig, annotated_by_condition, count_parameters
 from . import distributed
+from .augment import AugmentSettings, augment
 from .checkpoint import TrainingError, last_done, load_checkpoint, prepare_run, record_epoch
 from .distributed import Ranks
 from .loop import Step, autocast, fit
@@ -51,6 +52,8 @@ class TrainSettings:
     seed: int = 0
     slice_stride: int = 1  #: use every n-th slice (neighbouring slices are nearly identical)
     resume: bool = False
+    #: slice augmentation (the paper used none; measured in docs/results-mosnet.md)
+    augment: AugmentSettings = field(default_factory=AugmentSettings.for_ct)
 
 
 class MOSnetSchedule(BudgetSchedule):
@@ -87,9 +90,14 @@ def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device):
 
 
 def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: torch.Tensor,
-               recon_weight: float) -> Step:
-    """MOSnet's loss (eqs. 6-9) of a batch from :func:`_to_device`."""
+               recon_weight: float, augmentation: AugmentSettings | None = None,
+               generator: torch.Generator | None = None) -> Step:
+    """MOSnet's loss (eqs. 6-9) of a batch from :func:`_to_device`, augmented first when asked.
+    The reconstruction target is the augmented slice, the one the network sees."""
     image, masks, annotated, condition = batch
+    if augmentation is not None and augmentation != AugmentSettings.off():
+        image, masks = augment(image, masks, augmentation, generator)
+        image = image.contiguous(memory_format=torch.channels_last)
     with autocast(image.device):
         logits, recon = model(image, condition)
     loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, recon_weight)
@@ -145,7 +153,11 @@ class MOSnetRecipe:
     log: Callable[[str], None]
     parts: tuple[str, ...] = ("seg", "recon")
 
+    generator: torch.Generator | None = None
+
     def begin_epoch(self, epoch: int, history: list[dict]) -> dict:
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.settings.seed * 100003 + epoch * 101 + self.ranks.rank)  # each rank its own
         return {}
 
     def batches(self, epoch: int) -> list[np.ndarray]:
@@ -153,7 +165,8 @@ class MOSnetRecipe:
                                          self.ranks)
 
     def step(self, idx: np.ndarray) -> Step:
-        return batch_loss(self.net, _to_device(self.train, idx, self.device), self.beta, self.settings.recon_weight)
+        return batch_loss(self.net, _to_device(self.train, idx, self.device), self.beta, self.settings.recon_weight,
+                          self.settings.augment, self.generator)
 
     def validate(self) -> dict[str, float]:
         return evaluate_slices(self.model, self.val, self.beta, self.settings, self.device)
@@ -254,7 +267,7 @@ def train_mosnet(
         "training": {"datasets": [{"name": d.name, "condition": d.condition, "organs": sorted(d.organs),
                                    "scans": len(d.cases)} for d in datasets],
                      "train_scans": train_ids, "val_scans": val_ids, "beta": [round(float(b), 3) for b in beta],
-                     "settings": {k: v for k, v in vars(settings).items() if k != "resume"},
+                     "settings": {k: v for k, v in asdict(settings).items() if k != "resume"},
                      "parameters": count_parameters(model)},
     }
     recipe = MOSnetRecipe(model, net, optimizer, scheduler, train, val, beta, settings, out, checkpoint_dir, ranks,
