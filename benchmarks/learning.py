@@ -51,14 +51,25 @@ def _us_data(args: argparse.Namespace, scratch: Path) -> tuple[Path, str, int]:
     return data, "heart", 64
 
 
-def _ours_samples_per_s(model_dir: Path, batch: int = 8) -> float:
-    """Training samples per second over the run: batches of every epoch over its wall seconds."""
-    from napari_mousesegment.training.unet import MIN_EPOCH_STEPS
+def _ours_samples_per_s(model_dir: Path, lab: Path) -> float:
+    """Training samples per second over the run: every epoch's batches over its wall seconds.
 
+    An epoch's batch count is the one `train unet` used: its training frames (the lab's frames less
+    the validation frames its config records), repeated up to at least MIN_EPOCH_STEPS batches."""
+    from napari_mousesegment.training.distributed import Ranks
+    from napari_mousesegment.training.unet import epoch_batches
+
+    training = json.loads((model_dir / "config.json").read_text())["training"]
+    from napari_mousesegment.io.series import read_series
+
+    frames = sum(len(read_series(folder, []).frames) for folder in sorted(lab.glob("series_*")))
+    n_train = frames - sum(len(v) for v in training.get("val_frames", {}).values())
+    batch = training["settings"]["batch_size"]
+    samples = sum(len(b) for b in epoch_batches(n_train, batch, 0, 0, Ranks()))
     with open(model_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
     seconds = sum(float(r["seconds"]) for r in rows)
-    return len(rows) * MIN_EPOCH_STEPS * batch / seconds if seconds else float("nan")
+    return len(rows) * samples / seconds if seconds else float("nan")
 
 
 def _step_flops(image_shape: tuple[int, int]) -> int:
@@ -83,7 +94,7 @@ def _ultrasound(args: argparse.Namespace, minutes: float, scratch: Path, data: P
     ours = learning_us.score_ours(model_dir, tests)["02"]
     plain = learning_us.plain(lab, minutes, tests, organ=organ, size=size)
     return {"ours_dice": ours["dice"], "plain_dice": plain["02"]["dice"],
-            "ours_samples_per_s": _ours_samples_per_s(model_dir), "plain_samples_per_s": plain["samples_per_s"]}
+            "ours_samples_per_s": _ours_samples_per_s(model_dir, lab), "plain_samples_per_s": plain["samples_per_s"]}
 
 
 def _ct(args: argparse.Namespace, minutes: float, scratch: Path) -> dict:
@@ -112,7 +123,8 @@ def learning(args: argparse.Namespace, device: torch.device, scratch: Path) -> d
             us = _ultrasound(args, minutes, scratch, data, organ, size)
             for key, value in us.items():
                 out[f"us_{minutes:g}min_{key}"] = value
-            flops = _step_flops((173, 256) if not args.quick else (64, 96))
+            # ours trains on 540x800 frames at the working scale, 173x256, padded to the U-Net's multiple of 8
+            flops = _step_flops((176, 256) if not args.quick else (64, 96))
             out[f"us_{minutes:g}min_ours_matmul_fraction"] = us["ours_samples_per_s"] * flops / peak
             out[f"us_{minutes:g}min_plain_matmul_fraction"] = us["plain_samples_per_s"] * _step_flops(
                 (size, size)) / peak
