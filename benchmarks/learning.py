@@ -15,7 +15,8 @@ checkpoints included), the plain U-Net's from its step count. The fraction of th
 those samples/s times the convolution FLOPs of one sample's training step (3x its forward pass),
 over the fp32 matmul rate measured in the same run (ours trains in bf16 where the CPU has it, so
 its fraction can pass what fp32 allows). The whole section at 2, 6 and 12 minutes takes about
-80 minutes on 2 cores; ``--quick`` runs 3 seconds on synthetic series instead, to smoke-test it.
+100 minutes on 2 cores (the 2-minute budget alone: 14); ``--quick`` runs 3 seconds on synthetic
+series instead, to smoke-test it. The micro-CT phantoms are drawn once and shared by the budgets.
 """
 
 from __future__ import annotations
@@ -56,12 +57,11 @@ def _ours_samples_per_s(model_dir: Path, lab: Path) -> float:
 
     An epoch's batch count is the one `train unet` used: its training frames (the lab's frames less
     the validation frames its config records), repeated up to at least MIN_EPOCH_STEPS batches."""
+    from napari_mousesegment.io.series import read_series
     from napari_mousesegment.training.distributed import Ranks
     from napari_mousesegment.training.unet import epoch_batches
 
     training = json.loads((model_dir / "config.json").read_text())["training"]
-    from napari_mousesegment.io.series import read_series
-
     frames = sum(len(read_series(folder, []).frames) for folder in sorted(lab.glob("series_*")))
     n_train = frames - sum(len(v) for v in training.get("val_frames", {}).values())
     batch = training["settings"]["batch_size"]
@@ -98,7 +98,12 @@ def _ultrasound(args: argparse.Namespace, minutes: float, scratch: Path, data: P
 
 
 def _ct(args: argparse.Namespace, minutes: float, scratch: Path) -> dict:
+    """Held-out anatomy at one budget; every budget trains on the same phantoms, drawn once."""
     out = scratch / f"ct_{minutes:g}"
+    out.mkdir(parents=True, exist_ok=True)
+    (scratch / "ct_data").mkdir(exist_ok=True)
+    if not (out / "data").exists():  # heldout_anatomy.py draws into OUT/data unless it is there already
+        (out / "data").symlink_to(scratch / "ct_data", target_is_directory=True)
     subprocess.run([sys.executable, str(ROOT / "experiments" / "heldout_anatomy.py"), "--atlas", str(args.atlas),
                     "--hold-out", HELD_OUT_MAP, "--minutes", str(minutes), "--out", str(out)],
                    check=True, stdout=subprocess.DEVNULL)
@@ -118,16 +123,17 @@ def learning(args: argparse.Namespace, device: torch.device, scratch: Path) -> d
     have_ct = not args.quick and Path(args.atlas).exists()
     peak = matmul_rate(device, 1024 if args.quick else 2048)["peak"]
     out: dict = {"budgets_min": ",".join(f"{m:g}" for m in budgets), "matmul_gflops": peak / 1e9}
+    if have_us:
+        # ours trains on 540x800 frames at the working scale, 173x256, padded to the U-Net's multiple of 8
+        ours_flops = _step_flops((176, 256) if not args.quick else (64, 96))
+        plain_flops = _step_flops((size, size))
     for minutes in budgets:
         if have_us:
             us = _ultrasound(args, minutes, scratch, data, organ, size)
             for key, value in us.items():
                 out[f"us_{minutes:g}min_{key}"] = value
-            # ours trains on 540x800 frames at the working scale, 173x256, padded to the U-Net's multiple of 8
-            flops = _step_flops((176, 256) if not args.quick else (64, 96))
-            out[f"us_{minutes:g}min_ours_matmul_fraction"] = us["ours_samples_per_s"] * flops / peak
-            out[f"us_{minutes:g}min_plain_matmul_fraction"] = us["plain_samples_per_s"] * _step_flops(
-                (size, size)) / peak
+            out[f"us_{minutes:g}min_ours_matmul_fraction"] = us["ours_samples_per_s"] * ours_flops / peak
+            out[f"us_{minutes:g}min_plain_matmul_fraction"] = us["plain_samples_per_s"] * plain_flops / peak
         if have_ct:
             for key, value in _ct(args, minutes, scratch).items():
                 out[f"ct_{minutes:g}min_{key}"] = value
