@@ -220,6 +220,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablate-augment", action="store_true",
                         help="also train MOSnet with --no-augment for the same minutes, to measure augmentation")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
+                        help="also score an existing MOSnet folder on the same test phantoms (e.g. an earlier run's)")
     args = parser.parse_args()
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -227,6 +229,9 @@ def main() -> int:
     tests = make_tests(args)
     mosnet_dir = train_mosnet(args, sets)
     tables = {"mosnet": score_mosnet(mosnet_dir, tests)}
+    for entry in args.compare:
+        name, _, folder = entry.partition("=")
+        tables[name] = score_mosnet(Path(folder), tests)
     if args.ablate_augment:
         tables["mosnet_no_augment"] = score_mosnet(train_mosnet(args, sets, "mosnet_no_augment", "--no-augment"),
                                                    tests)

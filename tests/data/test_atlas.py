@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_mousesegment.cli import main
 from napari_mousesegment.data.atlas import load_atlases, organ_of, read_atlas
@@ -98,6 +99,36 @@ def test_warped_map_drives_the_phantom(maps):
     for organ in ("bladder", "intestine", "bone"):  # not in the map: the ellipsoid model's, as without it
         assert dice(a.labels == CT_ORGANS[organ], plain.labels == CT_ORGANS[organ]) > 0.7, organ
     assert ct_phantom(1, "contrast", shape=SHAPE, atlas=atlas).labels.tobytes() == a.labels.tobytes()
+
+
+def _centre(labels, organ):
+    return np.argwhere(labels == CT_ORGANS[organ]).mean(0)
+
+
+def test_each_organ_of_the_map_varies_on_its_own(maps):
+    """Organs move and grow relative to each other from seed to seed, as between mice."""
+    atlas = read_atlas(maps["a"])
+    scans = [ct_phantom(seed, "native", shape=SHAPE, atlas=atlas) for seed in range(6)]
+    offsets = np.array([_centre(s.labels, "heart") - _centre(s.labels, "liver") for s in scans])
+    ratios = [s.organ_volumes()["kidneys"] / s.organ_volumes()["liver"] for s in scans]
+    assert offsets.std(0).max() > 0.7  # voxels: more than the whole map's warp alone moves them apart
+    assert max(ratios) / min(ratios) > 1.3
+
+
+def test_replaced_organs_leave_no_fat_capsule(maps):
+    """Where the ellipsoid kidneys were, a map's phantom has tissue, not the empty fat ring of a
+    "ghost" kidney with no label."""
+    atlas = read_atlas(maps["a"])
+    for seed in range(3):
+        plain = ct_phantom(seed, "native", atlas=None)
+        scan = ct_phantom(seed, "native", atlas=atlas)
+        kidneys = plain.labels == CT_ORGANS["kidneys"]
+        ring = ndi.binary_dilation(kidneys, iterations=2) & ~kidneys
+        far = ~ndi.binary_dilation(scan.labels > 0, iterations=5)  # away from the map's organs and their fat
+        ghost = ring & far
+        assert ghost.sum() > 100
+        assert np.median(plain.image[ghost]) < -40  # the ellipsoid kidney's fat capsule, in the plain phantom
+        assert np.median(scan.image[ghost]) > 0, seed  # gone with the organ it held
 
 
 def test_pool_round_robin_and_hold_out(maps, tmp_path):

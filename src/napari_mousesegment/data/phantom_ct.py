@@ -319,6 +319,44 @@ def _deform(cv: _Canvas, amplitude: float) -> None:
 # map's organs, as ``_paint_organs`` puts around its own.
 ATLAS_ROTATION, ATLAS_SCALE, ATLAS_SHIFT, ATLAS_ELASTIC = 12.0, (0.8, 1.25), 5.0, 6.0
 _FAT_MARGINS = {"heart": 1.5, "kidneys": 2.5, "bladder": 2.0}
+# Each organ of the map then varies on its own, as organs do between mice: a volume factor (hollow
+# organs fill and empty), a per-axis stretch, a rotation (degrees) and a shift (default-scan
+# voxels) about its own centre. Bone spans the body and keeps the map's frame.
+ORGAN_VOLUME = {"stomach": (0.5, 2.5), "bladder": (0.4, 2.5), "intestine": (0.7, 1.5)}
+ORGAN_VOLUME_DEFAULT, ORGAN_STRETCH, ORGAN_ROTATION, ORGAN_SHIFT = (0.7, 1.4), (0.88, 1.14), 10.0, 4.0
+#: Painting order of the varied organs: the larger first, so a smaller one is never buried.
+_ORGAN_ORDER = ("liver", "intestine", "lungs", "stomach", "kidneys", "spleen", "heart", "bladder")
+
+
+def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """The map's labels at ``coords`` (map voxels, (3, z, y, x)), each organ moved on its own.
+    ``voxels_per_mm``: the fit's scale, default-scan voxels per mm of the map.
+
+    Each organ's points are mapped by the inverse of a random similarity-plus-stretch about the
+    organ's centre in the map, so the organ grows, turns and shifts in place; organs are painted
+    larger first. Bone (and any organ not in ``_ORGAN_ORDER``) is sampled unmoved.
+    """
+    spacing = np.asarray(atlas.spacing, np.float32)
+    out = ndi.map_coordinates(atlas.labels, coords, order=0, mode="constant", cval=0)
+    moving = [o for o in _ORGAN_ORDER if o in atlas.organs]
+    out[np.isin(out, [CT_ORGANS[o] for o in moving])] = 0
+    for organ in moving:
+        low, high = ORGAN_VOLUME.get(organ, ORGAN_VOLUME_DEFAULT)
+        volume = np.exp(rng.uniform(np.log(low), np.log(high)))
+        stretch = rng.uniform(*ORGAN_STRETCH, 3)
+        local = _rotation(rng, ORGAN_ROTATION) @ np.diag(np.cbrt(volume / np.prod(stretch)) * stretch)
+        shift = rng.uniform(-ORGAN_SHIFT, ORGAN_SHIFT, 3) / voxels_per_mm  # mm of the map
+        centre = atlas.centroids[organ]  # mm in the map
+        inverse = (np.linalg.inv(local) * (1 / spacing)[:, None] * spacing[None, :]).astype(np.float32)
+        centre_vox = (centre / spacing).astype(np.float32)
+        shift_vox = (shift / spacing).astype(np.float32)
+        moved = np.tensordot(inverse, coords - (centre_vox + shift_vox)[:, None, None, None], axes=1)
+        moved += centre_vox[:, None, None, None]
+        mask = ndi.map_coordinates((atlas.labels == CT_ORGANS[organ]).astype(np.uint8), moved, order=0,
+                                   mode="constant", cval=0)
+        out[mask > 0] = CT_ORGANS[organ]
+    return out
 
 
 def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> np.ndarray:
@@ -326,7 +364,8 @@ def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> np.
 
     The fit matches the centre and total volume of the organs the map has (bone aside, whose
     extent depends on the scan's field of view) with the same organs of the ellipsoid model, so
-    the map's shapes and proportions land where the phantom's body holds them.
+    the map's shapes and proportions land where the phantom's body holds them. A random affine
+    and elastic field warp the whole map; :func:`_organ_variation` then varies each organ.
     """
     fit = [o for o in atlas.organs if o != "bone"] or list(atlas.organs)
     values = [CT_ORGANS[o] for o in fit]
@@ -343,7 +382,7 @@ def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> np.
         points[axis] = points[axis] / cv.scale[axis] + field - target[axis]
     coords = np.tensordot(to_atlas.astype(np.float32), points, axes=1)
     coords += (source / np.asarray(atlas.spacing)).astype(np.float32)[:, None, None, None]
-    return ndi.map_coordinates(atlas.labels, coords, order=0, mode="constant", cval=0)
+    return _organ_variation(coords, atlas, per_mm, rng)
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
@@ -376,6 +415,22 @@ def _hold(cv: _Canvas, organs: np.ndarray) -> None:
     cv.material[sl][skin] = FAT
 
 
+def _clear_capsules(cv: _Canvas, labels_before: np.ndarray, atlas: LabelAtlas) -> None:
+    """Take away the fat capsules of the ellipsoid organs the map replaces.
+
+    Left behind, a capsule would outline a "ghost" organ in unlabelled muscle, which in native
+    scans looks just like a kidney or a heart: a label that contradicts the image. Fat near the
+    skin is the body's own and stays.
+    """
+    deep = ndi.binary_erosion(~np.isin(cv.material, [AIR, BED]), iterations=4)
+    for organ, margin in _FAT_MARGINS.items():
+        if organ in atlas.organs:
+            sl, near = _near(cv, labels_before == CT_ORGANS[organ], margin + 1.0)
+            if sl is not None:
+                capsule = near & deep[sl] & (cv.material[sl] == FAT) & (cv.labels[sl] == 0)
+                cv.material[sl][capsule] = MUSCLE
+
+
 def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.random.Generator) -> None:
     """Replace the ellipsoid organs the map has by the map's warped ones.
 
@@ -388,6 +443,7 @@ def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.ran
     labels_before, material_before = cv.labels.copy(), cv.material.copy()
     old = np.isin(cv.labels, mine)
     cv.material[old], cv.labels[old] = MUSCLE, 0
+    _clear_capsules(cv, labels_before, atlas)
     _hold(cv, warped > 0)
     for organ, margin in _FAT_MARGINS.items():
         if organ in atlas.organs:
