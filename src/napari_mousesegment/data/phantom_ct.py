@@ -10,7 +10,8 @@ across. Voxels are isotropic, 0.28 mm by default, as in the database's native sc
 
 Given a real label map (:class:`~.atlas.LabelAtlas`), the phantom draws the organs the map has
 from the map's own shapes instead: fitted to the phantom's organ layout, then warped by a random
-affine (scale, small rotation, shift) and a smooth elastic field, resampled to the phantom's grid.
+affine (scale, small rotation, shift) and a smooth elastic field, each organ varied on its own
+(size, stretch, turn, shift), and resampled to the phantom's grid.
 The organs the map lacks keep the ellipsoid model's shapes, so every phantom holds all 9 organs.
 """
 
@@ -422,13 +423,15 @@ def _clear_capsules(cv: _Canvas, labels_before: np.ndarray, atlas: LabelAtlas) -
     scans looks just like a kidney or a heart: a label that contradicts the image. Fat near the
     skin is the body's own and stays.
     """
+    replaced = [organ for organ in _FAT_MARGINS if organ in atlas.organs]
+    if not replaced:
+        return
     deep = ndi.binary_erosion(~np.isin(cv.material, [AIR, BED]), iterations=4)
-    for organ, margin in _FAT_MARGINS.items():
-        if organ in atlas.organs:
-            sl, near = _near(cv, labels_before == CT_ORGANS[organ], margin + 1.0)
-            if sl is not None:
-                capsule = near & deep[sl] & (cv.material[sl] == FAT) & (cv.labels[sl] == 0)
-                cv.material[sl][capsule] = MUSCLE
+    for organ in replaced:
+        sl, near = _near(cv, labels_before == CT_ORGANS[organ], _FAT_MARGINS[organ] + 1.0)
+        if sl is not None:
+            capsule = near & deep[sl] & (cv.material[sl] == FAT) & (cv.labels[sl] == 0)
+            cv.material[sl][capsule] = MUSCLE
 
 
 def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.random.Generator) -> None:
