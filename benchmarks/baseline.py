@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from napari_mousesegment.models.mosnet import MOSnet
 from napari_mousesegment.models.preprocess import (
+    context_index,
     fit_square,
     from_slices,
     resample,
@@ -42,8 +43,8 @@ def naive_predict_volume(model: MOSnet, image: np.ndarray, spacing: tuple[float,
     cond = torch.tensor([config.conditions.index(condition)], device=device)
     outputs = []
     with torch.no_grad():
-        for plane in slices:
-            x = torch.from_numpy(np.ascontiguousarray(plane))[None, None].to(device)
+        for near in context_index(len(slices), config.slice_offsets()):  # the slice, and 2.5D neighbours
+            x = torch.from_numpy(np.ascontiguousarray(slices[near]))[None].to(device)
             x = fit_square(x, config.image_size, "bilinear")
             logits, _ = model(x, cond)
             for other, organs in config.borrowed_organs(condition):  # the predictor's rule, recomputed whole

@@ -218,8 +218,13 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context-slices", type=int, default=0,
+                        help="train MOSnet on 2.5D input: neighbouring slices each side (default 0: 2D)")
     parser.add_argument("--ablate-augment", action="store_true",
                         help="also train MOSnet with --no-augment for the same minutes, to measure augmentation")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=FLAGS",
+                        help="also train MOSnet with these extra train flags for the same minutes "
+                             "(e.g. mosnet_2d='--context-slices 0')")
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
                         help="also score an existing MOSnet folder on the same test phantoms (e.g. an earlier run's)")
     args = parser.parse_args()
@@ -227,11 +232,14 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sets = make_data(args)
     tests = make_tests(args)
-    mosnet_dir = train_mosnet(args, sets)
+    mosnet_dir = train_mosnet(args, sets, "mosnet", "--context-slices", str(args.context_slices))
     tables = {"mosnet": score_mosnet(mosnet_dir, tests)}
     for entry in args.compare:
         name, _, folder = entry.partition("=")
         tables[name] = score_mosnet(Path(folder), tests)
+    for entry in args.also:
+        name, _, flags = entry.partition("=")
+        tables[name] = score_mosnet(train_mosnet(args, sets, name, *flags.split()), tests)
     if args.ablate_augment:
         tables["mosnet_no_augment"] = score_mosnet(train_mosnet(args, sets, "mosnet_no_augment", "--no-augment"),
                                                    tests)
@@ -243,7 +251,8 @@ def main() -> int:
     print_table(tables)
     result = {"held_out": args.hold_out, "atlas": [str(p) for p in args.atlas], "minutes": args.minutes,
               "shape": list(args.shape), "train_per_condition": args.train, "test_per_condition": args.test,
-              "width": args.width, "image_size": args.image_size, "plain_unet_steps": steps,
+              "width": args.width, "image_size": args.image_size, "context_slices": args.context_slices,
+              "plain_unet_steps": steps,
               **{name: {"dsc": table, **summary(table)} for name, table in tables.items()}}
     path = args.out / "heldout_anatomy.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

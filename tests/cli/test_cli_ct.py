@@ -35,6 +35,28 @@ def test_train_writes_a_loadable_model_folder(trained):
     assert (model / "curves.png").exists() and (model / "history.csv").exists()
 
 
+def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp_path, capsys):
+    root, _ = trained
+    model = tmp_path / "model25"
+    assert main(["train", "mosnet", "--data", str(root / "native"), "--data", str(root / "contrast"),
+                 "--out", str(model), "--width", "4", "--image-size", "32", "--epochs", "1", "--voxel-mm", "1.4",
+                 "--device", "cpu", "--val-fraction", "0.5", "--context-slices", "1", "--context-step", "1"]) == 0
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["context"] == 1 and meta["context_step"] == 1
+    scan = next((root / "native" / "images").glob("*.tif"))
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
+                 "--out", str(tmp_path / "pred")]) == 0
+    assert read_tiff(tmp_path / "pred" / scan.stem / "labels.tif")[0].shape == tifffile.imread(scan).shape
+    pytest.importorskip("bioimageio.spec")
+    capsys.readouterr()
+    assert main(["models", "export", str(model), str(tmp_path / "zoo"), "--format", "bioimageio"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2.5D" in err[0] and "Traceback" not in err[0]
+    with pytest.raises(SystemExit):
+        main(["train", "mosnet", "--data", str(root / "native"), "--out", str(tmp_path / "x"),
+              "--context-slices", "9"])
+
+
 def test_predict_ct_contract(trained, tmp_path):
     root, model = trained
     scan = next((root / "native" / "images").glob("*.tif"))

@@ -1,5 +1,7 @@
 """The streaming micro-CT predictor against the naive whole-volume baseline of the benchmark."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -49,9 +51,23 @@ def test_streaming_on_another_plane_matches_the_baseline(scan):
     assert np.abs(pred.probabilities.astype(np.float32) - probabilities).max() < 2e-3
 
 
-def test_organ_thresholds_decide_the_vote_as_in_the_baseline(shipped, scan):
-    from dataclasses import replace
+@pytest.mark.parametrize("spacing, batch", [((0.28, 0.28, 0.28), 3), ((0.5, 0.3, 0.22), 1), ((0.14, 0.28, 0.28), 5)])
+def test_streaming_a_2_5d_model_matches_the_baseline(scan, spacing, batch):
+    """Each slab reads its slices' neighbours too: at slab edges, scan edges and any z spacing."""
+    torch.manual_seed(0)
+    model = MOSnet(MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, context=2)).eval()
+    with torch.no_grad():  # a random net's output barely follows its input: make it follow every channel
+        model.encoder[0][0].weight.mul_(30)
+    pred = predict_volume(model, scan.image, spacing, "native", batch_size=batch, keep_probabilities=True)
+    _, probabilities = naive_predict_volume(model, scan.image, spacing, "native")
+    assert np.abs(pred.probabilities.astype(np.float32) - probabilities).max() < 2e-3
+    farther = MOSnet(replace(model.config, context_step=5))  # the same weights, other neighbours
+    farther.load_state_dict(model.state_dict())
+    other = predict_volume(farther.eval(), scan.image, spacing, "native", batch_size=batch, keep_probabilities=True)
+    assert np.abs(other.probabilities.astype(np.float32) - probabilities).max() > 0.01  # neighbours count
 
+
+def test_organ_thresholds_decide_the_vote_as_in_the_baseline(shipped, scan):
     model = MOSnet(replace(shipped.config, thresholds={"liver": 0.97, "intestine": 0.3, "lungs": 0.8}))
     model.load_state_dict(shipped.state_dict())
     model.eval()

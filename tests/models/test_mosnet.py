@@ -37,8 +37,20 @@ def test_control_module_makes_the_condition_matter():
     assert torch.allclose(plain(x, torch.tensor([0]))[0], plain(x, torch.tensor([1]))[0])
 
 
+def test_a_2_5d_model_takes_its_neighbours_as_channels_and_reconstructs_them():
+    config = MOSnetConfig(organs=ORGANS, width=4, depth=3, image_size=32, context=2, context_step=3)
+    assert config.channels == 5 and config.slice_offsets() == [-6, -3, 0, 3, 6]
+    model = MOSnet(config).eval()
+    with torch.no_grad():
+        logits, recon = model(torch.rand(2, 5, 32, 32), torch.tensor([0, 1]))
+    assert logits.shape == (2, 9, 32, 32) and recon.shape == (2, 5, 32, 32)
+    with pytest.raises(RuntimeError):  # a 2D slice alone is not what it was built for
+        model(torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
+
+
 @pytest.mark.parametrize("kwargs", [{"variant": "unet"}, {"organs": []}, {"organs": ["a", "a"]},
-                                    {"image_size": 100}, {"plane": "oblique"}])
+                                    {"image_size": 100}, {"plane": "oblique"}, {"context": -1},
+                                    {"context": 9}, {"context": 1, "context_step": 0}])
 def test_bad_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
         MOSnetConfig(**({"organs": ORGANS} | kwargs))

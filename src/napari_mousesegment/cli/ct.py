@@ -20,7 +20,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     organs += sorted({o for d in datasets for o in d.organs} - set(organs))
     conditions = list(dict.fromkeys(["native", "contrast", *(d.condition for d in datasets)]))
     config = MOSnetConfig(organs=organs, conditions=conditions, variant=args.variant, width=args.width,
-                          image_size=args.image_size, spacing_mm=args.voxel_mm)
+                          image_size=args.image_size, spacing_mm=args.voxel_mm,
+                          context=args.context_slices, context_step=args.context_step)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
@@ -112,6 +113,11 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--image-size", type=options.count(8, 4096), default=128, help="in-plane slice size (default 128)")
     mosnet.add_argument("--voxel-mm", type=options.number(0.001, 10.0), default=0.28,
                         help="isotropic voxel size scans are resampled to (default 0.28 mm, the Rosenhain scans')")
+    mosnet.add_argument("--context-slices", type=options.count(0, 8), default=0,
+                        help="2.5D input: neighbouring slices on each side, every --context-step voxels, "
+                             "given to the network as channels (default 0: 2D slices)")
+    mosnet.add_argument("--context-step", type=options.count(1, 16), default=2,
+                        help="model voxels between those neighbours (default 2: 0.56 mm at 0.28 mm voxels)")
     mosnet.add_argument("--epochs", type=options.count(0), default=100)
     mosnet.add_argument("--max-minutes", type=options.MINUTES, default=None,
                         help="stop cleanly after this long, keeping the best weights")

@@ -21,7 +21,15 @@ from ..io.arrays import load
 from ..io.limits import check_allocation, nbytes
 from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
-from ..models.preprocess import PLANE_AXIS, fit_square, model_grid, to_slices, unfit_square, window
+from ..models.preprocess import (
+    PLANE_AXIS,
+    context_index,
+    fit_square,
+    model_grid,
+    to_slices,
+    unfit_square,
+    window,
+)
 
 #: Bytes of full-resolution probabilities turned into labels at once (a 1024 x 1024 scan with 9
 #: organs holds 38 MB per slice, so one slice at a time; a 128 x 128 one, batch_size slices).
@@ -68,15 +76,19 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], con
     low, high, weight = linear_taps(grid[0], n)
     plane = grid[1:]  # model-grid (height, width)
     cond = torch.tensor([condition], device=device)
+    offsets = config.slice_offsets()
     for start in range(0, len(low), batch_size):
         if should_stop():
             raise InterruptedError("prediction cancelled")
-        lo, hi, wt = low[start:start + batch_size], high[start:start + batch_size], weight[start:start + batch_size]
+        # The model slices of this slab and, for a 2.5D model, their neighbours: one read of the input.
+        channels = context_index(len(low), offsets, start, min(start + batch_size, len(low)))  # (B, C)
+        need = np.arange(channels.min(), channels.max() + 1)
+        lo, hi, wt = low[need], high[need], weight[need]
         first = int(lo[0])
         raw = load(stack[first:int(hi[-1]) + 1])  # the one read of this slab (numpy, memmap or dask)
         slab = torch.from_numpy(window(raw, config.window_level, config.window_width))
         mixed = torch.lerp(slab[lo - first], slab[hi - first], torch.from_numpy(wt)[:, None, None])
-        x = _resize(mixed[:, None].to(device), plane)
+        x = _resize(mixed[torch.from_numpy(channels - need[0])].to(device), plane)
         x = fit_square(x, config.image_size, "bilinear").contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = net.segment(x, cond.expand(len(x)), borrowed)

@@ -40,6 +40,9 @@ class MOSnetConfig:
     reduction: int = 8  #: squeeze ratio of the control module's channel gate
     image_size: int = 128  #: in-plane size the slices are resized to
     plane: str = "axial"  #: slicing plane: axial = (y, x) slices along z
+    #: 2.5D input: this many neighbouring slices on each side join the slice as channels (0: 2D)
+    context: int = 0
+    context_step: int = 2  #: model voxels between those neighbours (2 at 0.28 mm: 0.56 mm apart)
     spacing_mm: float = 0.28  #: isotropic voxel size the scans are resampled to
     window_level: float = 400.0
     window_width: float = 1000.0
@@ -67,6 +70,18 @@ class MOSnetConfig:
             raise ValueError(f"thresholds must be from 0 to 1, got {bad}")
         if self.plane not in ("axial", "coronal", "sagittal"):
             raise ValueError(f"plane must be axial, coronal or sagittal, got {self.plane!r}")
+        if not (0 <= self.context <= 8 and 1 <= self.context_step <= 16):
+            raise ValueError(f"context must be 0..8 slices and context_step 1..16 voxels, got "
+                             f"{self.context} and {self.context_step}")
+
+    @property
+    def channels(self) -> int:
+        """Input channels: the slice and its ``context`` neighbours on each side."""
+        return 1 + 2 * self.context
+
+    def slice_offsets(self) -> list[int]:
+        """Model-grid offsets of the input channels along the slice axis, centre in the middle."""
+        return [self.context_step * k for k in range(-self.context, self.context + 1)]
 
     @property
     def control(self) -> bool:
@@ -184,16 +199,17 @@ class ReconLevel(nn.Module):
 class MOSnet(nn.Module):
     """MOSnet, built from its config alone.
 
-    ``forward(image, condition)`` takes (B, 1, S, S) windowed slices in [0, 1] and (B,) condition
-    indices into ``config.conditions``; it returns per-organ logits (B, M, S, S) and the
-    reconstruction (B, 1, S, S) in [0, 1], or None when the variant has no reconstruction.
+    ``forward(image, condition)`` takes (B, C, S, S) windowed slices in [0, 1] (C = ``config.channels``:
+    the slice, with its neighbours when 2.5D) and (B,) condition indices into ``config.conditions``;
+    it returns per-organ logits (B, M, S, S) and the reconstruction (B, C, S, S) in [0, 1], or None
+    when the variant has no reconstruction.
     """
 
     def __init__(self, config: MOSnetConfig) -> None:
         super().__init__()
         self.config = config
         widths = [config.width * 2**i for i in range(config.depth + 1)]
-        self.encoder = nn.ModuleList([DoubleConv(1, widths[0])] +
+        self.encoder = nn.ModuleList([DoubleConv(config.channels, widths[0])] +
                                      [DoubleConv(widths[i - 1], widths[i]) for i in range(1, len(widths))])
         self.decoder = nn.ModuleList([DecoderLevel(widths[i + 1], widths[i], config)
                                       for i in reversed(range(config.depth))])
@@ -201,7 +217,7 @@ class MOSnet(nn.Module):
         self.embedding = nn.Embedding(len(config.conditions), config.embed_dim) if config.control else None
         if config.reconstruction:
             self.recon = nn.ModuleList([ReconLevel(widths[i + 1], widths[i]) for i in reversed(range(config.depth))])
-            self.recon_head = nn.Conv2d(widths[0], 1, 1)
+            self.recon_head = nn.Conv2d(widths[0], config.channels, 1)
         else:
             self.recon = None
 

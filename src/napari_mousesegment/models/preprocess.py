@@ -61,6 +61,14 @@ def from_slices(stack: np.ndarray, plane: str) -> np.ndarray:
     return np.moveaxis(stack, 0, PLANE_AXIS[plane])
 
 
+def context_index(n: int, offsets: list[int], start: int = 0, stop: int | None = None) -> np.ndarray:
+    """(k, C) indices into a stack of ``n`` slices: for each slice ``start .. stop`` the slices
+    ``offsets`` away (the 2.5D channels), edges repeated, as a scan's first slice has no neighbour
+    before it."""
+    centre = np.arange(start, n if stop is None else stop)
+    return np.clip(centre[:, None] + np.asarray(offsets, int)[None, :], 0, n - 1)
+
+
 def square_size(h: int, w: int) -> int:
     return max(h, w)
 

@@ -118,6 +118,7 @@ SCHEMAS: dict[str, tuple[tuple[str, ...], dict[str, Callable[[Any], str | None]]
         **_COMMON, "organs": _names, "conditions": _names, "variant": _choice(VARIANTS),
         "width": _integer(2, WIDTH_RANGE[1]), "depth": _integer(*DEPTH_RANGE), "embed_dim": _integer(1, 1024),
         "reduction": _integer(1, 1024), "image_size": _integer(*IMAGE_SIZE_RANGE), "plane": _choice(PLANES),
+        "context": _integer(0, 8), "context_step": _integer(1, 16),
         "spacing_mm": _number(*SPACING_RANGE_MM), "window_level": _number(-10000, 100000),
         "window_width": _number(0, 100000, positive=True), "annotated": _table(lambda v: None if v == [] else _names(v)),
         "thresholds": _table(_probability),

@@ -48,7 +48,8 @@ def _uniform(n: int, spread: float, device: torch.device, generator: torch.Gener
 
 def augment(image: torch.Tensor, mask: torch.Tensor, settings: AugmentSettings,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment (B, 1, H, W) images in [0, 1] and their (B, C, H, W) binary masks together."""
+    """Augment (B, C, H, W) images in [0, 1] (2.5D channels move together) and their (B, M, H, W)
+    binary masks together."""
     b, _, h, w = image.shape
     dev = image.device
     angle = _uniform(b, math.radians(settings.rotation), dev, generator)

@@ -3,21 +3,21 @@ fine-tuning and threshold choice; and the train/validation split by scan."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ..data.ct_dataset import CTDataset, load_case
 from ..models.mosnet import MOSnetConfig
-from ..models.preprocess import fit_square, resample, to_slices, window
+from ..models.preprocess import context_index, fit_square, resample, to_slices, window
 
 
 @dataclass
 class SliceSet:
     """Preprocessed training slices of many scans, kept compact in memory."""
 
-    images: torch.Tensor  #: (N, 1, S, S) float16 in [0, 1]
+    images: torch.Tensor  #: (N, C, S, S) float16 in [0, 1]; C = config.channels (1, or 2.5D)
     organ_masks: torch.Tensor  #: (N, M, S, S) bool, model organ order
     annotated: torch.Tensor  #: (N, M) bool: α of each slice's dataset
     condition: torch.Tensor  #: (N,) long
@@ -32,12 +32,14 @@ class SliceSet:
 def model_slices(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], config: MOSnetConfig,
                  stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """A scan (or some of its slices) as the model sees it: windowed, resampled to its voxel size, cut
-    on its plane (every ``stride``-th slice) and fitted to its square; images (N, 1, S, S) float32,
-    labels (N, S, S) long, aligned pixel for pixel."""
+    on its plane (every ``stride``-th slice) and fitted to its square; images (N, C, S, S) float32
+    (each slice with its 2.5D neighbours, :meth:`MOSnetConfig.slice_offsets`), labels (N, S, S) long,
+    aligned pixel for pixel."""
     img = to_slices(resample(window(hu, config.window_level, config.window_width), spacing,
-                             config.spacing_mm, order=1), config.plane)[::stride]
+                             config.spacing_mm, order=1), config.plane)
+    img = img[context_index(len(img), config.slice_offsets())[::stride]]  # (N, C, h, w)
     lab = to_slices(resample(labels, spacing, config.spacing_mm, order=0), config.plane)[::stride]
-    img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img))[:, None], config.image_size, "bilinear")
+    img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img)), config.image_size, "bilinear")
     lab_t = fit_square(torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))[:, None].float(),
                        config.image_size, "nearest-exact").long()[:, 0]
     return img_t, lab_t
@@ -74,15 +76,22 @@ def build_slices(datasets: list[CTDataset], config: MOSnetConfig, cases: dict[st
 
 def corrected_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], touched: list[int],
                      config: MOSnetConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's slices (N, 1, S, S) and organ masks (N, M, S, S) of the touched input slices (axis
+    """The model's slices (N, C, S, S) and organ masks (N, M, S, S) of the touched input slices (axis
     0, axial), labels numbered as the model's organs (1 = its first organ, as predict writes them)."""
     if config.plane != "axial":
         raise ValueError("micro-CT corrections are taken slice by slice on the axial plane")
     # Each corrected axial slice becomes one model slice: resampled in plane only, so its labels
     # are the corrected ones whatever the scan's z spacing (a z resample would mix in neighbours).
+    # A 2.5D model's neighbours are the input slices nearest the model's offsets in mm.
     in_plane = (config.spacing_mm, *spacing[1:])
-    img_t, lab_t = model_slices(image[touched], labels[touched], in_plane, config)
-    return img_t, organ_masks(lab_t, list(range(1, len(config.organs) + 1)))
+    flat = replace(config, context=0)
+    touched = np.asarray(touched, int)
+    channels = []
+    for offset in config.slice_offsets():
+        near = np.clip(touched + round(offset * config.spacing_mm / spacing[0]), 0, len(image) - 1)
+        img_t, lab_t = model_slices(image[near], labels[touched], in_plane, flat)
+        channels.append(img_t)
+    return torch.cat(channels, 1), organ_masks(lab_t, list(range(1, len(config.organs) + 1)))
 
 
 def split_by_scan(scans: list[str], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
