@@ -241,7 +241,8 @@ def main() -> int:
         name, _, flags = entry.partition("=")
         tables[name] = score_mosnet(train_mosnet(args, sets, name, *flags.split()), tests)
     if args.ablate_augment:
-        tables["mosnet_no_augment"] = score_mosnet(train_mosnet(args, sets, "mosnet_no_augment", "--no-augment"),
+        tables["mosnet_no_augment"] = score_mosnet(train_mosnet(args, sets, "mosnet_no_augment", "--no-augment",
+                                                                "--context-slices", str(args.context_slices)),
                                                    tests)
     config = load_mosnet(mosnet_dir)[1]
     plain_config = MOSnetConfig(organs=list(CT_ORGANS), image_size=args.image_size, spacing_mm=config.spacing_mm)

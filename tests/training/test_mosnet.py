@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -73,6 +74,12 @@ def test_training_learns_checkpoints_and_resumes(datasets, tmp_path):
     other = TrainSettings(**{**vars(more), "epochs": 5, "seed": 9})
     with pytest.raises(ValueError, match="split differs"):
         train_mosnet(datasets, out, _config(), other, log=lambda _: None, progress=False)
+    # A 2D run's checkpoint config is written as before the 2.5D fields existed (older ones resume),
+    # and a 2.5D model never resumes from it.
+    assert "context" not in json.loads((out / "checkpoint" / "config.json").read_text())
+    wider = TrainSettings(**{**vars(more), "epochs": 5})
+    with pytest.raises(ValueError, match="different model config"):
+        train_mosnet(datasets, out, replace(_config(), context=1), wider, log=lambda _: None, progress=False)
 
 
 def test_max_minutes_stops_cleanly_keeps_weights_and_resume_reruns_the_epoch(datasets, tmp_path):

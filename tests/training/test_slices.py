@@ -43,3 +43,12 @@ def test_corrected_slices_take_neighbours_at_the_model_s_distance_in_mm():
     flat, _ = corrected_slices(image, labels, (0.56, 0.28, 0.28), [0, 4, 7], MOSnetConfig(organs=["heart"],
                                width=4, depth=2, image_size=12))
     assert _channel_values(flat).tolist() == [[0], [4], [7]]
+
+
+def test_corrected_slices_mix_neighbours_between_slices_as_prediction_does():
+    """Slices 0.8 mm apart: the neighbour 0.56 mm away lies 0.7 of the way to the next slice."""
+    config = MOSnetConfig(organs=["heart"], width=4, depth=2, image_size=12, context=1, context_step=2)
+    image, labels = _ramp(8)
+    images, _ = corrected_slices(image, labels, (0.8, 0.28, 0.28), [0, 4, 7], config)
+    assert images[:, :, 6, 6].float().numpy() * 100 == pytest.approx(
+        np.array([[0, 0, 0.7], [3.3, 4, 4.7], [6.3, 7, 7]]), abs=0.02)

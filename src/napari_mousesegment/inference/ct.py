@@ -169,7 +169,9 @@ def iter_labels(
     n, n_model = len(stack), grid[0]
     # One slab at the model's voxel size in plane, then its probabilities of every organ: refused
     # before allocating when a voxel size in the wrong unit makes a model slice absurdly large.
-    check_allocation(nbytes((batch_size, *grid[1:]), 4) * (2 + len(config.organs)),
+    # A 2.5D slab also reads its neighbours and holds each slice's channels before resizing.
+    slab_slices = batch_size * (1 + config.channels + len(config.organs)) + 2 * config.context * config.context_step
+    check_allocation(nbytes((slab_slices, *grid[1:]), 4),
                      f"a slab of {batch_size} slices at the model's {config.spacing_mm} mm voxels "
                      f"({grid[1]}x{grid[2]} each, from {tuple(float(s) for s in spacing)} mm)")
     # Each input slice j reads model slices low[j] and high[j]; emit it once both are computed.

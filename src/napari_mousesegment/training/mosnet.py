@@ -229,7 +229,9 @@ def train_mosnet(
     # The checkpoint's config is the architecture asked for. Which organs each condition annotates
     # follows from the datasets (the split check compares those on resume), and the thresholds from
     # the best weights: both are recorded in the model folder alone, so older checkpoints resume.
-    derived = ("annotated", "thresholds")
+    # A 2D run's config is written without the 2.5D fields, as before they existed, so its older
+    # checkpoints resume; a 2.5D checkpoint never resumes as 2D, nor the other way round.
+    derived = ("annotated", "thresholds") + (("context", "context_step") if not config.context else ())
     asked = json.dumps({k: v for k, v in asdict(config).items() if k not in derived}, indent=2)
     checkpoint_dir = prepare_run(out, asked, settings.resume) if ranks.main else out / "checkpoint"
     config = replace(config, annotated=annotated_by_condition(

@@ -82,16 +82,30 @@ def corrected_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float
         raise ValueError("micro-CT corrections are taken slice by slice on the axial plane")
     # Each corrected axial slice becomes one model slice: resampled in plane only, so its labels
     # are the corrected ones whatever the scan's z spacing (a z resample would mix in neighbours).
-    # A 2.5D model's neighbours are the input slices nearest the model's offsets in mm.
     in_plane = (config.spacing_mm, *spacing[1:])
     flat = replace(config, context=0)
     touched = np.asarray(touched, int)
     channels = []
     for offset in config.slice_offsets():
-        near = np.clip(touched + round(offset * config.spacing_mm / spacing[0]), 0, len(image) - 1)
-        img_t, lab_t = model_slices(image[near], labels[touched], in_plane, flat)
+        img_t, lab_t = model_slices(_slices_at(image, touched + offset * config.spacing_mm / spacing[0], config),
+                                    labels[touched], in_plane, flat)
         channels.append(img_t)
     return torch.cat(channels, 1), organ_masks(lab_t, list(range(1, len(config.organs) + 1)))
+
+
+def _slices_at(image: np.ndarray, positions: np.ndarray, config: MOSnetConfig) -> np.ndarray:
+    """HU slices at fractional slice ``positions`` (clipped to the scan), mixed linearly after the
+    window as the predictor mixes them (a 2.5D neighbour of a corrected slice lies between two input
+    slices when the scan's slices are not a whole number of model voxels apart); returned in HU
+    inside the window, which model_slices maps back to the same values."""
+    pos = np.clip(positions, 0, len(image) - 1)
+    low = np.floor(pos).astype(int)
+    high = np.minimum(low + 1, len(image) - 1)
+    weight = (pos - low).astype(np.float32)[:, None, None]
+    a = window(image[low], config.window_level, config.window_width)
+    b = window(image[high], config.window_level, config.window_width)
+    mixed = a + (b - a) * weight
+    return mixed * config.window_width + (config.window_level - config.window_width / 2)
 
 
 def split_by_scan(scans: list[str], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
