@@ -24,6 +24,11 @@ slice's dataset annotates, random batches of 8, last weights, threshold 0.5) see
 with the condition as a second input channel, for the same minutes; no flips, since left and
 right differ in a mouse. Both are scored on the test phantoms' own grid: per-organ DSC, mean over
 scans. The table is printed and written to OUT/heldout_anatomy.json.
+
+Variants train in the same run, on the same data, for the same minutes: ``--context-slices K``
+makes the main MOSnet 2.5D, and ``--also NAME=FLAGS`` adds a MOSnet trained with extra flags, e.g.
+``--context-slices 1 --also "mosnet_2d=--context-slices 0"`` (the 2.5D measurement of
+docs/results-mosnet.md).
 """
 
 from __future__ import annotations
