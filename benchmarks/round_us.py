@@ -5,9 +5,11 @@ corrected (their expert masks), are queued with that prediction, and ``worker --
 round. Dice on a third series (C), never seen, is scored before and after, with each version's own
 threshold, and on the corrected frames themselves. Nothing to learn from: the prediction queued as
 its own correction must be refused, and a round on one corrected frame (no held-out evidence) must
-not be promoted::
+not be promoted. With ``--control``, the same round is also run from the same model on 8 frames of
+A itself (already seen): what the extra steps alone buy, so that the gain of the round on B can be
+told from it::
 
-    python benchmarks/round_us.py --out /tmp/round --base-minutes 3 [--data ../shared/data/hc18_dev]
+    python benchmarks/round_us.py --out /tmp/round --base-minutes 3 [--control] [--data ../shared/data/hc18_dev]
 
 Data: HC18 (van den Heuvel et al. 2018, CC BY 4.0), read in place.
 """
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--series", default="00,03,04", help="A (trains the model), B (corrected), C (scored)")
     parser.add_argument("--base-minutes", type=float, default=3.0)
     parser.add_argument("--round-epochs", type=int, default=None, help="worker --epochs (default: the worker's)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run the round, from the same model, on 8 frames of A (already trained on)")
     args = parser.parse_args(argv)
     a, b, c = args.series.split(",")
     out = args.out
@@ -113,13 +117,41 @@ def main(argv: list[str] | None = None) -> dict:
         str(out / "one_frame.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind", "ultrasound",
         "--organ", ORGAN, "--model", MODEL, env=env)
     idle_log = cli("worker", "--queue", str(idle), "--once", "--device", "cpu", env=env)
+    control = control_round(args, base, out, worker[4:], pick) if args.control else None
     result = {"series": {"A": a, "B": b, "C": c}, "corrected_frames": pick.tolist(), "before": before,
               "after": after, "round": round_log.strip().splitlines()[-3:], "unedited_correction": unedited,
               "one_frame_round": idle_log.strip().splitlines()[-3:],
-              "versions": cli("models", "versions", MODEL, env=env).strip().splitlines()}
+              "versions": cli("models", "versions", MODEL, env=env).strip().splitlines(), "control": control}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return result
+
+
+def control_round(args: argparse.Namespace, base: Path, out: Path, worker_flags: list[str], pick: np.ndarray) -> dict:
+    """The round from the same model, in a home of its own, on the ``pick`` frames of series A (its
+    own training series, truth masks): C scored before and after, as for the round on B."""
+    a, _, c = args.series.split(",")
+    home = out / "control"
+    env = {**os.environ, "MOUSESEGMENT_HOME": str(home / "home")}
+    home.mkdir(parents=True, exist_ok=True)
+    cli("models", "import", str(base), "--name", MODEL, "--force", env=env)
+    (_, frames_a, truth_a), (_, frames_c, truth_c) = held_out(args.data, [a, c])
+    files = []
+    for name, (frames, truth) in {"A_corrected": (frames_a[pick], (truth_a[pick] > 0).astype(np.uint16)),
+                                  "C": (frames_c, truth_c)}.items():
+        tifffile.imwrite(home / f"{name}_frames.tif", frames)
+        tifffile.imwrite(home / f"{name}_truth.tif", truth)
+        files.append([name, str(home / f"{name}_frames.tif"), str(home / f"{name}_truth.tif")])
+    before = current_scores(env, files)
+    cli("predict", "ultrasound", str(home / "A_corrected_frames.tif"), "--organs", ORGAN, "--model",
+        f"{ORGAN}={MODEL}", "--out", str(home / "pred"), "--device", "cpu", env=env)
+    predicted = tifffile.imread(next((home / "pred").rglob(f"*{ORGAN}*labels*.tif")))
+    tifffile.imwrite(home / "pred.tif", predicted.astype(np.uint16))
+    cli("queue", "add", "--queue", str(home / "queue"), "--image", str(home / "A_corrected_frames.tif"), "--labels",
+        str(home / "A_corrected_truth.tif"), "--prediction", str(home / "pred.tif"), "--kind", "ultrasound",
+        "--organ", ORGAN, "--model", MODEL, env=env)
+    log = cli("worker", "--queue", str(home / "queue"), "--once", *worker_flags, env=env)
+    return {"series": a, "before": before, "after": current_scores(env, files), "round": log.strip().splitlines()[-3:]}
 
 
 if __name__ == "__main__":

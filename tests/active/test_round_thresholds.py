@@ -142,6 +142,34 @@ def _tiny_unet(folder, threshold=0.99) -> str:
 FAST = FineTuneSettings(epochs=12, steps_per_epoch=4, batch_size=8, lr=3e-3)
 
 
+def test_a_round_chooses_the_threshold_by_the_rule_its_model_was_trained_with(tmp_path, monkeypatch):
+    from napari_mousesegment.active.worker import choose_unet_threshold, read_threshold_rule
+
+    old = _tiny_unet(tmp_path / "old")  # trained before the rule was recorded: F0.5 was the only rule
+    config = UNetConfig(organ="heart", width=4, image_size=64)
+    save_model(tmp_path / "new", UNet(config), config, {"training": {"settings": {"threshold_rule": "dice"}}})
+    save_model(tmp_path / "f05", UNet(config), config, {"training": {"settings": {"threshold_rule": "f0.5"}}})
+    assert read_threshold_rule(old) == "f0.5"
+    assert read_threshold_rule(str(tmp_path / "new")) == "dice"
+    assert read_threshold_rule(str(tmp_path / "f05")) == "f0.5"
+
+    class Fixed:  # probabilities that fade outside a 50-pixel organ, as in the unit test of the rules
+        def __init__(self):
+            self.config = UNetConfig(organ="heart", width=4, image_size=64, threshold=0.99)
+
+    masks = np.zeros((1, 1, 100), np.uint8)
+    masks[..., :50] = 1
+    prob = np.linspace(1.0, 0.0, 100, dtype=np.float32).reshape(1, 1, 100)
+    prob[..., 40:50], prob[..., 50:60] = 0.45, 0.6
+    import napari_mousesegment.inference.ultrasound as us
+
+    monkeypatch.setattr(us, "predict_probabilities", lambda model, frames: prob)
+    by_dice = choose_unet_threshold(Fixed(), prob, masks, "held-out", rule="dice")
+    by_f05 = choose_unet_threshold(Fixed(), prob, masks, "held-out", rule="f0.5")
+    assert by_dice.before == 0.99 and by_dice.after == 0.4
+    assert by_f05.after >= 0.6
+
+
 @pytest.mark.slow
 def test_a_round_rechooses_the_threshold_and_its_promoted_version_finds_the_corrected_organs(home, tmp_path):
     model = _tiny_unet(tmp_path / "tiny")

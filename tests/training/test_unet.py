@@ -53,7 +53,7 @@ def test_resume_continues_and_refuses_a_changed_split(tmp_path, lab):
                    log=lambda m: None, progress=False)
 
 
-def test_threshold_by_f05_or_by_a_precision_target():
+def test_threshold_by_dice_by_f05_or_by_a_precision_target():
     import torch
 
     from napari_mousesegment.training.thresholds import choose_threshold
@@ -63,8 +63,12 @@ def test_threshold_by_f05_or_by_a_precision_target():
     prob = torch.linspace(1.0, 0.0, 100).view(1, 1, 1, 100)  # confident inside, fading outside
     prob[..., 40:50] = 0.45  # some organ pixels look doubtful
     prob[..., 50:60] = 0.6  # and some background looks like organ
-    t, scores = choose_threshold(prob, truth)
+    t, scores = choose_threshold(prob, truth)  # Dice: 0.909 at 0.4 (10 false pixels), 0.889 above 0.6 (10 missed)
+    assert t == 0.4 and scores["recall"] == 1.0 and round(scores["dice"], 3) == 0.909
+    t, scores = choose_threshold(prob, truth, rule="f0.5")
     assert t >= 0.6 and scores["precision"] == 1.0  # F0.5 prefers dropping the false organ pixels
+    with pytest.raises(ValueError, match="threshold rule"):
+        choose_threshold(prob, truth, rule="f1")
     t_low, s_low = choose_threshold(prob, truth, precision_target=0.8)
     assert t_low <= 0.45 and s_low["precision"] >= 0.8 and s_low["recall"] == 1.0
 

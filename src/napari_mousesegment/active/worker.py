@@ -7,10 +7,10 @@ the last good version throughout. A round killed after publishing is finished by
 from the decision recorded with its version (:func:`..store.versions.settle`), so its items are
 trained on once.
 
-Each round chooses its new version's threshold(s) as ``train`` does (a U-Net's by the largest
-F0.5, a MOSnet's per organ), on the held-out corrected frames, or on the corrected frames it trained
-on when fewer than :data:`.rounds.MIN_EVIDENCE` held-out ones have an organ. The version is then
-promoted only on evidence (:func:`.rounds.promotion`): both versions scored on the same held-out
+Each round chooses its new version's threshold(s) as ``train`` does (a U-Net's by the rule it
+was trained with, a MOSnet's per organ), on the held-out corrected frames, or on the corrected
+frames it trained on when fewer than :data:`.rounds.MIN_EVIDENCE` held-out ones have an organ.
+The version is then promoted only on evidence (:func:`.rounds.promotion`): both versions scored on the same held-out
 frames at their own thresholds, the new one finding organs there and not worse than ``guard``.
 
 No item stops the worker: before a round each item is checked (its files read, its voxel size,
@@ -215,9 +215,10 @@ def unet_held_out(model, frames: np.ndarray, masks: np.ndarray) -> HeldOut:
 
 
 def choose_unet_threshold(model, frames: np.ndarray, masks: np.ndarray, on: str,
-                          precision_target: float | None = None) -> ThresholdChoice:
-    """Set a fine-tuned U-Net's threshold by the rule ``train unet`` uses (largest F0.5, or the
-    lowest reaching ``precision_target``) on ``frames``; kept when their masks hold no organ."""
+                          precision_target: float | None = None, rule: str = "dice") -> ThresholdChoice:
+    """Set a fine-tuned U-Net's threshold by the rule ``train unet`` used for it (``rule``: the
+    largest Dice or F0.5; or the lowest reaching ``precision_target``) on ``frames``; kept when
+    their masks hold no organ."""
     from ..inference.ultrasound import predict_probabilities
     from ..training.thresholds import choose_threshold
 
@@ -225,7 +226,7 @@ def choose_unet_threshold(model, frames: np.ndarray, masks: np.ndarray, on: str,
     if not (masks > 0).any():
         return ThresholdChoice(before, before, "kept")
     prob = torch.from_numpy(predict_probabilities(model, frames))
-    threshold, _ = choose_threshold(prob, torch.from_numpy((masks > 0).astype(np.float32)), precision_target)
+    threshold, _ = choose_threshold(prob, torch.from_numpy((masks > 0).astype(np.float32)), precision_target, rule)
     model.config.threshold = threshold
     return ThresholdChoice(before, threshold, on)
 
@@ -441,10 +442,10 @@ def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device
         old = _replay(replay, organ, len(frames), settings.seed)
         on_held = with_organ(held_m).sum() >= MIN_EVIDENCE  # else the frames it trains on, as `train` validates
         pick_f, pick_m = (held_f, held_m) if on_held else (frames, masks)
-        target = read_precision_target(model_spec)
+        target, rule = read_precision_target(model_spec), read_threshold_rule(model_spec)
         return _Plan(lambda m, report, stop: fine_tune_unet(m, frames, masks, settings, old, report, stop),
                      lambda m: choose_unet_threshold(m, pick_f, pick_m, "held-out" if on_held else "training",
-                                                     target),
+                                                     target, rule),
                      lambda m: unet_held_out(m, held_f, held_m), len(train_pairs), len(held_pairs))
 
     return _round(queue, items, model_spec, "ultrasound", prepare, device=device, guard=guard,
@@ -517,6 +518,15 @@ def read_precision_target(model_spec: str) -> float | None:
     """The precision target a U-Net's threshold was chosen for in training (its config), or None (F0.5)."""
     target = model_config(model_spec).get("training", {}).get("settings", {}).get("precision_target")
     return float(target) if isinstance(target, (int, float)) and 0 < target <= 1 else None
+
+
+def read_threshold_rule(model_spec: str) -> str:
+    """The rule a U-Net's threshold was chosen by in training (its config): "dice", or "f0.5" for
+    models trained before the rule was recorded (F0.5 was then the only rule)."""
+    from ..training.thresholds import THRESHOLD_RULES
+
+    rule = model_config(model_spec).get("training", {}).get("settings", {}).get("threshold_rule")
+    return rule if rule in THRESHOLD_RULES else "f0.5"
 
 
 def read_beta(model_spec: str, n_organs: int) -> list[float]:

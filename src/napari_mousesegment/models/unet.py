@@ -29,7 +29,7 @@ class UNetConfig:
     #: alike, and probabilities resized back (0: frames at their own size, as models before 0.4)
     frame_size: int = 0
     dropout: float = 0.1  #: before the bottleneck; also gives MC-dropout uncertainty
-    threshold: float = 0.5  #: probability threshold, chosen on validation for precision (F0.5)
+    threshold: float = 0.5  #: probability threshold, chosen on validation (largest Dice, or for precision)
     min_size: int = 30  #: instances smaller than this many pixels (at frame size) are dropped
     kind: str = "unet"
     version: str = "0"

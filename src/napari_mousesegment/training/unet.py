@@ -5,10 +5,14 @@ frames resized so their longer side is ``--image-size`` (the network sees whole 
 1e-3 with a warm-up and a cosine decay that fit the budget given (``--epochs`` or
 ``--max-minutes``), and validation frames held out within the series when a study has fewer than
 :data:`MIN_SERIES_FOR_SERIES_SPLIT` series. The report's literal recipe stays reachable by flags
-(``--schedule plateau --lr 1e-4 --val-split series --frame-size 0``): ReduceLROnPlateau (factor
-0.1, patience 5), early stopping (patience 10), then a fine-tuning stage at 1e-5. Either way the
+(``--schedule plateau --lr 1e-4 --val-split series --frame-size 0 --threshold-rule f0.5``):
+ReduceLROnPlateau (factor 0.1, patience 5), early stopping (patience 10), then a fine-tuning stage
+at 1e-5. Either way the
 loss is α·Dice + (1−α)·BCE on augmented crops; validation sees whole frames, and the probability
-threshold is chosen on validation for precision (largest F0.5). The epochs run in :func:`.loop.fit`.
+threshold is chosen on validation: the largest Dice by default, or for precision (``--threshold-rule
+f0.5``, ``--precision-target``). The command's default width is 8: on a CPU without bf16 a
+width-16 U-Net takes 3.3 times longer per step and, in 12 minutes, learns far less (measured in
+docs/results-ultrasound.md). The epochs run in :func:`.loop.fit`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from .distributed import Ranks
 from .loop import Step, autocast, fit
 from .losses import dice_bce_loss
 from .schedule import BudgetSchedule, total_steps
-from .thresholds import choose_threshold, pixel_scores
+from .thresholds import THRESHOLD_RULES, choose_threshold, pixel_scores
 
 
 SCHEDULES = ("cosine", "plateau")
@@ -52,7 +56,8 @@ MIN_EPOCH_STEPS = 25
 
 @dataclass
 class UNetSettings:
-    """Measured defaults; the report's recipe is ``schedule="plateau", lr=1e-4, val_split="series"``."""
+    """Measured defaults; the report's recipe is ``schedule="plateau", lr=1e-4, val_split="series",
+    threshold_rule="f0.5"``."""
 
     epochs: int | None = None  #: None: the --max-minutes budget alone, or DEFAULT_EPOCHS without one
     batch_size: int = 8
@@ -66,7 +71,8 @@ class UNetSettings:
     early_stop: int = 10
     finetune_epochs: int = 10
     finetune_lr: float = 1e-5
-    precision_target: float | None = None  #: None: threshold by the largest F0.5
+    threshold_rule: str = "dice"  #: "dice": the largest validation Dice; "f0.5": precision first
+    precision_target: float | None = None  #: overrides the rule: the lowest threshold reaching this precision
     test_series: int = 5
     val_fraction: float = 0.2
     max_minutes: float | None = None
@@ -85,6 +91,8 @@ class UNetSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold_rule must be one of {', '.join(THRESHOLD_RULES)}, got {self.threshold_rule!r}")
         if self.val_split not in VAL_SPLITS:
             raise ValueError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {self.val_split!r}")
 
@@ -400,14 +408,16 @@ def _scheduler(optimizer: torch.optim.Optimizer, settings: UNetSettings, n_train
 
 def _finish(model: UNet, config: UNetConfig, out: Path, frames: torch.Tensor, masks: torch.Tensor,
             device: torch.device, settings: UNetSettings, log: Callable[[str], None]) -> dict:
-    """The threshold for precision, chosen with the best weights on the validation series, saved."""
+    """The threshold, chosen by the settings' rule with the best weights on the validation frames, saved."""
     model.load_state_dict(best_weights(out, device))
-    threshold, chosen = choose_threshold(_probabilities(model, frames, device), masks, settings.precision_target)
+    threshold, chosen = choose_threshold(_probabilities(model, frames, device), masks, settings.precision_target,
+                                         settings.threshold_rule)
     config.threshold = threshold
     saved = read_config(out)
     extra = {k: saved[k] for k in ("training", "metrics") if k in saved}
     save_model(out, model, config, {**extra, "threshold_choice": chosen})
-    rule = "largest F0.5" if settings.precision_target is None else f"precision >= {settings.precision_target}"
+    rule = (f"precision >= {settings.precision_target}" if settings.precision_target is not None
+            else {"dice": "largest Dice", "f0.5": "largest F0.5"}[settings.threshold_rule])
     log(f"threshold {threshold} ({rule} on validation): Dice {chosen['dice']:.3f}, "
         f"precision {chosen['precision']:.3f}, recall {chosen['recall']:.3f}")
     return {"threshold": threshold, **{f"val_{k}": v for k, v in chosen.items()}}
