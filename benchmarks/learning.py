@@ -12,7 +12,8 @@ For each budget (``--learning-minutes``, default 2, 6 and 12):
 
 Training samples per second come from each run itself: ours from its history (validation and
 checkpoints included), the plain U-Net's from its step count. The fraction of the matmul rate is
-those samples/s times the convolution FLOPs of one sample's training step (3x its forward pass),
+those samples/s times the convolution FLOPs of one sample's training step of that very network
+(ours at the width it trained with; 3x its forward pass),
 over the fp32 matmul rate measured in the same run (ours trains in bf16 where the CPU has it, so
 its fraction can pass what fp32 allows). The whole section at 2, 6 and 12 minutes takes about
 100 minutes on 2 cores (the 2-minute budget alone: 14); ``--quick`` runs 3 seconds on synthetic
@@ -72,12 +73,11 @@ def _ours_samples_per_s(model_dir: Path, lab: Path) -> float:
     return len(rows) * samples / seconds if seconds else float("nan")
 
 
-def _step_flops(image_shape: tuple[int, int]) -> int:
-    """Convolution FLOPs of one sample's training step of a width-16 standard U-Net (3x the forward)."""
+def _step_flops(net: torch.nn.Module, image_shape: tuple[int, int]) -> int:
+    """Convolution FLOPs of one sample's training step of ``net`` (3x the forward)."""
     from benchmarks.measure import conv_flops
-    from napari_mousesegment.models.unet import UNet, UNetConfig
 
-    net = UNet(UNetConfig(organ="x")).eval()
+    net = net.eval()
     x = torch.zeros(1, 1, *image_shape)
     with torch.no_grad():
         return 3 * conv_flops(lambda: net(x))
@@ -94,7 +94,15 @@ def _ultrasound(args: argparse.Namespace, minutes: float, scratch: Path, data: P
     ours = learning_us.score_ours(model_dir, tests)["02"]
     plain = learning_us.plain(lab, minutes, tests, organ=organ, size=size)
     return {"ours_dice": ours["dice"], "plain_dice": plain["02"]["dice"],
-            "ours_samples_per_s": _ours_samples_per_s(model_dir, lab), "plain_samples_per_s": plain["samples_per_s"]}
+            "ours_samples_per_s": _ours_samples_per_s(model_dir, lab), "plain_samples_per_s": plain["samples_per_s"],
+            "ours_model": _ours_model(model_dir)}
+
+
+def _ours_model(model_dir: Path) -> torch.nn.Module:
+    """The network `train unet` trained (its own width and architecture), for its FLOPs."""
+    from napari_mousesegment.models.folder import load_folder
+
+    return load_folder(model_dir)[0]
 
 
 def _ct(args: argparse.Namespace, minutes: float, scratch: Path) -> dict:
@@ -124,12 +132,14 @@ def learning(args: argparse.Namespace, device: torch.device, scratch: Path) -> d
     peak = matmul_rate(device, 1024 if args.quick else 2048)["peak"]
     out: dict = {"budgets_min": ",".join(f"{m:g}" for m in budgets), "matmul_gflops": peak / 1e9}
     if have_us:
-        # ours trains on 540x800 frames at the working scale, 173x256, padded to the U-Net's multiple of 8
-        ours_flops = _step_flops((176, 256) if not args.quick else (64, 96))
-        plain_flops = _step_flops((size, size))
+        from benchmarks.reference_unet import PlainUNet
+
+        plain_flops = _step_flops(PlainUNet(), (size, size))
     for minutes in budgets:
         if have_us:
             us = _ultrasound(args, minutes, scratch, data, organ, size)
+            # ours trains on 540x800 frames at the working scale, 173x256, padded to the U-Net's multiple of 8
+            ours_flops = _step_flops(us.pop("ours_model"), (176, 256) if not args.quick else (64, 96))
             for key, value in us.items():
                 out[f"us_{minutes:g}min_{key}"] = value
             out[f"us_{minutes:g}min_ours_matmul_fraction"] = us["ours_samples_per_s"] * ours_flops / peak
