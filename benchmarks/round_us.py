@@ -99,10 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     cli("queue", "add", "--queue", str(queue), "--image", str(out / "B_corrected_frames.tif"), "--labels",
         str(out / "B_corrected_truth.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind", "ultrasound",
         "--organ", ORGAN, "--model", MODEL, env=env)
-    worker = ["worker", "--queue", str(queue), "--once", "--device", "cpu"]
-    if args.round_epochs:
-        worker += ["--epochs", str(args.round_epochs)]
-    round_log = cli(*worker, env=env)
+    worker_flags = ["--device", "cpu", *(["--epochs", str(args.round_epochs)] if args.round_epochs else [])]
+    round_log = cli("worker", "--queue", str(queue), "--once", *worker_flags, env=env)
     after = current_scores(env, files)
     # Nothing to learn from. The prediction queued as its own correction is refused at the door;
     # one corrected frame gives the round no held-out frame, so its version is kept, not promoted.
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         str(out / "one_frame.tif"), "--prediction", str(out / "corr_pred.tif"), "--kind", "ultrasound",
         "--organ", ORGAN, "--model", MODEL, env=env)
     idle_log = cli("worker", "--queue", str(idle), "--once", "--device", "cpu", env=env)
-    control = control_round(args, base, out, worker[4:], pick) if args.control else None
+    control = control_round(args, base, out, worker_flags) if args.control else None
     result = {"series": {"A": a, "B": b, "C": c}, "corrected_frames": pick.tolist(), "before": before,
               "after": after, "round": round_log.strip().splitlines()[-3:], "unedited_correction": unedited,
               "one_frame_round": idle_log.strip().splitlines()[-3:],
@@ -127,15 +125,16 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def control_round(args: argparse.Namespace, base: Path, out: Path, worker_flags: list[str], pick: np.ndarray) -> dict:
-    """The round from the same model, in a home of its own, on the ``pick`` frames of series A (its
-    own training series, truth masks): C scored before and after, as for the round on B."""
+def control_round(args: argparse.Namespace, base: Path, out: Path, worker_flags: list[str]) -> dict:
+    """The round from the same model, in a home of its own, on 8 evenly spaced frames of series A
+    (its own training series, truth masks): C scored before and after, as for the round on B."""
     a, _, c = args.series.split(",")
     home = out / "control"
     env = {**os.environ, "MOUSESEGMENT_HOME": str(home / "home")}
     home.mkdir(parents=True, exist_ok=True)
     cli("models", "import", str(base), "--name", MODEL, "--force", env=env)
     (_, frames_a, truth_a), (_, frames_c, truth_c) = held_out(args.data, [a, c])
+    pick = np.linspace(0, len(frames_a) - 1, CORRECTED).round().astype(int)
     files = []
     for name, (frames, truth) in {"A_corrected": (frames_a[pick], (truth_a[pick] > 0).astype(np.uint16)),
                                   "C": (frames_c, truth_c)}.items():

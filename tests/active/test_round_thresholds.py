@@ -171,13 +171,20 @@ def test_a_round_chooses_the_threshold_by_the_rule_its_model_was_trained_with(tm
 
 
 @pytest.mark.slow
-def test_a_round_rechooses_the_threshold_and_its_promoted_version_finds_the_corrected_organs(home, tmp_path):
+def test_a_round_rechooses_the_threshold_and_its_promoted_version_finds_the_corrected_organs(home, tmp_path,
+                                                                                              monkeypatch):
+    import napari_mousesegment.active.worker as worker
+
+    rules, choose = [], worker.choose_unet_threshold
+    monkeypatch.setattr(worker, "choose_unet_threshold",
+                        lambda *args, **kw: rules.append(kw.get("rule", args[-1])) or choose(*args, **kw))
     model = _tiny_unet(tmp_path / "tiny")
     frames, labels = _discs(12, seed=4)
     queue = Queue(tmp_path / "q")
     queue.add(frames, labels, "ultrasound", organ="heart", model=model)
     [result] = run_rounds(queue.root, settings=FAST, device="cpu", log=lambda line: None)
 
+    assert rules == ["f0.5"]  # the rule its config records: none, so F0.5, as it was trained
     assert result.threshold.before == 0.99 and result.threshold.on == "held-out"
     assert result.threshold.after < 0.99  # chosen for the new version, not kept from the old one
     assert result.held_out == 3 and result.with_organs == 3 and result.found_after == 3

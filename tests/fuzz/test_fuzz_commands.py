@@ -356,7 +356,8 @@ def test_dataset_ultrasound_values(lab, tmp_path_factory, capsys, option, data):
 UNET_VALUES = {"--width": ("0", "-1", "100000"), "--image-size": ("0", "-1", "3", "100000"),
                "--lr": ("nan", "inf", "-1", "0"), "--batch-size": ("0", "-1"), "--alpha": ("nan", "-1", "2"),
                "--plateau-factor": ("nan", "0", "2"), "--finetune-lr": ("nan", "-1"), "--early-stop": ("-1",),
-               "--precision-target": ("nan", "2", "-1"), "--epochs": ("-1",), "--max-minutes": ("nan", "-1"),
+               "--precision-target": ("nan", "2", "-1"), "--threshold-rule": ("f1", ""), "--epochs": ("-1",),
+               "--max-minutes": ("nan", "-1"),
                "--augment": ("rotation=nan", "scale=-1", "x=1", "noise=inf"), "--organ": ("", " ")}
 MOSNET_VALUES = {"--width": ("0", "-1", "100000"), "--image-size": ("0", "-1", "100000"),
                  "--voxel-mm": ("0", "nan", "-1", "1e-300", "1000"), "--lr": ("nan", "inf", "-1"),

@@ -515,7 +515,8 @@ def _ct_replay(data: str | None, config, n: int, seed: int):
 
 
 def read_precision_target(model_spec: str) -> float | None:
-    """The precision target a U-Net's threshold was chosen for in training (its config), or None (F0.5)."""
+    """The precision target a U-Net's threshold was chosen for in training (its config), or None
+    (then the rule of :func:`read_threshold_rule`)."""
     target = model_config(model_spec).get("training", {}).get("settings", {}).get("precision_target")
     return float(target) if isinstance(target, (int, float)) and 0 < target <= 1 else None
 

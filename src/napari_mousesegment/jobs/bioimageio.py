@@ -298,12 +298,20 @@ napari-mousesegment does all of them: `mousesegment models import` this zip, the
 """
 
 
+def _threshold_rule(meta: dict) -> str:
+    """How a U-Net's threshold was chosen, from its training settings (F0.5 before the rule was recorded)."""
+    settings = meta.get("training", {}).get("settings", {})
+    if settings.get("precision_target") is not None:
+        return f"as the lowest reaching precision {settings['precision_target']}"
+    return "for the largest Dice" if settings.get("threshold_rule") == "dice" else "for precision (largest F0.5)"
+
+
 def _unet_readme(name: str, meta: dict) -> str:
     resize = ([f"- resizing each frame so that its longer side is {meta['frame_size']} px before the network "
                "(bilinear), and the logits back to the frame's size after it;"] if meta.get("frame_size") else [])
     steps = "\n".join([
         *resize,
-        f"- the probability threshold chosen on validation data for precision ({meta.get('threshold', 0.5)});",
+        f"- the probability threshold chosen on validation data {_threshold_rule(meta)} ({meta.get('threshold', 0.5)});",
         (f"- separating touching organs into instances (hole filling, pieces under {meta.get('min_size', 30)} "
         "pixels dropped, distance-transform watershed);"),
         "- grey values that are not 8-bit: the plugin scales other types by their own range;",

@@ -41,8 +41,12 @@ def prepare_run(out: Path, config_json: str, resume: bool) -> Path:
     state_path = checkpoint_dir / "state.json"
     if resume and state_path.is_file():
         saved = json.loads((checkpoint_dir / "config.json").read_text())
-        if saved != json.loads(config_json):
-            raise ValueError(f"{out}: --resume with a different model config than the checkpoint's")
+        now = json.loads(config_json)
+        if saved != now:
+            changed = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}"
+                                for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+            raise ValueError(f"{out}: --resume with a different model config than the checkpoint's ({changed}); "
+                             "pass the checkpoint's values again")
     elif (out / "weights.safetensors").exists() or state_path.exists():
         raise FileExistsError(f"{out} already holds a model or checkpoint; pass --resume or choose another --out")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
