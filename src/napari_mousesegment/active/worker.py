@@ -10,8 +10,9 @@ trained on once.
 Each round chooses its new version's threshold(s) as ``train`` does (a U-Net's by the rule it
 was trained with, a MOSnet's per organ), on the held-out corrected frames, or on the corrected
 frames it trained on when fewer than :data:`.rounds.MIN_EVIDENCE` held-out ones have an organ.
-The version is then promoted only on evidence (:func:`.rounds.promotion`): both versions scored on the same held-out
-frames at their own thresholds, the new one finding organs there and not worse than ``guard``.
+The version is then promoted only on evidence (:func:`.rounds.promotion`): both versions scored
+on the same held-out frames at their own thresholds, the new one finding organs there and not
+worse than ``guard``.
 
 No item stops the worker: before a round each item is checked (its files read, its voxel size,
 label ids, organ or condition against the model, its corrected frames), and one that fails is
@@ -522,12 +523,10 @@ def read_precision_target(model_spec: str) -> float | None:
 
 
 def read_threshold_rule(model_spec: str) -> str:
-    """The rule a U-Net's threshold was chosen by in training (its config): "dice", or "f0.5" for
-    models trained before the rule was recorded (F0.5 was then the only rule)."""
-    from ..training.thresholds import THRESHOLD_RULES
+    """The rule a U-Net's threshold was chosen by in training (its config; see :func:`.recorded_rule`)."""
+    from ..training.thresholds import recorded_rule
 
-    rule = model_config(model_spec).get("training", {}).get("settings", {}).get("threshold_rule")
-    return rule if rule in THRESHOLD_RULES else "f0.5"
+    return recorded_rule(model_config(model_spec))
 
 
 def read_beta(model_spec: str, n_organs: int) -> list[float]:

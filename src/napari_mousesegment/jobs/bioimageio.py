@@ -299,11 +299,13 @@ napari-mousesegment does all of them: `mousesegment models import` this zip, the
 
 
 def _threshold_rule(meta: dict) -> str:
-    """How a U-Net's threshold was chosen, from its training settings (F0.5 before the rule was recorded)."""
-    settings = meta.get("training", {}).get("settings", {})
-    if settings.get("precision_target") is not None:
-        return f"as the lowest reaching precision {settings['precision_target']}"
-    return "for the largest Dice" if settings.get("threshold_rule") == "dice" else "for precision (largest F0.5)"
+    """How a U-Net's threshold was chosen, from its training settings."""
+    from ..training.thresholds import recorded_rule
+
+    target = meta.get("training", {}).get("settings", {}).get("precision_target")
+    if target is not None:
+        return f"as the lowest reaching precision {target}"
+    return "for the largest Dice" if recorded_rule(meta) == "dice" else "for precision (largest F0.5)"
 
 
 def _unet_readme(name: str, meta: dict) -> str:

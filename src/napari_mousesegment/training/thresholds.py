@@ -126,6 +126,13 @@ def pixel_scores(prob: torch.Tensor, masks: torch.Tensor, threshold: float) -> d
     return {"dice": s["dice"], "precision": precision, "recall": recall, "f05": f05}
 
 
+def recorded_rule(config: dict) -> str:
+    """The rule a U-Net's threshold was chosen by, from its config.json's training settings: "f0.5"
+    for models trained before the rule was recorded (F0.5 was then the only rule)."""
+    rule = config.get("training", {}).get("settings", {}).get("threshold_rule")
+    return rule if rule in THRESHOLD_RULES else "f0.5"
+
+
 def choose_threshold(prob: torch.Tensor, masks: torch.Tensor, precision_target: float | None = None,
                      rule: str = "dice") -> tuple[float, dict[str, float]]:
     """A U-Net's probability threshold, chosen on validation frames.
