@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from napari_mousesegment.cli import main
@@ -14,7 +15,7 @@ from napari_mousesegment.data.ct_dataset import write_ct_case
 from napari_mousesegment.data.phantom_ct import ct_phantom
 from napari_mousesegment.data.phantom_us import ultrasound_series, write_us_series
 from napari_mousesegment.store.load import load_mosnet, load_unet
-from napari_mousesegment.training.distributed import Ranks, epoch_order
+from napari_mousesegment.training.distributed import Ranks, epoch_order, weighted_order
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*not the usual 35:UserWarning")]
 SHAPE = (40, 32, 40)
@@ -51,6 +52,16 @@ def test_shards_are_disjoint_and_cover_every_sample():
     assert set(shards[0]) | set(shards[1]) == set(range(10))
     assert list(epoch_order(10, 3, 0, Ranks(0, 2))) == list(shards[0])  # the same for the same seed and epoch
     assert list(epoch_order(10, 4, 0, Ranks(0, 2))) != list(shards[0])  # reshuffled every epoch
+
+
+def test_weighted_shards_follow_the_weights_and_split_one_draw():
+    weights = np.array([0.0, 1.0, 3.0, 0.0])
+    shards = [weighted_order(weights, 2, 0, Ranks(rank, 2)) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 2
+    assert set(np.concatenate(shards)) <= {1, 2}  # never a sample of weight 0
+    many = np.concatenate([weighted_order(weights, e, 0, Ranks()) for e in range(500)])
+    assert abs(np.mean(many == 2) - 0.75) < 0.05
+    assert list(weighted_order(weights, 2, 0, Ranks(1, 2))) == list(shards[1])  # the same for the same seed
 
 
 def test_mosnet_trains_on_two_processes_and_reloads_in_one(ct_data, tmp_path):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from napari_mousesegment.training.losses import mosnet_loss, organ_weights
+from napari_mousesegment.training.losses import masked_dice_loss, mosnet_loss, organ_weights
 
 
 def test_loss_equals_hand_computation():
@@ -42,6 +42,24 @@ def test_unannotated_organ_predictions_do_not_change_the_loss():
     b = a.clone()
     b[:, 1] = 50.0  # wildly wrong on the unannotated organ
     assert float(mosnet_loss(a, target, annotated, torch.ones(2))[0]) == float(mosnet_loss(b, target, annotated, torch.ones(2))[0])
+
+
+def test_dice_term_scores_overlap_of_annotated_organs_only():
+    target = torch.zeros(2, 2, 4, 4)
+    target[:, 0, :2] = 1.0  # organ 0: the top half of both slices
+    right = torch.where(target > 0, 20.0, -20.0)
+    wrong = -right
+    annotated = torch.tensor([[1, 0], [1, 0]])
+    assert float(masked_dice_loss(right, target, annotated)) < 0.01
+    assert float(masked_dice_loss(wrong, target, annotated)) > 0.95
+    flipped = right.clone()
+    flipped[:, 1] = 20.0  # organ 1 fires everywhere, but no dataset here annotates it
+    assert float(masked_dice_loss(flipped, target, annotated)) == float(masked_dice_loss(right, target, annotated))
+    base, parts = mosnet_loss(wrong, target, annotated, torch.ones(2))
+    with_dice, parts_dice = mosnet_loss(wrong, target, annotated, torch.ones(2), dice_weight=2.0)
+    assert "dice" not in parts and math.isclose(float(with_dice - base), 2.0 * parts_dice["dice"], rel_tol=1e-5)
+    none = torch.zeros(2, 2, dtype=torch.bool)
+    assert float(masked_dice_loss(wrong, target, none)) == 0.0
 
 
 def test_organ_weights_favour_rare_organs():

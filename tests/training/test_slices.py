@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
 from napari_mousesegment.models.mosnet import MOSnetConfig
 from napari_mousesegment.models.preprocess import context_index
-from napari_mousesegment.training.slices import corrected_slices, model_slices
+from napari_mousesegment.training.slices import SliceSet, corrected_slices, model_slices, organ_balanced_weights
 
 
 def _ramp(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,3 +53,22 @@ def test_corrected_slices_mix_neighbours_between_slices_as_prediction_does():
     images, _ = corrected_slices(image, labels, (0.8, 0.28, 0.28), [0, 4, 7], config)
     assert images[:, :, 6, 6].float().numpy() * 100 == pytest.approx(
         np.array([[0, 0, 0.7], [3.3, 4, 4.7], [6.3, 7, 7]]), abs=0.02)
+
+
+def test_organ_balanced_weights_draw_each_organ_as_often_and_skip_unannotated_labels():
+    """Ten slices: the liver on eight, the kidneys on one, nothing on one; the spleen is drawn on
+    slice 9 but its dataset does not annotate it."""
+    masks = torch.zeros(10, 3, 4, 4, dtype=torch.bool)
+    masks[:8, 0, 1, 1] = True  # liver
+    masks[8, 1, 2, 2] = True  # kidneys
+    masks[9, 2, 0, 0] = True  # spleen, not annotated
+    annotated = torch.tensor([True, True, False]).expand(10, -1)
+    data = SliceSet(torch.zeros(10, 1, 4, 4), masks, annotated, torch.zeros(10, dtype=torch.long), ["s"] * 10)
+    weights = organ_balanced_weights(data, share=0.5)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[:8].sum() - 0.05 * 8 == pytest.approx(0.25)  # the liver's half of the organ-by-organ draws
+    assert weights[8] == pytest.approx(0.05 + 0.25)  # the one kidney slice: as often as all liver slices
+    assert weights[9] == pytest.approx(0.05)  # only its uniform share
+    empty = SliceSet(torch.zeros(3, 1, 4, 4), torch.zeros(3, 3, 4, 4, dtype=torch.bool), annotated[:3],
+                     torch.zeros(3, dtype=torch.long), ["s"] * 3)
+    assert organ_balanced_weights(empty).tolist() == pytest.approx([1 / 3] * 3)

@@ -21,11 +21,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     conditions = list(dict.fromkeys(["native", "contrast", *(d.condition for d in datasets)]))
     config = MOSnetConfig(organs=organs, conditions=conditions, variant=args.variant, width=args.width,
                           image_size=args.image_size, spacing_mm=args.voxel_mm,
-                          context=args.context_slices, context_step=args.context_step)
+                          context=args.context_slices, context_step=args.context_step, plane=args.plane)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
-                             augment=options.augment_settings(args, AugmentSettings.for_ct()))
+                             sampling=args.sampling, dice_weight=args.dice_weight, augment=options.augment_settings(args, AugmentSettings.for_ct()))
     result = options.run_training(train_mosnet, args.data, args.out, config, settings)
     if result is not None:
         print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "
@@ -113,6 +113,8 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--image-size", type=options.count(8, 4096), default=128, help="in-plane slice size (default 128)")
     mosnet.add_argument("--voxel-mm", type=options.number(0.001, 10.0), default=0.28,
                         help="isotropic voxel size scans are resampled to (default 0.28 mm, the Rosenhain scans')")
+    mosnet.add_argument("--plane", choices=["axial", "coronal", "sagittal"], default="axial",
+                        help="slicing plane (default axial, the paper's; active-learning rounds need axial)")
     mosnet.add_argument("--context-slices", type=options.count(0, 8), default=0,
                         help="2.5D input: neighbouring slices on each side, every --context-step voxels, "
                              "given to the network as channels (default 0: 2D slices)")
@@ -126,6 +128,11 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--val-fraction", type=options.number(0.0, 0.9), default=0.1,
                         help="scans per dataset held out for validation (default 0.1)")
     mosnet.add_argument("--slice-stride", type=options.positive_int, default=1, help="use every n-th slice (default 1: all)")
+    mosnet.add_argument("--sampling", choices=["uniform", "organs"], default="uniform",
+                        help="uniform: every slice once per epoch (default); organs: half of each epoch's slices "
+                             "drawn organ by organ, so small organs are seen as often as big ones")
+    mosnet.add_argument("--dice-weight", type=options.number(0.0, 100.0), default=0.0,
+                        help="add this weight times a soft Dice loss to the paper's loss (default 0: the paper's)")
     options.add_augment(mosnet, "rotation (degrees, 10), scale (0.15), translation (0.05), hflip (false), "
                                 "vflip (false), noise (0), brightness (0.01), contrast (0.05), elastic (0.02), crop (0)")
     options.add_device(mosnet)

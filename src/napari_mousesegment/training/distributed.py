@@ -89,9 +89,21 @@ def epoch_order(n: int, epoch: int, seed: int, ranks: Ranks) -> np.ndarray:
     return np.fromiter(iter(sampler), dtype=np.int64)
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, ranks: Ranks) -> list[np.ndarray]:
-    """This rank's share of an epoch (:func:`epoch_order`) in batches of ``batch_size`` sample indices."""
-    order = epoch_order(n, epoch, seed, ranks)
+def weighted_order(weights: np.ndarray, epoch: int, seed: int, ranks: Ranks) -> np.ndarray:
+    """This rank's share of an epoch of ``len(weights)`` samples drawn with replacement, each in
+    proportion to its weight; the shares are disjoint slices of one draw, the same for any run with
+    the same seed, and of equal length."""
+    p = np.asarray(weights, dtype=np.float64)
+    draws = np.random.default_rng([seed, epoch]).choice(len(p), -(-len(p) // ranks.world) * ranks.world, p=p / p.sum())
+    return draws[ranks.rank::ranks.world]
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, ranks: Ranks,
+                  weights: np.ndarray | None = None) -> list[np.ndarray]:
+    """This rank's share of an epoch in batches of ``batch_size`` sample indices: a shuffle of the
+    ``n`` samples (:func:`epoch_order`), or a weighted draw (:func:`weighted_order`) when ``weights``
+    are given."""
+    order = epoch_order(n, epoch, seed, ranks) if weights is None else weighted_order(weights, epoch, seed, ranks)
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 

@@ -34,8 +34,11 @@ from .distributed import Ranks
 from .loop import Step, autocast, fit
 from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
 from .schedule import BudgetSchedule, total_steps
-from .slices import SliceSet, build_slices, split_by_scan
+from .slices import SliceSet, build_slices, organ_balanced_weights, split_by_scan
 from .thresholds import choose_thresholds
+
+
+SAMPLINGS = ("uniform", "organs")
 
 
 @dataclass
@@ -47,13 +50,22 @@ class TrainSettings:
     lr: float = 1e-3
     val_fraction: float = 0.1
     recon_weight: float = RECON_WEIGHT
+    #: weight of a soft Dice term added to the paper's loss (0: the paper's loss alone)
+    dice_weight: float = 0.0
     max_minutes: float | None = None
     device: str = "auto"
     seed: int = 0
     slice_stride: int = 1  #: use every n-th slice (neighbouring slices are nearly identical)
     resume: bool = False
+    #: "uniform": every slice once per epoch; "organs": half the draws organ by organ, so small
+    #: organs are seen as often as big ones (:func:`.slices.organ_balanced_weights`)
+    sampling: str = "uniform"
     #: slice augmentation (the paper used none; measured in docs/results-mosnet.md)
     augment: AugmentSettings = field(default_factory=AugmentSettings.for_ct)
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
 
 
 class MOSnetSchedule(BudgetSchedule):
@@ -91,7 +103,7 @@ def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device):
 
 def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: torch.Tensor,
                recon_weight: float, augmentation: AugmentSettings | None = None,
-               generator: torch.Generator | None = None) -> Step:
+               generator: torch.Generator | None = None, dice_weight: float = 0.0) -> Step:
     """MOSnet's loss (eqs. 6-9) of a batch from :func:`_to_device`, augmented first when asked.
     The reconstruction target is the augmented slice, the one the network sees."""
     image, masks, annotated, condition = batch
@@ -100,7 +112,7 @@ def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: to
         image = image.contiguous(memory_format=torch.channels_last)
     with autocast(image.device):
         logits, recon = model(image, condition)
-    loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, recon_weight)
+    loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, recon_weight, dice_weight)
     return Step(loss, len(image), parts)
 
 
@@ -117,7 +129,8 @@ def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings:
             image, masks, annotated, condition = _to_device(data, idx, device)
             with autocast(device):
                 logits, recon = model(image, condition)
-            loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight)
+            loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight,
+                                  settings.dice_weight)
             losses.append(float(loss) * len(idx))
             pred = (logits.float() > 0).double()
             a = annotated.double()[:, :, None, None]
@@ -154,6 +167,13 @@ class MOSnetRecipe:
     parts: tuple[str, ...] = ("seg", "recon")
 
     generator: torch.Generator | None = None
+    weights: np.ndarray | None = None  #: the training slices' sampling weights; None: a shuffle
+
+    def __post_init__(self) -> None:
+        if self.settings.dice_weight:
+            self.parts = (*self.parts, "dice")
+        if self.settings.sampling == "organs":
+            self.weights = organ_balanced_weights(self.train)
 
     def begin_epoch(self, epoch: int, history: list[dict]) -> dict:
         self.generator = torch.Generator(device=self.device)
@@ -162,11 +182,11 @@ class MOSnetRecipe:
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         return distributed.epoch_batches(len(self.train.images), self.settings.batch_size, epoch, self.settings.seed,
-                                         self.ranks)
+                                         self.ranks, self.weights)
 
     def step(self, idx: np.ndarray) -> Step:
         return batch_loss(self.net, _to_device(self.train, idx, self.device), self.beta, self.settings.recon_weight,
-                          self.settings.augment, self.generator)
+                          self.settings.augment, self.generator, self.settings.dice_weight)
 
     def validate(self) -> dict[str, float]:
         return evaluate_slices(self.model, self.val, self.beta, self.settings, self.device)

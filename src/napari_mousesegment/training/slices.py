@@ -74,6 +74,25 @@ def build_slices(datasets: list[CTDataset], config: MOSnetConfig, cases: dict[st
     return SliceSet(torch.cat(images), torch.cat(masks), torch.cat(annotated), torch.cat(condition), scan)
 
 
+def organ_balanced_weights(data: SliceSet, share: float = 0.5) -> np.ndarray:
+    """Sampling weights (summing to 1) that draw ``share`` of the slices organ by organ and the rest uniformly.
+
+    The organ-by-organ part picks an organ uniformly among those labelled somewhere, then a slice
+    that shows it (under a dataset that annotates it), as nnU-Net oversamples its foreground
+    classes: small organs seen on a few slices of each scan (kidneys, spleen, bladder) are drawn
+    as often as the liver, and slices showing no organ less often.
+    """
+    n = len(data.organ_masks)
+    shows = (data.organ_masks.flatten(2).any(2) & data.annotated).numpy()  # (N, M)
+    counts = shows.sum(0)
+    uniform = np.full(n, 1.0 / n)
+    if not counts.any():
+        return uniform
+    per_organ = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0) / np.count_nonzero(counts)
+    weights = (1 - share) * uniform + share * (shows * per_organ).sum(1)
+    return weights / weights.sum()
+
+
 def corrected_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], touched: list[int],
                      config: MOSnetConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's slices (N, C, S, S) and organ masks (N, M, S, S) of the touched input slices (axis
