@@ -62,6 +62,7 @@ def test_weighted_shards_follow_the_weights_and_split_one_draw():
     many = np.concatenate([weighted_order(weights, e, 0, Ranks()) for e in range(500)])
     assert abs(np.mean(many == 2) - 0.75) < 0.05
     assert list(weighted_order(weights, 2, 0, Ranks(1, 2))) == list(shards[1])  # the same for the same seed
+    assert set(weighted_order(weights, 0, -3, Ranks())) <= {1, 2}  # a negative --seed draws too
 
 
 def test_mosnet_trains_on_two_processes_and_reloads_in_one(ct_data, tmp_path):

@@ -94,7 +94,8 @@ def weighted_order(weights: np.ndarray, epoch: int, seed: int, ranks: Ranks) -> 
     proportion to its weight; the shares are disjoint slices of one draw, the same for any run with
     the same seed, and of equal length."""
     p = np.asarray(weights, dtype=np.float64)
-    draws = np.random.default_rng([seed, epoch]).choice(len(p), -(-len(p) // ranks.world) * ranks.world, p=p / p.sum())
+    draws = np.random.default_rng([seed % 2**32, epoch]).choice(  # any --seed, negative too
+        len(p), -(-len(p) // ranks.world) * ranks.world, p=p / p.sum())
     return draws[ranks.rank::ranks.world]
 
 
