@@ -65,6 +65,7 @@ from napari_mousesegment.models.preprocess import (
 )
 from napari_mousesegment.organs import CT_DATASET_ORGANS, CT_ORGANS
 from napari_mousesegment.store.load import load_mosnet
+from napari_mousesegment.training.losses import masked_dice_loss
 from napari_mousesegment.training.slices import build_slices
 
 BIG = ("heart", "lungs", "liver", "kidneys")
@@ -133,11 +134,8 @@ def score_mosnet(folder: Path, tests: dict[str, list]) -> dict[str, dict[str, fl
 def masked_dice_bce(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
     """Dice + BCE over the organs each slice's dataset annotates (the others teach nothing)."""
     a = annotated[:, :, None, None].float().expand_as(logits)
-    p = torch.sigmoid(logits) * a
-    t = target * a
-    dice = 1 - (2 * (p * t).sum((0, 2, 3)) + 1) / (p.sum((0, 2, 3)) + t.sum((0, 2, 3)) + 1)
     bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * a).sum() / a.sum().clamp(min=1)
-    return dice[annotated.any(0)].mean() + bce
+    return masked_dice_loss(logits, target, annotated) + bce
 
 
 def with_condition(images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:

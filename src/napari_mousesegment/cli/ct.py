@@ -25,7 +25,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
-                             sampling=args.sampling, dice_weight=args.dice_weight, augment=options.augment_settings(args, AugmentSettings.for_ct()))
+                             sampling=args.sampling, dice_weight=args.dice_weight,
+                             augment=options.augment_settings(args, AugmentSettings.for_ct()))
     result = options.run_training(train_mosnet, args.data, args.out, config, settings)
     if result is not None:
         print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "
