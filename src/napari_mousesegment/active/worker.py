@@ -490,8 +490,9 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
             log(f"replaying {len(old.images)} slices of {replay}")
             images, masks = torch.cat([images, old.images.float()]), torch.cat([masks, old.organ_masks])
             annotated, conditions = torch.cat([annotated, old.annotated]), torch.cat([conditions, old.condition])
+        dice_weight = read_dice_weight(model_spec)
         return _Plan(lambda m, report, stop: fine_tune_mosnet(m, images, masks, annotated, conditions, beta,
-                                                              settings, report, stop),
+                                                              settings, report, stop, dice_weight),
                      lambda m: choose_ct_thresholds(m, pick_i, pick_m, code, "held-out" if on_held else "training"),
                      lambda m: ct_held_out(m, held_i, held_m, code), n, len(held_i), "slices")
 
@@ -527,6 +528,11 @@ def read_threshold_rule(model_spec: str) -> str:
     from ..training.thresholds import recorded_rule
 
     return recorded_rule(model_config(model_spec))
+
+
+def read_dice_weight(model_spec: str) -> float:
+    """The soft Dice weight of the model's training loss (``train mosnet --dice-weight``), or 0."""
+    return float(model_config(model_spec).get("training", {}).get("settings", {}).get("dice_weight", 0.0))
 
 
 def read_beta(model_spec: str, n_organs: int) -> list[float]:
