@@ -205,3 +205,19 @@ def test_a_failing_group_does_not_stall_the_others(home, tmp_path):
     assert "condition 'mri' is not one the model knows" in queue.get(2).reason  # set aside: never trainable
     assert "not-installed" in results[1].error  # a missing model may be installed later: stays pending
     assert [r.state.value for r in queue.rounds()] == ["done", "failed"]
+
+
+def test_a_micro_ct_round_on_a_multi_planar_model_is_refused_and_keeps_its_items(home, tmp_path):
+    from napari_mousesegment.models.folder import save_model
+    from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
+    from napari_mousesegment.organs import CT_ORGANS
+
+    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, plane="axial+coronal")
+    folder = save_model(tmp_path / "mp", MOSnet(config), config)
+    queue = Queue(tmp_path / "q")
+    image, labels = np.zeros((4, 20, 20), np.int16), np.zeros((4, 20, 20), np.uint8)
+    labels[1:3, 5:15, 5:15] = 1
+    queue.add(image, labels, "ct", condition="native", model=str(folder), spacing=(0.28, 0.28, 0.28))
+    results = run_rounds(queue.root, settings=FineTuneSettings(epochs=1), log=lambda _: None)
+    assert results[0].failed and "axial plane" in results[0].error
+    assert [i.state for i in queue.items()] == ["pending"]  # the item waits for an axial model

@@ -141,3 +141,25 @@ def test_inference_copy_folds_batch_norm_and_keeps_outputs(make):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_multi_planar_model_averages_its_planes_probabilities(scan):
+    torch.manual_seed(0)
+    model = MOSnet(MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32,
+                                plane="axial+sagittal", thresholds={"liver": 0.6})).eval()
+    with torch.no_grad():
+        model.encoder[0][0].weight.mul_(30)
+    spacing = (0.3, 0.28, 0.25)
+    pred = predict_volume(model, scan.image, spacing, "native", batch_size=3, keep_probabilities=True)
+    each = []
+    for plane in ("axial", "sagittal"):
+        single = MOSnet(replace(model.config, plane=plane))
+        single.load_state_dict(model.state_dict())
+        each.append(naive_predict_volume(single.eval(), scan.image, spacing, "native")[1])
+    assert np.abs(each[0] - each[1]).max() > 0.01  # the planes disagree, so the mean is a real fusion
+    mean = (each[0] + each[1]) / 2
+    assert np.abs(pred.probabilities.astype(np.float32) - mean).max() < 2e-3
+    cut = np.log(np.asarray(model.config.organ_thresholds()) / (1 - np.asarray(model.config.organ_thresholds())))
+    margin = np.log(mean / (1 - mean)) - cut[:, None, None, None]
+    expected = np.where(margin.max(0) > 0, margin.argmax(0) + 1, 0)
+    assert (pred.labels == expected).mean() > 0.999

@@ -110,6 +110,17 @@ def test_our_mosnet_package_imports_back_and_predicts_the_same(packages, home):
     assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
 
 
+def test_export_refuses_a_multi_planar_mosnet_with_the_reason(tmp_path, capsys):
+    from napari_mousesegment.models.folder import save_model
+    from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
+    from napari_mousesegment.organs import CT_ORGANS
+
+    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, plane="axial+coronal")
+    folder = save_model(tmp_path / "mp", MOSnet(config), config)
+    assert main(["models", "export", str(folder), str(tmp_path / "zoo"), "--format", "bioimageio"]) != 0
+    assert "multi-planar" in capsys.readouterr().err and not list((tmp_path / "zoo").glob("*.zip"))
+
+
 def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
     out = tmp_path / "zoo"
     assert main(["models", "export", SHIPPED_US["heart"], str(out), "--format", "bioimageio"]) == 0

@@ -49,11 +49,21 @@ def test_a_2_5d_model_takes_its_neighbours_as_channels_and_reconstructs_them():
 
 
 @pytest.mark.parametrize("kwargs", [{"variant": "unet"}, {"organs": []}, {"organs": ["a", "a"]},
-                                    {"image_size": 100}, {"plane": "oblique"}, {"context": -1},
+                                    {"image_size": 100}, {"plane": "oblique"}, {"plane": "coronal+axial"},
+                                    {"plane": "axial+axial"}, {"context": -1},
                                     {"context": 9}, {"context": 1, "context_step": 0}])
 def test_bad_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
         MOSnetConfig(**({"organs": ORGANS} | kwargs))
+
+
+def test_a_multi_planar_config_lists_its_planes_and_passes_the_schema():
+    from napari_mousesegment.models.schema import PLANE_CHOICES
+    from napari_mousesegment.models.mosnet import PLANE_CHOICES as standalone
+
+    assert MOSnetConfig(organs=ORGANS, plane="axial+coronal").planes == ["axial", "coronal"]
+    assert MOSnetConfig(organs=ORGANS).planes == ["axial"]
+    assert standalone == PLANE_CHOICES  # models.mosnet stands alone in packages: its copy must not drift
 
 
 def test_model_folder_round_trip_and_tamper_detection(tmp_path):

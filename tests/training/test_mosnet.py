@@ -155,6 +155,24 @@ def test_organ_sampling_dice_term_and_coronal_plane_train_and_are_recorded(datas
     assert predict_volume(model, scan.image, scan.spacing, "contrast").labels.shape == SHAPE
 
 
+def test_a_multi_planar_model_trains_on_each_plane_and_predicts_on_the_scan_grid(datasets, tmp_path):
+    from napari_mousesegment.cli import main
+
+    sets = [read_ct_dataset(d) for d in datasets]
+    axial = build_slices(sets[:1], _config(), stride=2)
+    both = build_slices(sets[:1], replace(_config(), plane="axial+coronal"), stride=2)
+    # 40 axial (z) and 32 coronal (y) slices per scan, every second one
+    assert len(both.scan) == len(axial.scan) + 3 * 16 and len(axial.scan) == 3 * 20
+    out = tmp_path / "model"
+    assert main(["train", "mosnet", "--data", str(datasets[0]), "--data", str(datasets[1]), "--out", str(out),
+                 "--width", "4", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--slice-stride", "2",
+                 "--val-fraction", "0.34", "--plane", "axial+coronal", "--device", "cpu"]) == 0
+    model, _, meta = load_mosnet(out)
+    assert meta["plane"] == "axial+coronal" and model.config.planes == ["axial", "coronal"]
+    scan = ct_phantom(7, "native", shape=SHAPE)
+    assert predict_volume(model, scan.image, scan.spacing, "native").labels.shape == SHAPE
+
+
 def test_unknown_sampling_is_refused():
     with pytest.raises(ValueError, match="sampling"):
         TrainSettings(sampling="rare")

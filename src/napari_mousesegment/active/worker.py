@@ -465,6 +465,9 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
     def prepare(model, config, items, settings) -> _Plan:
         if condition not in config.conditions:
             raise QueueError(f"model {model_spec} knows conditions {config.conditions}, not {condition!r}")
+        if config.plane != "axial":  # the model's fault, not the items': they wait for an axial model
+            raise QueueError(f"model {model_spec} was trained on {config.plane} slices; micro-CT corrections "
+                             "are taken slice by slice on the axial plane")
         train, held = [], []
         for item in items:  # every 4th touched slice of each item is held out, as for frames
             hold = item.touched[3::4] or (item.touched[-1:] if len(item.touched) >= 2 else [])

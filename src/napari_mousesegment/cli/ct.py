@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..models.schema import PLANE_CHOICES
 from . import options
 
 
@@ -114,8 +115,10 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--image-size", type=options.count(8, 4096), default=128, help="in-plane slice size (default 128)")
     mosnet.add_argument("--voxel-mm", type=options.number(0.001, 10.0), default=0.28,
                         help="isotropic voxel size scans are resampled to (default 0.28 mm, the Rosenhain scans')")
-    mosnet.add_argument("--plane", choices=["axial", "coronal", "sagittal"], default="axial",
-                        help="slicing plane (default axial, the paper's; active-learning rounds need axial)")
+    mosnet.add_argument("--plane", choices=PLANE_CHOICES, default="axial", metavar="PLANE",
+                        help="slicing plane: axial (the paper's, the default), coronal or sagittal, or several "
+                             "joined by '+' (axial+coronal): one network learns each plane's slices and "
+                             "prediction averages over them. Active-learning rounds need axial")
     mosnet.add_argument("--context-slices", type=options.count(0, 8), default=0,
                         help="2.5D input: neighbouring slices on each side, every --context-step voxels, "
                              "given to the network as channels (default 0: 2D slices)")

@@ -149,6 +149,7 @@ def iter_labels(
     borrow: bool = True,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    plane: str | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """Labels of successive input slices on the model's plane, as they are ready.
 
@@ -156,14 +157,18 @@ def iter_labels(
     ``start .. start + k`` along the plane's axis, ``probabilities`` (M, k, ...) float16 or None.
     At most ``batch_size`` slices come at a time, so nothing here grows with the scan: a caller
     may write them out as they come (:func:`predict_volume` gathers them). ``image`` may be a
-    numpy, memory-mapped or dask array; it is read one slab at a time.
+    numpy, memory-mapped or dask array; it is read one slab at a time. ``plane``: one of a
+    multi-planar model's planes (default: the model's only plane).
     """
     config = model.config
     batch_size = _check(model, image, spacing, condition, batch_size)
+    plane = plane or config.plane
+    if plane not in config.planes:
+        raise ValueError(f"this MOSnet was trained on {config.plane} slices, not {plane}")
     device = next(model.parameters()).device
     net = inference_copy(model)
-    axis = PLANE_AXIS[config.plane]
-    stack = to_slices(image, config.plane)  # a view: slices along axis 0
+    axis = PLANE_AXIS[plane]
+    stack = to_slices(image, plane)  # a view: slices along axis 0
     grid = model_grid(stack.shape, [spacing[axis], *(s for i, s in enumerate(spacing) if i != axis)],
                       config.spacing_mm)
     n, n_model = len(stack), grid[0]
@@ -245,10 +250,15 @@ def predict_volume(
     organ, or by default the model's own (:meth:`MOSnetConfig.organ_thresholds`). With ``borrow``,
     organs that no training dataset of ``condition`` annotated are read under a condition that did
     (:meth:`MOSnetConfig.borrowed_organs`); without it, every organ is read under ``condition``.
-    The whole label volume is kept in memory; :func:`iter_labels` streams it instead.
+    The whole label volume is kept in memory; :func:`iter_labels` streams it instead. A multi-planar
+    model (``plane`` "axial+coronal", ...) runs on each of its planes and votes on the mean of their
+    probabilities, holding them all in memory (:func:`_predict_planes`).
     """
     config = model.config
     _check(model, image, spacing, condition, batch_size)
+    if len(config.planes) > 1:
+        return _predict_planes(model, image, spacing, condition, batch_size, threshold, keep_probabilities, borrow,
+                               progress, should_stop)
     axis = PLANE_AXIS[config.plane]
     check_allocation(nbytes(image.shape, 1 + (2 * len(config.organs) if keep_probabilities else 0)),
                      f"the labels{' and probabilities' if keep_probabilities else ''} of a scan of "
@@ -262,4 +272,41 @@ def predict_volume(
         label_stack[start:start + len(best)] = best
         if prob_stack is not None:
             prob_stack[:, start:start + len(best)] = probs
+    return CTPrediction(labels, {o: i + 1 for i, o in enumerate(config.organs)}, probabilities)
+
+
+def _predict_planes(model: MOSnet, image, spacing: tuple[float, float, float], condition: str,
+                    batch_size: int | None, threshold: float | None, keep_probabilities: bool, borrow: bool,
+                    progress: Callable[[int, int], None] | None, should_stop: Callable[[], bool]) -> CTPrediction:
+    """A multi-planar MOSnet's prediction: each organ's probability averaged over its planes (as the
+    Multi-Planar U-Net of Perslev et al. 2019 fuses its views, here with equal weights), then the
+    label vote at the model's thresholds. A slice on one plane sees the whole body along another
+    axis, which a stack of axial slices alone never shows the network."""
+    config = model.config
+    planes = config.planes
+    check_allocation(nbytes(image.shape, 1 + 4 * len(config.organs) + (2 * len(config.organs) if keep_probabilities
+                                                                       else 0)),
+                     f"the labels and the {len(planes)} planes' mean probabilities of a scan of "
+                     f"{tuple(image.shape)} voxels")
+    image = np.asarray(image)  # read once: slabs are cut along several axes
+    total = np.zeros((len(config.organs), *image.shape), np.float32)
+    done = 0
+
+    def step(k: int, n: int) -> None:
+        if progress:
+            progress(done * n + k, n * len(planes))
+
+    for done, plane in enumerate(planes):
+        stack = np.moveaxis(total, 1 + PLANE_AXIS[plane], 1)
+        for start, _best, probs in iter_labels(model, image, spacing, condition, batch_size, threshold, True, borrow,
+                                               step, should_stop, plane):
+            stack[:, start:start + probs.shape[1]] += probs
+    total /= len(planes)
+    cutoffs = [threshold] * len(config.organs) if threshold is not None else config.organ_thresholds()
+    offsets = torch.logit(torch.tensor(cutoffs))
+    labels = np.zeros(image.shape, np.uint8)
+    for z in range(0, len(labels), 16):  # a few slices at a time: the vote's float copies stay small
+        chunk = torch.from_numpy(np.moveaxis(total[:, z:z + 16], 0, 1))
+        labels[z:z + 16] = vote(torch.logit(chunk, eps=1e-6), offsets).to(torch.uint8).numpy()
+    probabilities = total.astype(np.float16) if keep_probabilities else None
     return CTPrediction(labels, {o: i + 1 for i, o in enumerate(config.organs)}, probabilities)

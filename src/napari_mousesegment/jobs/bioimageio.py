@@ -162,6 +162,9 @@ def _mosnet_description(model, meta: dict, name: str, folder: Path, work: Path, 
     if config.context:  # a package's consumers feed one slice; a 2.5D model needs its neighbours
         raise ValueError(f"{folder}: a 2.5D MOSnet ({config.context} neighbouring slices each side) cannot be "
                          "exported to bioimage.io yet; export a 2D one (trained with --context-slices 0)")
+    if len(config.planes) > 1:  # a package's consumers see one slice; the planes' fusion is our predictor's
+        raise ValueError(f"{folder}: a multi-planar MOSnet ({config.plane}) cannot be exported to bioimage.io yet; "
+                         "export one trained on a single --plane")
     low = config.window_level - config.window_width / 2
     phantom = ct_phantom(seed=5, condition=condition, spacing=config.spacing_mm)
     stack = to_slices(phantom.image, config.plane)

@@ -159,7 +159,7 @@ def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | o
         warnings.warn(f"{scan}: {forced}; predicting anyway (--force)", stacklevel=2)
     elif not force:
         check_hu(volume.image, str(scan), calibrated=hu is not None)
-    if not slabs_follow_chunks(volume.image, PLANE_AXIS[model.config.plane]):
+    if not all(slabs_follow_chunks(volume.image, PLANE_AXIS[p]) for p in model.config.planes):
         volume.image = load(volume.image)  # slabs across the file's chunks would read the file once per slab
     condition, how = pick_condition(volume.image, volume.spacing, condition, model.config.conditions, str(scan))
     if note and how != "given":

@@ -25,6 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 
 VARIANTS = ("full", "bm", "bm_cm", "bm_rb")
+#: The plane of a config: one, or several in this order joined by "+" (as models.schema.PLANE_CHOICES).
+PLANE_CHOICES = ("axial", "coronal", "sagittal", "axial+coronal", "axial+sagittal", "coronal+sagittal",
+                 "axial+coronal+sagittal")
 
 
 @dataclass
@@ -39,7 +42,9 @@ class MOSnetConfig:
     embed_dim: int = 16  #: size of the condition embedding a³
     reduction: int = 8  #: squeeze ratio of the control module's channel gate
     image_size: int = 128  #: in-plane size the slices are resized to
-    plane: str = "axial"  #: slicing plane: axial = (y, x) slices along z
+    #: slicing plane: axial = (y, x) slices along z; several joined by "+" (``axial+coronal``): one
+    #: network learns slices of each, and prediction averages its probabilities over the planes
+    plane: str = "axial"
     #: 2.5D input: this many neighbouring slices on each side join the slice as channels (0: 2D)
     context: int = 0
     context_step: int = 2  #: model voxels between those neighbours (2 at 0.28 mm: 0.56 mm apart)
@@ -68,11 +73,17 @@ class MOSnetConfig:
         bad = {o: t for o, t in self.thresholds.items() if not 0.0 <= float(t) <= 1.0}  # NaN too
         if bad:
             raise ValueError(f"thresholds must be from 0 to 1, got {bad}")
-        if self.plane not in ("axial", "coronal", "sagittal"):
-            raise ValueError(f"plane must be axial, coronal or sagittal, got {self.plane!r}")
+        if self.plane not in PLANE_CHOICES:
+            raise ValueError(f"plane must be axial, coronal or sagittal, or several joined by '+' in that "
+                             f"order (axial+coronal), got {self.plane!r}")
         if not (0 <= self.context <= 8 and 1 <= self.context_step <= 16):
             raise ValueError(f"context must be 0..8 slices and context_step 1..16 voxels, got "
                              f"{self.context} and {self.context_step}")
+
+    @property
+    def planes(self) -> list[str]:
+        """The slicing planes: one, or the planes of a multi-planar model."""
+        return self.plane.split("+")
 
     @property
     def channels(self) -> int:

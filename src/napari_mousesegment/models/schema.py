@@ -14,6 +14,7 @@ refused, since the field it was meant for would silently take its default.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ VARIANTS = ("full", "bm", "bm_cm", "bm_rb")
 #: U-Net architectures (see models.unet).
 UNET_ARCHS = ("standard", "deep", "residual")
 PLANES = ("axial", "coronal", "sagittal")
+#: A MOSnet's "plane": one plane, or several in PLANES order joined by "+" (multi-planar).
+PLANE_CHOICES = tuple("+".join(c) for k in (1, 2, 3) for c in itertools.combinations(PLANES, k))
 #: Sane bounds of the sizes that decide a network's memory.
 WIDTH_RANGE = (1, 512)
 DEPTH_RANGE = (1, 8)
@@ -117,7 +120,7 @@ SCHEMAS: dict[str, tuple[tuple[str, ...], dict[str, Callable[[Any], str | None]]
     "mosnet": (("organs",), {
         **_COMMON, "organs": _names, "conditions": _names, "variant": _choice(VARIANTS),
         "width": _integer(2, WIDTH_RANGE[1]), "depth": _integer(*DEPTH_RANGE), "embed_dim": _integer(1, 1024),
-        "reduction": _integer(1, 1024), "image_size": _integer(*IMAGE_SIZE_RANGE), "plane": _choice(PLANES),
+        "reduction": _integer(1, 1024), "image_size": _integer(*IMAGE_SIZE_RANGE), "plane": _choice(PLANE_CHOICES),
         "context": _integer(0, 8), "context_step": _integer(1, 16),
         "spacing_mm": _number(*SPACING_RANGE_MM), "window_level": _number(-10000, 100000),
         "window_width": _number(0, 100000, positive=True), "annotated": _table(lambda v: None if v == [] else _names(v)),

@@ -32,17 +32,20 @@ class SliceSet:
 def model_slices(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], config: MOSnetConfig,
                  stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """A scan (or some of its slices) as the model sees it: windowed, resampled to its voxel size, cut
-    on its plane (every ``stride``-th slice) and fitted to its square; images (N, C, S, S) float32
-    (each slice with its 2.5D neighbours, :meth:`MOSnetConfig.slice_offsets`), labels (N, S, S) long,
-    aligned pixel for pixel."""
-    img = to_slices(resample(window(hu, config.window_level, config.window_width), spacing,
-                             config.spacing_mm, order=1), config.plane)
-    img = img[context_index(len(img), config.slice_offsets())[::stride]]  # (N, C, h, w)
-    lab = to_slices(resample(labels, spacing, config.spacing_mm, order=0), config.plane)[::stride]
-    img_t = fit_square(torch.from_numpy(np.ascontiguousarray(img)), config.image_size, "bilinear")
-    lab_t = fit_square(torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))[:, None].float(),
-                       config.image_size, "nearest-exact").long()[:, 0]
-    return img_t, lab_t
+    on its plane (every ``stride``-th slice; a multi-planar model's planes one after another) and
+    fitted to its square; images (N, C, S, S) float32 (each slice with its 2.5D neighbours,
+    :meth:`MOSnetConfig.slice_offsets`), labels (N, S, S) long, aligned pixel for pixel."""
+    volume = resample(window(hu, config.window_level, config.window_width), spacing, config.spacing_mm, order=1)
+    truth = resample(labels, spacing, config.spacing_mm, order=0)
+    images, masks = [], []
+    for plane in config.planes:
+        img = to_slices(volume, plane)
+        img = img[context_index(len(img), config.slice_offsets())[::stride]]  # (N, C, h, w)
+        lab = to_slices(truth, plane)[::stride]
+        images.append(fit_square(torch.from_numpy(np.ascontiguousarray(img)), config.image_size, "bilinear"))
+        masks.append(fit_square(torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))[:, None].float(),
+                                config.image_size, "nearest-exact").long()[:, 0])
+    return torch.cat(images), torch.cat(masks)
 
 
 def organ_masks(labels: torch.Tensor, values: list[int | None]) -> torch.Tensor:
