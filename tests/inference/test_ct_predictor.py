@@ -8,7 +8,7 @@ import torch
 from benchmarks.baseline import naive_predict_volume
 
 from napari_mousesegment.data.phantom_ct import ct_phantom
-from napari_mousesegment.inference.ct import linear_taps, predict_volume
+from napari_mousesegment.inference.ct import iter_labels, linear_taps, predict_volume
 from napari_mousesegment.models.fold import inference_copy
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
 from napari_mousesegment.models.unet import UNet, UNetConfig
@@ -163,3 +163,7 @@ def test_a_multi_planar_model_averages_its_planes_probabilities(scan):
     margin = np.log(mean / (1 - mean)) - cut[:, None, None, None]
     expected = np.where(margin.max(0) > 0, margin.argmax(0) + 1, 0)
     assert (pred.labels == expected).mean() > 0.999
+    with pytest.raises(ValueError, match="one plane at a time"):
+        next(iter_labels(model, scan.image, spacing, "native"))
+    with pytest.raises(ValueError, match="not coronal"):
+        next(iter_labels(model, scan.image, spacing, "native", plane="coronal"))

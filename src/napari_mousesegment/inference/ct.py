@@ -162,6 +162,9 @@ def iter_labels(
     """
     config = model.config
     batch_size = _check(model, image, spacing, condition, batch_size)
+    if plane is None and len(config.planes) > 1:
+        raise ValueError(f"a multi-planar MOSnet ({config.plane}) streams one plane at a time: give the plane, "
+                         "or use predict_volume, which fuses them")
     plane = plane or config.plane
     if plane not in config.planes:
         raise ValueError(f"this MOSnet was trained on {config.plane} slices, not {plane}")
