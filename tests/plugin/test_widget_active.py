@@ -54,10 +54,11 @@ def test_correct_send_rank_retrain_and_roll_back(make_napari_viewer, qtbot, home
     widget._next.value = widget._next.choices[0]
     assert viewer.dims.current_step[0] == frame
 
+    widget.epochs = 10  # a short round: the spin box reaches the worker as --epochs
     job = widget.retrain()
     assert not widget._retrain.enabled and widget._cancel.enabled
     qtbot.waitUntil(job.done, timeout=240_000)
-    assert job.result().exit_code == 0
+    assert job.result().exit_code == 0 and widget.last_round.epochs == 10
     assert widget.last_round.state is RoundState.DONE and widget.last_round.promoted, widget.status
     assert widget._plot.points  # the loss arrived epoch by epoch
     assert widget._items.data.to_list()[0][1] == "used"

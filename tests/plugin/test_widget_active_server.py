@@ -116,7 +116,7 @@ def test_a_round_on_the_server_is_shown_live_then_pulled_and_repredicted(make_na
 
     monkeypatch.setenv("MOUSESEGMENT_HOME", str(tmp_path / "client-home"))
     monkeypatch.setenv("MOUSESEGMENT_OUTBOX", str(tmp_path / "client-outbox"))
-    server = lab.make_server(tmp_path / "lab", worker=True)
+    server = lab.make_server(tmp_path / "lab", worker=True, extra=("--epochs", "10"))
     try:
         viewer = make_napari_viewer()
         image, labels, truth = new_scanner_correction(viewer)

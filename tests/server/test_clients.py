@@ -299,7 +299,7 @@ def test_a_round_from_two_annotators_is_promoted_pulled_and_predicts_as_on_the_s
 
     monkeypatch.setenv("MOUSESEGMENT_HOME", str(tmp_path / "client-home"))
     monkeypatch.setenv("MOUSESEGMENT_OUTBOX", str(tmp_path / "client-outbox"))
-    server = make_server(tmp_path / "lab", worker=True)
+    server = make_server(tmp_path / "lab", worker=True, extra=("--epochs", "10"))  # serve --epochs: short rounds
     name = f"{BASE}-lab"
     try:
         series = {user: ultrasound_series(seed=seed, n_frames=6) for user, seed in (("ann1", 301), ("ann2", 302))}
@@ -313,6 +313,7 @@ def test_a_round_from_two_annotators_is_promoted_pulled_and_predicts_as_on_the_s
             with _client(server, "ann1") as client:
                 status = client.status()
             if status["used"] == 2 and status["last_round"]["state"] == "done":
+                assert status["last_round"]["epochs"] == 10  # the server's --epochs reached its worker
                 break
             assert status["last_round"] is None or status["last_round"]["state"] in ("running", "done"), status
             time.sleep(2)

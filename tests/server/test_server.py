@@ -264,6 +264,20 @@ def test_tls_needs_both_files(tmp_path, capsys):
     assert err.count("\n") == 0 and "--tls-cert and --tls-key go together" in err
 
 
+@pytest.mark.parametrize("epochs", ["0", "-3"])
+def test_serve_refuses_rounds_without_epochs(tmp_path, capsys, epochs):
+    assert main(["serve", "--queue", str(tmp_path / "q"), "--epochs", epochs]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--epochs: {epochs} is not 1 to 100000" in err
+
+
+def test_the_worker_child_gets_the_servers_epochs(tmp_path):
+    from napari_mousesegment.server.supervisor import worker_command
+
+    assert worker_command(tmp_path, "cpu", 12)[-2:] == ["--epochs", "12"]
+    assert "--epochs" not in worker_command(tmp_path, "cpu")  # the worker's own default
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificate")
 def test_tls_serves_https_with_the_given_certificate(tmp_path):
     import ssl

@@ -17,6 +17,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+    if not 1 <= args.epochs <= 100_000:
+        raise ValueError(f"--epochs: {args.epochs} is not 1 to 100000")
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
@@ -29,7 +31,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"the server needs {exc.name}: {EXTRA}") from None
     os.environ.setdefault("MOUSESEGMENT_HOME", str(args.queue.resolve() / "home"))  # the worker child inherits it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.queue, max_upload_mb=args.max_upload_mb, device=args.device, worker=args.worker)
+    app = create_app(args.queue, max_upload_mb=args.max_upload_mb, device=args.device, worker=args.worker,
+                     epochs=args.epochs)
     scheme = "https" if args.tls_cert else "http"
     print(f"serving queue {args.queue.resolve()} on {scheme}://{args.host}:{args.port} "
           f"(models in {os.environ['MOUSESEGMENT_HOME']}; worker {'on' if args.worker else 'off'})", flush=True)
@@ -98,6 +101,8 @@ def add_commands(sub) -> None:
     serve.add_argument("--tls-key", type=Path, default=None, help="TLS private key (PEM), with --tls-cert")
     serve.add_argument("--worker", action=argparse.BooleanOptionalAction, default=True,
                        help="run the retraining worker as a child process, restarted if it dies (default: on)")
+    serve.add_argument("--epochs", type=int, default=40,
+                       help="fine-tuning epochs per round of that worker, as `worker --epochs` (40)")
     serve.set_defaults(func=_cmd_serve)
 
     users = sub.add_parser("users", help="who may use the lab server: tokens and roles")

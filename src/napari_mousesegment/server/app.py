@@ -92,10 +92,13 @@ def zip_model(folder: Path) -> tuple[bytes, str]:
 
 
 def create_app(queue_dir: str | Path, *, max_upload_mb: float = 512, device: str = "auto",
-               worker: bool = True) -> FastAPI:
-    """The server of the queue folder ``queue_dir`` (its users in ``users.sqlite`` there)."""
+               worker: bool = True, epochs: int | None = None) -> FastAPI:
+    """The server of the queue folder ``queue_dir`` (its users in ``users.sqlite`` there).
+
+    ``epochs``: fine-tuning epochs per round of its worker (None: the worker's default).
+    """
     queue, users = Queue(queue_dir), Users(queue_dir)
-    supervisor = Supervisor(queue, device) if worker else None
+    supervisor = Supervisor(queue, device, epochs) if worker else None
     max_bytes = int(max_upload_mb * 2**20)
 
     @asynccontextmanager

@@ -30,10 +30,11 @@ SHUTDOWN_GRACE_S = 3.0  #: after a SIGTERMed child, how long to wait for the ser
 IDLE = "no pending corrections"  #: what the worker says on every idle pass: not logged
 
 
-def worker_command(queue_dir: Path, device: str) -> list[str]:
-    """``mousesegment worker`` for this queue, polling every :data:`POLL_S` seconds."""
+def worker_command(queue_dir: Path, device: str, epochs: int | None = None) -> list[str]:
+    """``mousesegment worker`` for this queue, polling every :data:`POLL_S` seconds; ``epochs``
+    per round when given (``serve --epochs``), else the worker's default."""
     return [sys.executable, "-m", "napari_mousesegment.cli", "worker", "--queue", str(queue_dir),
-            "--device", device, "--poll", str(POLL_S)]
+            "--device", device, "--poll", str(POLL_S), *(["--epochs", str(epochs)] if epochs else [])]
 
 
 def mark_interrupted(queue: Queue) -> list[int]:
@@ -66,8 +67,8 @@ def _relay(child: subprocess.Popen) -> None:
 class Supervisor:
     """Runs :func:`worker_command` in a child process and restarts it when it exits."""
 
-    def __init__(self, queue: Queue, device: str) -> None:
-        self.queue, self.device = queue, device
+    def __init__(self, queue: Queue, device: str, epochs: int | None = None) -> None:
+        self.queue, self.device, self.epochs = queue, device, epochs
         self.child: subprocess.Popen | None = None
         self.restarts = 0
         self._stop = threading.Event()
@@ -108,7 +109,7 @@ class Supervisor:
         with self._lock:
             if self._stop.is_set():
                 return None
-            self.child = subprocess.Popen(worker_command(self.queue.root, self.device),
+            self.child = subprocess.Popen(worker_command(self.queue.root, self.device, self.epochs),
                                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True, errors="replace")
         log.info("worker started (pid %d)", self.child.pid)

@@ -12,6 +12,7 @@ From a script::
 
     al = ActiveLearningWidget(viewer)
     al.queue_dir = "~/mousesegment-queue"
+    al.epochs = 20                                   # per round (40); a server's worker uses serve --epochs
     al.send(image_layer, corrected_layer)            # kind, organ or condition and model from the layer
     al.retrain().wait()                              # the child's pass; a promotion re-predicts
     al.rollback("unet-heart-synthetic-lab")
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, PushButton, Table
+from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox, Table
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
@@ -78,6 +79,9 @@ class ActiveLearningWidget(JobWidget):
         self._items = Table(value={"id": [], "state": [], "organ": [], "model": [], "touched": []})
         self._rank = PushButton(text="Rank frames to correct next")
         self._next = ComboBox(label="correct next", choices=[])
+        self._epochs = SpinBox(label="epochs per round", value=40, min=1, max=100_000,
+                               tooltip="fine-tuning epochs of a round on the local queue (`worker --epochs`); "
+                                       "a server's worker uses its own `serve --epochs`")
         self._retrain = PushButton(text="Retrain now")
         self._version_model = ComboBox(label="versions of", choices=lambda _: self._versioned())
         self._versions = Table(value={"version": [], "current": [], "parent": [], "held-out Dice": []})
@@ -87,7 +91,7 @@ class ActiveLearningWidget(JobWidget):
         self._plot = LossPlot()
         self.extend([self._server.mode, self._queue_dir, *self._server.widgets[1:], self._image, self._labels,
                      self._kind, self._organ, self._condition, self._model, self._send, self._items, self._rank,
-                     self._next, self._retrain, self._cancel, self._progress, self._status])
+                     self._next, self._epochs, self._retrain, self._cancel, self._progress, self._status])
         self.native.layout().addWidget(self._plot.canvas)
         self.extend([self._version_model, self._versions, self._version, self._promote, self._rollback])
         self._send.clicked.connect(lambda: self.send())
@@ -178,6 +182,15 @@ class ActiveLearningWidget(JobWidget):
     @queue_dir.setter
     def queue_dir(self, folder: str | Path) -> None:
         self._queue_dir.value = str(folder)
+
+    @property
+    def epochs(self) -> int:
+        """Fine-tuning epochs of each round :meth:`retrain` runs on the local queue (40)."""
+        return int(self._epochs.value)
+
+    @epochs.setter
+    def epochs(self, value: int) -> None:
+        self._epochs.value = value
         self.refresh()
 
     @property
@@ -411,16 +424,16 @@ class ActiveLearningWidget(JobWidget):
         """
         if self._server.on:
             return self._server.call(remote.request_round, name="round request", show=self._show_requested)
-        job = self._start(self._run_worker, str(self.queue.root), show=self._show_pass, name="retraining",
-                          buttons=self._starters())
+        job = self._start(self._run_worker, str(self.queue.root), self.epochs, show=self._show_pass,
+                          name="retraining", buttons=self._starters())
         if job is None:
             return None
         self._plot.clear()  # before the first epoch arrives: progress comes through the event loop
         return job.then(self._after_pass)
 
     @thread_worker(ignore_errors=True)
-    def _run_worker(self, queue_dir: str, stop):
-        return (yield from run_reporting(run_worker_pass, stop, queue_dir))
+    def _run_worker(self, queue_dir: str, epochs: int, stop):
+        return (yield from run_reporting(run_worker_pass, stop, queue_dir, worker_args=("--epochs", str(epochs))))
 
     def _on_progress(self, event: tuple) -> None:
         super()._on_progress(event)
