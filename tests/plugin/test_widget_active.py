@@ -103,3 +103,19 @@ def test_sending_bad_input_names_the_problem_and_queues_nothing(make_napari_view
     monkeypatch.setattr("napari_mousesegment.plugin.widgets.active.show_error", shown.append)
     assert widget.send(image, labels) is None
     assert shown and "empty" in shown[0] and widget.queue.items() == []
+
+
+def test_pointing_at_a_queue_folder_shows_its_items_and_epochs_stay_apart(make_napari_viewer, home, tmp_path):
+    from napari_mousesegment.active.queue import Queue
+
+    frames = np.zeros((3, 16, 16), np.uint8)
+    labels = frames.copy()
+    labels[1, 4:9, 4:9] = 1
+    Queue(tmp_path / "queue").add(frames, labels, "ultrasound", organ="heart", model=BASE)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotation & active learning")
+    widget.queue_dir = tmp_path / "queue"  # the table follows the folder at once
+    assert [row[:3] for row in widget._items.data.to_list()] == [[1, "pending", "heart"]]
+    assert widget.epochs == 40
+    widget.epochs = 7
+    assert widget.epochs == 7 and widget.queue_dir == tmp_path / "queue"

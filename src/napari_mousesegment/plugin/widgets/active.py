@@ -182,6 +182,7 @@ class ActiveLearningWidget(JobWidget):
     @queue_dir.setter
     def queue_dir(self, folder: str | Path) -> None:
         self._queue_dir.value = str(folder)
+        self.refresh()
 
     @property
     def epochs(self) -> int:
@@ -191,7 +192,6 @@ class ActiveLearningWidget(JobWidget):
     @epochs.setter
     def epochs(self, value: int) -> None:
         self._epochs.value = value
-        self.refresh()
 
     @property
     def queue(self) -> Queue:
