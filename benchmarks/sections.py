@@ -22,7 +22,7 @@ from napari_mousesegment.models.preprocess import PLANE_AXIS, model_grid
 
 SHIPPED_CT = "mosnet-synthetic"
 US_ORGANS = ("heart", "liver", "placenta")
-QUICK_CT_SHAPE = (48, 56, 72)
+QUICK_CT_SHAPE = (24, 48, 64)  #: --quick: the smallest phantom, a smoke test of the code paths, not a measurement
 
 
 def _model_bytes(model: torch.nn.Module) -> int:

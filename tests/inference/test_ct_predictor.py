@@ -26,9 +26,10 @@ def scan():
     return ct_phantom(250, "native", shape=(48, 56, 72))
 
 
+# Identity, finer and coarser z (slabs of several taps), anisotropic in-plane, and a near-identity
+# grid; each case runs the slow whole-volume baseline, so the list is kept to the distinct ones.
 @pytest.mark.parametrize("spacing, batch", [((0.28, 0.28, 0.28), 8), ((0.14, 0.28, 0.28), 3),
-                                            ((0.5, 0.3, 0.22), 1), ((0.2, 0.25, 0.3), 5),
-                                            ((0.7, 0.28, 0.28), 4), ((1.0, 0.3, 0.3), 2),
+                                            ((0.5, 0.3, 0.22), 1), ((0.7, 0.28, 0.28), 4),
                                             ((0.28, 0.2805, 0.2805), 4)])
 def test_streaming_matches_the_whole_volume_baseline(shipped, scan, spacing, batch):
     pred = predict_volume(shipped, scan.image, spacing, "native", batch_size=batch, keep_probabilities=True)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from napari_mousesegment.training.losses import masked_dice_loss, mosnet_loss, organ_weights
+from napari_mousesegment.training.losses import exclusion_loss, masked_dice_loss, mosnet_loss, organ_weights
 
 
 def test_loss_equals_hand_computation():
@@ -66,3 +66,22 @@ def test_organ_weights_favour_rare_organs():
     beta = organ_weights(np.array([0.25, 0.01, 0.5, 1e-9]))
     assert beta[0] < beta[1] and beta[2] == 1.0 and beta[3] == 30.0
     assert math.isclose(beta[0], math.sqrt(3), rel_tol=1e-6)
+
+
+def test_exclusion_term_teaches_an_unlabelled_organ_absent_on_the_labelled_ones_only():
+    """Organ 1 is not labelled by this dataset: firing on organ 0's pixels costs, on background not."""
+    target = torch.zeros(1, 2, 4, 4)
+    target[:, 0, :2] = 1.0  # organ 0: the top half
+    annotated = torch.tensor([[1, 0]])
+    quiet = torch.full((1, 2, 4, 4), -20.0)
+    on_background, on_organ = quiet.clone(), quiet.clone()
+    on_background[:, 1, 2:] = 20.0
+    on_organ[:, 1, :2] = 20.0
+    assert float(exclusion_loss(quiet, target, annotated)) < 1e-6
+    assert float(exclusion_loss(on_background, target, annotated)) < 1e-6  # maybe organ 1 is there
+    assert float(exclusion_loss(on_organ, target, annotated)) > 9.0  # 20 nats on half the pixels
+    assert float(exclusion_loss(on_organ, target, torch.tensor([[1, 1]]))) == 0.0  # labelled: BCE's job
+    base, parts = mosnet_loss(on_organ, target, annotated, torch.ones(2))
+    total, parts_x = mosnet_loss(on_organ, target, annotated, torch.ones(2), exclusion_weight=0.5)
+    assert "exclusion" not in parts
+    assert math.isclose(float(total - base), 0.5 * parts_x["exclusion"], rel_tol=1e-5)

@@ -493,9 +493,9 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
             log(f"replaying {len(old.images)} slices of {replay}")
             images, masks = torch.cat([images, old.images.float()]), torch.cat([masks, old.organ_masks])
             annotated, conditions = torch.cat([annotated, old.annotated]), torch.cat([conditions, old.condition])
-        dice_weight = read_dice_weight(model_spec)
+        weights = read_loss_weights(model_spec)
         return _Plan(lambda m, report, stop: fine_tune_mosnet(m, images, masks, annotated, conditions, beta,
-                                                              settings, report, stop, dice_weight),
+                                                              settings, report, stop, **weights),
                      lambda m: choose_ct_thresholds(m, pick_i, pick_m, code, "held-out" if on_held else "training"),
                      lambda m: ct_held_out(m, held_i, held_m, code), n, len(held_i), "slices")
 
@@ -533,9 +533,11 @@ def read_threshold_rule(model_spec: str) -> str:
     return recorded_rule(model_config(model_spec))
 
 
-def read_dice_weight(model_spec: str) -> float:
-    """The soft Dice weight of the model's training loss (``train mosnet --dice-weight``), or 0."""
-    return float(model_config(model_spec).get("training", {}).get("settings", {}).get("dice_weight", 0.0))
+def read_loss_weights(model_spec: str) -> dict[str, float]:
+    """The soft Dice and exclusion weights of the model's training loss (``train mosnet --dice-weight``,
+    ``--exclusion-weight``), 0 for each the model was trained without."""
+    settings = model_config(model_spec).get("training", {}).get("settings", {})
+    return {key: float(settings.get(key, 0.0)) for key in ("dice_weight", "exclusion_weight")}
 
 
 def read_beta(model_spec: str, n_organs: int) -> list[float]:

@@ -142,11 +142,13 @@ def fine_tune_unet(model: UNet, frames: np.ndarray, masks: np.ndarray, settings:
 def fine_tune_mosnet(model: MOSnet, images: torch.Tensor, masks: torch.Tensor, annotated: torch.Tensor,
                      conditions: torch.Tensor, beta: torch.Tensor, settings: FineTuneSettings,
                      progress: Callable[[dict], None] | None = None,
-                     should_stop: Callable[[], bool] = lambda: False, dice_weight: float = 0.0) -> MOSnet:
+                     should_stop: Callable[[], bool] = lambda: False, dice_weight: float = 0.0,
+                     exclusion_weight: float = 0.0) -> MOSnet:
     """A fine-tuned copy of a MOSnet on slices (N, 1, S, S) with organ masks (N, M, S, S), each with
     its α (N, M) and condition code (N,): corrections (every organ annotated) and, when given,
-    replayed slices of the original datasets (their own α). ``dice_weight``: the soft Dice term of
-    :func:`.losses.mosnet_loss`; rounds pass the weight the model was trained with."""
+    replayed slices of the original datasets (their own α). ``dice_weight``, ``exclusion_weight``: the
+    soft Dice and exclusion terms of :func:`.losses.mosnet_loss`; rounds pass the weights the model
+    was trained with (the exclusion term acts on the replayed slices, whose datasets label some organs)."""
     device = next(model.parameters()).device
     rng = np.random.default_rng(settings.seed)
 
@@ -159,7 +161,7 @@ def fine_tune_mosnet(model: MOSnet, images: torch.Tensor, masks: torch.Tensor, a
             with autocast(device):
                 logits, recon = tuned(x.contiguous(memory_format=torch.channels_last), conditions[idx].to(device))
             loss, parts = mosnet_loss(logits.float(), y, annotated[idx].to(device), beta.to(device), recon, x,
-                                      dice_weight=dice_weight)
+                                      dice_weight=dice_weight, exclusion_weight=exclusion_weight)
             return Step(loss, len(x), parts)
         return batch_loss
 

@@ -28,11 +28,13 @@ def mosnet_loss(
     image: torch.Tensor | None = None,
     recon_weight: float = RECON_WEIGHT,
     dice_weight: float = 0.0,
+    exclusion_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = Σ_i α_i·BCE_β(ŷ_i, y_i) + λ·MSE(recon, image) [+ w·soft Dice loss].
+    """L = Σ_i α_i·BCE_β(ŷ_i, y_i) + λ·MSE(recon, image) [+ w·soft Dice loss] [+ e·exclusion].
 
     ``dice_weight`` w > 0 adds the soft Dice loss of each organ over the batch, averaged over the
     organs the batch's datasets annotate (not part of the paper's loss; see :func:`masked_dice_loss`).
+    ``exclusion_weight`` e > 0 adds :func:`exclusion_loss` (nor is that the paper's).
 
     Parameters
     ----------
@@ -65,7 +67,27 @@ def mosnet_loss(
         dice = masked_dice_loss(logits, target, annotated)
         loss = loss + dice_weight * dice
         parts["dice"] = float(dice.detach())
+    if exclusion_weight:
+        excl = exclusion_loss(logits, target, annotated)
+        loss = loss + exclusion_weight * excl
+        parts["exclusion"] = float(excl.detach())
     return loss, parts
+
+
+def exclusion_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """BCE toward "absent" of each organ a slice's dataset does not annotate, on the pixels that
+    dataset labels as one of its own organs; summed over organs, averaged over slices.
+
+    Organs never overlap, so a pixel labelled liver is known not to be stomach even in a dataset
+    that never labels stomach. Without this, an organ learnt in one condition only is free to
+    claim another condition's organs (the exclusion loss of Shi et al. 2021, Med. Image Anal. 70,
+    for partially labelled multi-organ data).
+    """
+    alpha = annotated.to(logits.dtype)[:, :, None, None]
+    known = (target.to(logits.dtype) * alpha).amax(dim=1, keepdim=True)  # (B, 1, H, W): some own organ
+    weight = (1 - alpha) * known
+    bce = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    return (bce * weight).mean(dim=(2, 3)).sum(dim=1).mean()
 
 
 def masked_dice_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,

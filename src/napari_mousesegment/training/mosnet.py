@@ -52,6 +52,8 @@ class TrainSettings:
     recon_weight: float = RECON_WEIGHT
     #: weight of a soft Dice term added to the paper's loss (0: the paper's loss alone)
     dice_weight: float = 0.0
+    #: weight of the exclusion loss (:func:`.losses.exclusion_loss`; 0: none, the paper's loss)
+    exclusion_weight: float = 0.0
     max_minutes: float | None = None
     device: str = "auto"
     seed: int = 0
@@ -103,7 +105,8 @@ def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device):
 
 def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: torch.Tensor,
                recon_weight: float, augmentation: AugmentSettings | None = None,
-               generator: torch.Generator | None = None, dice_weight: float = 0.0) -> Step:
+               generator: torch.Generator | None = None, dice_weight: float = 0.0,
+               exclusion_weight: float = 0.0) -> Step:
     """MOSnet's loss (eqs. 6-9) of a batch from :func:`_to_device`, augmented first when asked.
     The reconstruction target is the augmented slice, the one the network sees."""
     image, masks, annotated, condition = batch
@@ -112,7 +115,8 @@ def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: to
         image = image.contiguous(memory_format=torch.channels_last)
     with autocast(image.device):
         logits, recon = model(image, condition)
-    loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, recon_weight, dice_weight)
+    loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, recon_weight, dice_weight,
+                              exclusion_weight)
     return Step(loss, len(image), parts)
 
 
@@ -130,7 +134,7 @@ def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings:
             with autocast(device):
                 logits, recon = model(image, condition)
             loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight,
-                                  settings.dice_weight)
+                                  settings.dice_weight, settings.exclusion_weight)
             losses.append(float(loss) * len(idx))
             pred = (logits.float() > 0).double()
             a = annotated.double()[:, :, None, None]
@@ -172,6 +176,8 @@ class MOSnetRecipe:
     def __post_init__(self) -> None:
         if self.settings.dice_weight:
             self.parts = (*self.parts, "dice")
+        if self.settings.exclusion_weight:
+            self.parts = (*self.parts, "exclusion")
         if self.settings.sampling == "organs":
             self.weights = organ_balanced_weights(self.train)
 
@@ -186,7 +192,8 @@ class MOSnetRecipe:
 
     def step(self, idx: np.ndarray) -> Step:
         return batch_loss(self.net, _to_device(self.train, idx, self.device), self.beta, self.settings.recon_weight,
-                          self.settings.augment, self.generator, self.settings.dice_weight)
+                          self.settings.augment, self.generator, self.settings.dice_weight,
+                          self.settings.exclusion_weight)
 
     def validate(self) -> dict[str, float]:
         return evaluate_slices(self.model, self.val, self.beta, self.settings, self.device)
