@@ -42,7 +42,8 @@ def mosnet_loss(
         Per-organ logits and binary masks.
     annotated : (B, M)
         α: 1 where the sample's dataset annotates organ i, else 0. Unannotated organs contribute
-        neither loss nor gradient: what the model says there is never counted as wrong.
+        neither loss nor gradient (with ``exclusion_weight`` 0): what the model says there is
+        never counted as wrong.
     beta : (M,)
         Weight of each organ's positive pixels (eq. 7).
     recon, image : (B, 1, H, W) or None
@@ -50,7 +51,7 @@ def mosnet_loss(
 
     Returns
     -------
-    loss, parts : the scalar loss and its "seg", "recon" (and "dice") parts as floats.
+    loss, parts : the scalar loss and its "seg", "recon" (and "dice", "exclusion") parts as floats.
     """
     pos_weight = beta.to(logits.dtype)[None, :, None, None].expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=pos_weight,
@@ -81,7 +82,7 @@ def exclusion_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.
     Organs never overlap, so a pixel labelled liver is known not to be stomach even in a dataset
     that never labels stomach. Without this, an organ learnt in one condition only is free to
     claim another condition's organs (the exclusion loss of Shi et al. 2021, Med. Image Anal. 70,
-    for partially labelled multi-organ data).
+    for partially labelled multi-organ data, there on softmax outputs; here on each organ's sigmoid).
     """
     alpha = annotated.to(logits.dtype)[:, :, None, None]
     known = (target.to(logits.dtype) * alpha).amax(dim=1, keepdim=True)  # (B, 1, H, W): some own organ
