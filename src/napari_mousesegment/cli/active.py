@@ -400,8 +400,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from ..active.worker import poll
     from ..training.finetune import FineTuneSettings
 
+    options.check_round_epochs(args.epochs)
     for option, value, fits, wanted in (
-            ("--epochs", args.epochs, 1 <= args.epochs <= 100_000, "1 to 100000"),
             ("--lr", args.lr, 0 < args.lr < 1, "between 0 and 1"),
             ("--guard", args.guard, 0 <= args.guard <= 1, "0 to 1 (a Dice difference)"),
             ("--poll", args.poll, 0 <= args.poll <= 86_400, "0 to 86400 seconds"),

@@ -140,6 +140,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def check_round_epochs(epochs: int) -> None:
+    """Refuse fine-tuning epochs per round outside 1-100000 (``worker --epochs``, ``serve --epochs``)."""
+    if not 1 <= epochs <= 100_000:
+        raise ValueError(f"--epochs: {epochs} is not 1 to 100000")
+
+
 def count(low: int = 0, high: int = 100_000):
     """An option type: a whole number in [low, high] (epochs, series held out, patience), or an
     argparse error that shows the range."""

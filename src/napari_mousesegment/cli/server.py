@@ -17,8 +17,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together: give both or neither")
-    if not 1 <= args.epochs <= 100_000:
-        raise ValueError(f"--epochs: {args.epochs} is not 1 to 100000")
+    options.check_round_epochs(args.epochs)
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
