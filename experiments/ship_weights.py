@@ -1,12 +1,14 @@
 """Install trained model folders as the plugin's built-in models, with honest names and their test scores.
 
-Usage (after experiments/mosnet_synthetic.sh and experiments/unet_synthetic.sh; see ship_weights.sh):
-    python experiments/ship_weights.py CT_WORK US_WORK
+Usage (after experiments/unet_synthetic.sh; see ship_weights.sh):
+    python experiments/ship_weights.py US_WORK
 
-Copies CT_WORK/models/full as ``mosnet-synthetic`` and US_WORK/models/unet-ORGAN as
-``unet-ORGAN-synthetic`` into src/napari_mousesegment/store/builtin/, adding to each config a
-name, a version, a plain description and the held-out test scores from the evaluation reports.
-The weights are copied byte for byte, so the sha256 recorded at training still verifies them.
+Copies US_WORK/models/unet-ORGAN as ``unet-ORGAN-synthetic`` into
+src/napari_mousesegment/store/builtin/, adding to each config a name, a version, a plain
+description and the held-out test scores from the evaluation reports. The weights are copied
+byte for byte, so the sha256 recorded at training still verifies them. ``mosnet-synthetic`` is
+installed by experiments/ship_mosnet.py, which uses :func:`ship`; ``--hc18`` installs the
+real-ultrasound example model (below).
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ from napari_mousesegment.store.load import load_model
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ROOT / "src" / "napari_mousesegment" / "store" / "builtin"
 VERSION = "1"
-CT_NOTE = ("MOSnet trained on synthetic micro-CT phantoms (10 native + 10 contrast, "
-           "experiments/mosnet_synthetic.sh). For demonstration and testing: train on real scans "
-           "(e.g. the Rosenhain database) before measuring real mice.")
 US_NOTE = ("{organ} U-Net trained on 20 synthetic fetal-ultrasound series (experiments/unet_synthetic.sh). "
            "For demonstration and testing: train on your lab's annotated series before measuring real litters.")
 
@@ -32,15 +31,6 @@ US_NOTE = ("{organ} U-Net trained on 20 synthetic fetal-ultrasound series (exper
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def _ct_scores(work: Path) -> dict:
-    scores = {}
-    for condition in ("native", "contrast"):
-        summary = work / "reports" / "full" / condition / "summary.csv"
-        if summary.is_file():
-            scores[condition] = {r["organ"]: round(float(r["mean"]), 3) for r in _rows(summary) if r["metric"] == "dsc"}
-    return {"metric": "DSC on held-out phantoms", **scores}
 
 
 def _us_scores(work: Path, organ: str) -> dict:
@@ -67,8 +57,7 @@ def ship(source: Path, name: str, description: str, test_scores: dict) -> Path:
     return dest
 
 
-def main(ct_work: Path, us_work: Path) -> None:
-    ship(ct_work / "models" / "full", "mosnet-synthetic", CT_NOTE, _ct_scores(ct_work))
+def main(us_work: Path) -> None:
     for organ in ("heart", "liver", "placenta"):
         ship(us_work / "models" / f"unet-{organ}", f"unet-{organ}-synthetic", US_NOTE.format(organ=organ.capitalize()),
              _us_scores(us_work, organ))
@@ -77,7 +66,7 @@ def main(ct_work: Path, us_work: Path) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:2] != ["--hc18"]:
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]))
 
 
 HC18_NOTE = ("Fetal head U-Net trained on real ultrasound: HC18 (van den Heuvel T.L.A. et al., PLoS ONE 13(8): "
