@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.heldout_anatomy import BIG, plain_labels, print_table, score, summary, train_plain
+from experiments.heldout_anatomy import BIG, plain_labels, print_table, summary, train_plain
 from experiments.ship_weights import BUILTIN, ship
 
 from napari_mousesegment.data.atlas import load_atlases
@@ -92,30 +92,20 @@ def make_tests(args: argparse.Namespace) -> dict[str, list]:
     return tests
 
 
-def by_anatomy(tests: dict[str, list], predict) -> dict[str, dict[str, float]]:
-    """Big-organ mean DSC per anatomy and condition (the organs each scan's truth holds)."""
-    rows: dict[str, dict[str, list[float]]] = {}
-    for condition, scans in tests.items():
-        for scan in scans:
-            got = organ_scores(predict(scan), scan.labels, CT_ORGANS, CT_ORGANS, scan.spacing)
-            dsc = [r["dsc"] for r in got if r["organ"] in BIG]
-            rows.setdefault(scan.anatomy, {}).setdefault(condition, []).append(float(np.mean(dsc)))
-    return {a: {c: round(float(np.mean(v)), 3) for c, v in cs.items()} for a, cs in rows.items()}
-
-
 def evaluate(tests: dict[str, list], predict) -> dict:
     """Per-organ table, summary means and the per-anatomy big-organ means of one model.
-    Predictions are cached per scan, so each model runs once over the test phantoms."""
-    cache: dict[tuple[str, int], np.ndarray] = {}
-
-    def cached(scan):
-        key = (scan.condition, scan.seed)
-        if key not in cache:
-            cache[key] = predict(scan)
-        return cache[key]
-
-    table = score(tests, cached)
-    return {"dsc": table, **summary(table), "big_by_anatomy": by_anatomy(tests, cached)}
+    Each test scan is predicted and scored once; both tables come from those rows."""
+    rows = {c: [(scan.anatomy, organ_scores(predict(scan), scan.labels, CT_ORGANS, CT_ORGANS, scan.spacing))
+                for scan in scans] for c, scans in tests.items()}
+    table = {c: {o: float(np.mean([r["dsc"] for _, got in scored for r in got if r["organ"] == o]))
+                 for o in CT_ORGANS} for c, scored in rows.items()}
+    anatomy: dict[str, dict[str, list[float]]] = {}
+    for condition, scored in rows.items():
+        for name, got in scored:
+            big = float(np.mean([r["dsc"] for r in got if r["organ"] in BIG]))
+            anatomy.setdefault(name, {}).setdefault(condition, []).append(big)
+    by_anatomy = {a: {c: round(float(np.mean(v)), 3) for c, v in cs.items()} for a, cs in anatomy.items()}
+    return {"dsc": table, **summary(table), "big_by_anatomy": by_anatomy}
 
 
 def _drew_maps(folder: Path) -> bool:

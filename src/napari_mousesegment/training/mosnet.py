@@ -282,7 +282,7 @@ def train_mosnet(
     state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, device) if settings.resume else None
     if state is not None:
         if settings.max_minutes:  # this run's minutes come on top of those spent: the rate ends with the run
-            scheduler.total_seconds = scheduler.seconds + settings.max_minutes * 60
+            scheduler.run_for(settings.max_minutes * 60)
         scheduler.load_state_dict(scheduler.state_dict())  # this run's --lr at the restored progress
         if (state.get("train_scans"), state.get("val_scans")) != (train_ids, val_ids):
             raise TrainingError(f"{checkpoint_dir}: the train/validation split differs from the checkpoint's "

@@ -79,6 +79,14 @@ class BudgetSchedule:
         self.steps += 1
         self._apply()
 
+    def run_for(self, seconds: float) -> None:
+        """Give a resumed run ``seconds`` more (its ``--max-minutes``) on top of the time already spent.
+
+        The rate carries on from the restored progress, re-scaled to the longer budget, and reaches
+        its floor just as this run's own clock (:func:`.checkpoint.stop_reason`) stops it."""
+        self.total_seconds = self.seconds + seconds
+        self._apply()
+
     def state_dict(self) -> dict:
         return {"steps": self.steps, "seconds": self.elapsed}
 

@@ -357,7 +357,7 @@ def train_unet(data: list[str | os.PathLike], out: str | os.PathLike, config: UN
             raise TrainingError(f"{checkpoint_dir}: the series split differs from the checkpoint's; "
                                 "resume with the same --data, --seed and split settings")
         if isinstance(scheduler, BudgetSchedule) and settings.max_minutes:  # this run's minutes on top
-            scheduler.total_seconds = scheduler.seconds + settings.max_minutes * 60 * 0.97
+            scheduler.run_for(settings.max_minutes * 60 * 0.97)
         start_epoch, best, since_best = state["epoch"] + 1, state["best"], state["since_best"]
         history = [row for row in state["history"] if row["complete"]]  # a cut epoch runs again
         log(f"resumed after epoch {start_epoch} (best validation Dice {best:.3f})")
