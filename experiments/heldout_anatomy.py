@@ -26,7 +26,8 @@ right differ in a mouse. Both are scored on the test phantoms' own grid: per-org
 scans. The table is printed and written to OUT/heldout_anatomy.json.
 
 Variants train in the same run, on the same data, for the same minutes: ``--context-slices K``
-makes the main MOSnet 2.5D, and ``--also NAME=FLAGS`` adds a MOSnet trained with extra flags, e.g.
+makes the main MOSnet 2.5D, ``--mosnet-flags="FLAGS"`` gives it other train flags (a recipe in
+place of the contract command's defaults), and ``--also NAME=FLAGS`` adds a MOSnet trained with extra flags, e.g.
 ``--context-slices 1 --also "mosnet_2d=--context-slices 0"`` (the 2.5D measurement of
 docs/results-mosnet.md).
 """
@@ -223,6 +224,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context-slices", type=int, default=0,
                         help="train MOSnet on 2.5D input: neighbouring slices each side (default 0: 2D)")
+    parser.add_argument("--mosnet-flags", default="", metavar="FLAGS",
+                        help="extra train flags for the main MOSnet, given as --mosnet-flags=\"...\" "
+                             "(default none: the contract command)")
     parser.add_argument("--ablate-augment", action="store_true",
                         help="also train MOSnet with --no-augment for the same minutes, to measure augmentation")
     parser.add_argument("--also", action="append", default=[], metavar="NAME=FLAGS",
@@ -235,7 +239,8 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sets = make_data(args)
     tests = make_tests(args)
-    mosnet_dir = train_mosnet(args, sets, "mosnet", "--context-slices", str(args.context_slices))
+    mosnet_dir = train_mosnet(args, sets, "mosnet", "--context-slices", str(args.context_slices),
+                              *args.mosnet_flags.split())
     tables = {"mosnet": score_mosnet(mosnet_dir, tests)}
     for entry in args.compare:
         name, _, folder = entry.partition("=")
@@ -256,6 +261,7 @@ def main() -> int:
     result = {"held_out": args.hold_out, "atlas": [str(p) for p in args.atlas], "minutes": args.minutes,
               "shape": list(args.shape), "train_per_condition": args.train, "test_per_condition": args.test,
               "width": args.width, "image_size": args.image_size, "context_slices": args.context_slices,
+              "mosnet_flags": args.mosnet_flags,
               "plain_unet_steps": steps,
               **{name: {"dsc": table, **summary(table)} for name, table in tables.items()}}
     path = args.out / "heldout_anatomy.json"

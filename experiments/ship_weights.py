@@ -23,7 +23,6 @@ from napari_mousesegment.store.load import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ROOT / "src" / "napari_mousesegment" / "store" / "builtin"
-VERSION = "1"
 US_NOTE = ("{organ} U-Net trained on 20 synthetic fetal-ultrasound series (experiments/unet_synthetic.sh). "
            "For demonstration and testing: train on your lab's annotated series before measuring real litters.")
 
@@ -41,15 +40,28 @@ def _us_scores(work: Path, organ: str) -> dict:
                                                                             for k in keys if k in row}}
 
 
+def shipped_version(dest: Path, sha256: str) -> str:
+    """The version a model installed at ``dest`` with weights ``sha256`` gets: "1" the first time,
+    the installed one's again for the same weights, the next for new weights, so a correction
+    queued with a built-in's predictions (``model_version``) names the weights that made them."""
+    try:
+        old = json.loads((dest / "config.json").read_text())
+    except (OSError, ValueError):
+        return "1"
+    same = old.get("sha256") == sha256
+    return str(old.get("version", "0")) if same else str(int(old.get("version", 0)) + 1)
+
+
 def ship(source: Path, name: str, description: str, test_scores: dict) -> Path:
     load_model(source)  # refuse to ship anything that does not verify and load
     dest = BUILTIN / name
+    meta = json.loads((source / "config.json").read_text())
+    version = shipped_version(dest, meta.get("sha256", ""))
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     shutil.copy2(source / "weights.safetensors", dest / "weights.safetensors")
     shutil.copy2(source / "history.csv", dest / "history.csv")
-    meta = json.loads((source / "config.json").read_text())
-    meta.update({"name": name, "version": VERSION, "description": description, "test_scores": test_scores})
+    meta.update({"name": name, "version": version, "description": description, "test_scores": test_scores})
     (dest / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     load_model(dest)
     size = sum(p.stat().st_size for p in dest.iterdir())

@@ -247,6 +247,30 @@ def ct_held_out(model, images: torch.Tensor, masks: torch.Tensor, condition: int
     return HeldOut(organ_dice(labels, masks), hits, int(organ.sum()))
 
 
+def fused_held_out(model, scans: list[tuple[np.ndarray, np.ndarray, tuple, list[int]]], condition: str) -> HeldOut:
+    """A multi-planar MOSnet on held-out axial slices as ``predict ct`` labels them: each scan
+    ``(image, labels, spacing, held-out slice indices)`` predicted whole, its planes fused, and read
+    at those slices on the scan's own grid. Scored as :func:`ct_held_out` scores slices."""
+    from ..inference.ct import predict_volume
+
+    n = len(model.config.organs)
+    found, with_organs, pred_all, truth_all = 0, 0, [], []
+    for image, labels, spacing, hold in scans:
+        pred = predict_volume(model, image, spacing, condition).labels[hold]
+        truth = np.asarray(labels)[hold]
+        for p, t in zip(pred, truth):
+            organ = (t > 0) & (t <= n)
+            with_organs += bool(organ.any())
+            found += bool((organ & (p == t)).any())
+        pred_all.append(pred.ravel())
+        truth_all.append(truth.ravel())
+    if not with_organs:
+        return HeldOut(None, 0, 0)
+    p, t = np.concatenate(pred_all), np.concatenate(truth_all)
+    return HeldOut(float(np.mean([dice(p == k, t == k) for k in range(1, n + 1) if (t == k).any()])), found,
+                   with_organs)
+
+
 def choose_ct_thresholds(model, images: torch.Tensor, masks: torch.Tensor, condition: int,
                          on: str) -> ThresholdChoice:
     """Set a fine-tuned MOSnet's per-organ thresholds as ``train mosnet`` chooses them, from its
@@ -456,7 +480,14 @@ def ultrasound_round(queue: Queue, items: list[Item], model_spec: str, *, device
 def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = "auto", guard: float = 0.0,
              replay: str | None = None, settings=None, log: Callable[[str], None] = print,
              should_stop: Callable[[], bool] = lambda: False) -> RoundResult:
-    """Fine-tune a MOSnet on the corrected slices of one condition and publish the result as a version."""
+    """Fine-tune a MOSnet on the corrected slices of one condition and publish the result as a version.
+
+    The corrections are axial slices, so a multi-planar model (``--plane axial+coronal...``) learns
+    them on its axial plane and replays the original dataset on all its planes. Its thresholds are
+    chosen on its axial reading of the slices, as ``train mosnet`` chooses them slice by slice; the
+    versions are judged on the labels ``predict ct`` gives, its planes fused over each whole scan
+    (:func:`fused_held_out`). A model that never sees the axial plane is refused.
+    """
     from ..training.finetune import fine_tune_mosnet
     from ..training.slices import corrected_slices
 
@@ -465,10 +496,10 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
     def prepare(model, config, items, settings) -> _Plan:
         if condition not in config.conditions:
             raise QueueError(f"model {model_spec} knows conditions {config.conditions}, not {condition!r}")
-        if config.plane != "axial":  # the model's fault, not the items': they wait for an axial model
+        if "axial" not in config.planes:  # the model's fault, not the items': they wait for an axial model
             raise QueueError(f"model {model_spec} was trained on {config.plane} slices; micro-CT corrections "
                              "are taken slice by slice on the axial plane")
-        train, held = [], []
+        train, held, held_scans = [], [], []
         for item in items:  # every 4th touched slice of each item is held out, as for frames
             hold = item.touched[3::4] or (item.touched[-1:] if len(item.touched) >= 2 else [])
             keep = [k for k in item.touched if k not in hold]
@@ -477,6 +508,7 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
                 train.append(corrected_slices(image, labels, item.spacing, keep, config))
                 if hold:
                     held.append(corrected_slices(image, labels, item.spacing, hold, config))
+                    held_scans.append((image, labels, item.spacing, hold))
             except Exception as exc:  # this item's files or voxel size: it alone is set aside
                 raise ItemError(item.id, _reason(exc)) from exc
         images, masks = (torch.cat(t) for t in zip(*train))
@@ -493,11 +525,19 @@ def ct_round(queue: Queue, items: list[Item], model_spec: str, *, device: str = 
             log(f"replaying {len(old.images)} slices of {replay}")
             images, masks = torch.cat([images, old.images.float()]), torch.cat([masks, old.organ_masks])
             annotated, conditions = torch.cat([annotated, old.annotated]), torch.cat([conditions, old.condition])
+        elif len(config.planes) > 1:
+            log("no slices replayed: the round trains the multi-planar model on its axial plane alone")
         weights = read_loss_weights(model_spec)
+
+        def score(m) -> HeldOut:
+            if len(config.planes) > 1:
+                return fused_held_out(m, held_scans, condition)
+            return ct_held_out(m, held_i, held_m, code)
+
         return _Plan(lambda m, report, stop: fine_tune_mosnet(m, images, masks, annotated, conditions, beta,
                                                               settings, report, stop, **weights),
                      lambda m: choose_ct_thresholds(m, pick_i, pick_m, code, "held-out" if on_held else "training"),
-                     lambda m: ct_held_out(m, held_i, held_m, code), n, len(held_i), "slices")
+                     score, n, len(held_i), "slices")
 
     return _round(queue, items, model_spec, "ct", prepare, device=device, guard=guard, settings=settings,
                   log=log, should_stop=should_stop)

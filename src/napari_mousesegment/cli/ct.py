@@ -119,7 +119,7 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--plane", choices=PLANE_CHOICES, default="axial", metavar="PLANE",
                         help="slicing plane: axial (the paper's, the default), coronal or sagittal, or several "
                              "joined by '+' (axial+coronal): one network learns each plane's slices and "
-                             "prediction averages over them. Active-learning rounds need axial")
+                             "prediction averages over them. Active-learning rounds need axial among them")
     mosnet.add_argument("--context-slices", type=options.count(0, 8), default=0,
                         help="2.5D input: neighbouring slices on each side, every --context-step voxels, "
                              "given to the network as channels (default 0: 2D slices)")

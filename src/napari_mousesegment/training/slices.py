@@ -99,13 +99,17 @@ def organ_balanced_weights(data: SliceSet, share: float = 0.5) -> np.ndarray:
 def corrected_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], touched: list[int],
                      config: MOSnetConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's slices (N, C, S, S) and organ masks (N, M, S, S) of the touched input slices (axis
-    0, axial), labels numbered as the model's organs (1 = its first organ, as predict writes them)."""
-    if config.plane != "axial":
+    0, axial), labels numbered as the model's organs (1 = its first organ, as predict writes them).
+
+    A multi-planar model that slices the axial plane among others learns from them on that plane:
+    only the touched slices are corrected, so a coronal or sagittal cut through the scan would mix
+    corrected rows with the prediction's."""
+    if "axial" not in config.planes:
         raise ValueError("micro-CT corrections are taken slice by slice on the axial plane")
     # Each corrected axial slice becomes one model slice: resampled in plane only, so its labels
     # are the corrected ones whatever the scan's z spacing (a z resample would mix in neighbours).
     in_plane = (config.spacing_mm, *spacing[1:])
-    flat = replace(config, context=0)
+    flat = replace(config, context=0, plane="axial")
     touched = np.asarray(touched, int)
     channels = []
     for offset in config.slice_offsets():
