@@ -39,7 +39,6 @@ from napari_mousesegment.data.ct_dataset import load_case, read_ct_dataset
 from napari_mousesegment.inference.ct import predict_volume
 from napari_mousesegment.store.load import load_mosnet
 from napari_mousesegment.store import versions
-from napari_mousesegment.store.versions import lab_name
 from napari_mousesegment.training.finetune import FineTuneSettings
 
 ROUNDS = ((12, 15), (24, 30), (48, 60))  # corrected slices, epochs (as experiments/active_loop.ct_main)
@@ -65,6 +64,7 @@ def main() -> int:
     parser.add_argument("--model", default="mosnet", help="the model in WORK/models to start from (mosnet)")
     args = parser.parse_args()
     folder = args.work / "models" / args.model
+    name = versions.lab_name(str(folder))  # where each round publishes its version
     scans = test_scans(args.work)
     if len(scans) < 2:
         raise SystemExit(f"{args.work}/test/native: needs two test phantoms or more (one to correct, others to score)")
@@ -95,7 +95,6 @@ def main() -> int:
         seconds = time.monotonic() - t0
         if r.failed:
             raise SystemExit(f"round on {n} slices failed: {r.error}")
-        name = lab_name(str(folder))
         if r.version is not None and not r.promoted:  # score the round's own version, promoted or not
             versions.promote(name, r.version)
         after = table(load_mosnet(name)[0])
