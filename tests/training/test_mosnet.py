@@ -136,20 +136,24 @@ def test_labels_stay_aligned_with_images_when_resized():
 
 def test_organ_sampling_dice_term_and_coronal_plane_train_and_are_recorded(datasets, tmp_path):
     """The short-budget options: organ-by-organ slice draws, the Dice and exclusion terms (their own
-    history columns) and a coronal model, whose prediction comes back on the scan's grid."""
+    history columns), the appearance swap (its measured shifts recorded) and a coronal model, whose
+    prediction comes back on the scan's grid."""
     from napari_mousesegment.cli import main
 
     out = tmp_path / "model"
     code = main(["train", "mosnet", "--data", str(datasets[0]), "--data", str(datasets[1]), "--out", str(out),
                  "--width", "4", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--slice-stride", "2",
                  "--val-fraction", "0.34", "--sampling", "organs", "--dice-weight", "1", "--exclusion-weight", "0.5",
-                 "--plane", "coronal",
+                 "--appearance-swap", "0.5", "--plane", "coronal",
                  "--device", "cpu"])
     assert code == 0
     meta = json.loads((out / "config.json").read_text())
     assert meta["plane"] == "coronal"
     assert meta["training"]["settings"]["sampling"] == "organs" and meta["training"]["settings"]["dice_weight"] == 1.0
     assert meta["training"]["settings"]["exclusion_weight"] == 0.5
+    assert meta["training"]["settings"]["appearance_swap"] == 0.5
+    swaps = meta["training"]["appearance_shifts_hu"]  # contrast lends the native scans kidneys and bladder
+    assert len(swaps) == 1 and swaps[0].startswith("contrast slices: ") and "liver -" in swaps[0]
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
     assert "train_dice" in header and "train_exclusion" in header
     model, _, _ = load_mosnet(out)

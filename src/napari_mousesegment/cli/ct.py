@@ -27,7 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
                              sampling=args.sampling, dice_weight=args.dice_weight,
-                             exclusion_weight=args.exclusion_weight,
+                             exclusion_weight=args.exclusion_weight, appearance_swap=args.appearance_swap,
                              augment=options.augment_settings(args, AugmentSettings.for_ct()))
     result = options.run_training(train_mosnet, args.data, args.out, config, settings)
     if result is not None:
@@ -141,6 +141,11 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--exclusion-weight", type=options.number(0.0, 100.0), default=0.0,
                         help="add this weight times the exclusion loss: an organ a dataset does not label is "
                              "taught absent on the organs it does label (default 0: the paper's loss)")
+    mosnet.add_argument("--appearance-swap", type=options.number(0.0, 1.0), default=0.0, metavar="P",
+                        help="give this share of the slices of a condition that lends organs to another (contrast "
+                             "lends native scans the stomach) the other's per-organ intensities, measured on the "
+                             "training labels, so the lent organs are learned on the look they are read on "
+                             "(default 0: never)")
     options.add_augment(mosnet, "rotation (degrees, 10), scale (0.15), translation (0.05), hflip (false), "
                                 "vflip (false), noise (0), brightness (0.01), contrast (0.05), elastic (0.02), crop (0)")
     options.add_device(mosnet)

@@ -28,6 +28,7 @@ from ..metrics import dice_from_counts
 from ..models.folder import WEIGHTS, load_folder, update_config
 from ..models.mosnet import MOSnet, MOSnetConfig, annotated_by_condition, count_parameters
 from . import distributed
+from .appearance import Swap, appearance_shifts, describe, swap_appearance
 from .augment import AugmentSettings, augment
 from .checkpoint import TrainingError, last_done, load_checkpoint, prepare_run, record_epoch
 from .distributed import Ranks
@@ -54,6 +55,9 @@ class TrainSettings:
     dice_weight: float = 0.0
     #: weight of the exclusion loss (:func:`.losses.exclusion_loss`; 0: none, the paper's loss)
     exclusion_weight: float = 0.0
+    #: probability that a slice of a condition lending organs to another gets that condition's look
+    #: (:mod:`.appearance`; 0: never, the paper's training)
+    appearance_swap: float = 0.0
     max_minutes: float | None = None
     device: str = "auto"
     seed: int = 0
@@ -106,10 +110,13 @@ def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device):
 def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: torch.Tensor,
                recon_weight: float, augmentation: AugmentSettings | None = None,
                generator: torch.Generator | None = None, dice_weight: float = 0.0,
-               exclusion_weight: float = 0.0) -> Step:
+               exclusion_weight: float = 0.0, swap: Swap | None = None) -> Step:
     """MOSnet's loss (eqs. 6-9) of a batch from :func:`_to_device`, augmented first when asked.
+    ``swap``: the appearance swap (:mod:`.appearance`), before augmentation.
     The reconstruction target is the augmented slice, the one the network sees."""
     image, masks, annotated, condition = batch
+    if swap is not None and swap.probability > 0:
+        image = swap_appearance(image, masks, condition, swap, generator)
     if augmentation is not None and augmentation != AugmentSettings.off():
         image, masks = augment(image, masks, augmentation, generator)
         image = image.contiguous(memory_format=torch.channels_last)
@@ -172,6 +179,7 @@ class MOSnetRecipe:
 
     generator: torch.Generator | None = None
     weights: np.ndarray | None = None  #: the training slices' sampling weights; None: a shuffle
+    swap: Swap | None = None  #: the appearance swap (``settings.appearance_swap`` > 0)
 
     def __post_init__(self) -> None:
         if self.settings.dice_weight:
@@ -193,7 +201,7 @@ class MOSnetRecipe:
     def step(self, idx: np.ndarray) -> Step:
         return batch_loss(self.net, _to_device(self.train, idx, self.device), self.beta, self.settings.recon_weight,
                           self.settings.augment, self.generator, self.settings.dice_weight,
-                          self.settings.exclusion_weight)
+                          self.settings.exclusion_weight, self.swap)
 
     def validate(self) -> dict[str, float]:
         return evaluate_slices(self.model, self.val, self.beta, self.settings, self.device)
@@ -301,6 +309,13 @@ def train_mosnet(
     }
     recipe = MOSnetRecipe(model, net, optimizer, scheduler, train, val, beta, settings, out, checkpoint_dir, ranks,
                           device, best, {"train_scans": train_ids, "val_scans": val_ids}, extra, log)
+    if settings.appearance_swap:
+        shifts = appearance_shifts(train, config, settings.seed)
+        recipe.swap = Swap(shifts.to(device), settings.appearance_swap)
+        lines = describe(shifts, config)
+        extra["training"]["appearance_shifts_hu"] = lines
+        log("appearance swap: " + ("; ".join(lines) if lines else "no condition lends an organ that looks different "
+                                   "in the one borrowing it; nothing to swap"))
     log(f"learning rate {settings.lr:g}: warm-up, then cosine to {scheduler.floor:g}x over {scheduler.total_steps} "
         f"steps" + (f" or {settings.max_minutes:g} minutes, whichever ends first" if settings.max_minutes else ""))
     run = fit(net, optimizer, recipe, epochs=settings.epochs, start_epoch=start_epoch, history=history, ranks=ranks,
