@@ -46,7 +46,8 @@ def test_fit_trains_records_a_row_per_epoch_and_lets_the_recipe_end_it():
     run = fit(net, torch.optim.SGD(net.parameters(), lr=0.2), recipe, epochs=10, progress=events.append)
     assert [r["epoch"] for r in run.history] == [1, 2, 3] and run.stopped is None  # the recipe ended it at 3
     assert list(run.history[0]) == ["epoch", "stage", "train_loss", "train_half", "val_weight", "lr", "seconds",
-                                    "complete"]
+                                    "steps", "complete"]
+    assert [r["steps"] for r in run.history] == [4, 4, 4]  # optimisation steps per epoch, as history.csv keeps
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     assert run.history[0]["train_half"] == pytest.approx(run.history[0]["train_loss"] / 2, rel=0.2)
     assert abs(run.history[-1]["val_weight"] - 3) < abs(run.history[0]["val_weight"] - 3)
@@ -59,6 +60,7 @@ def test_a_stop_ends_the_epoch_after_the_current_step_and_marks_it_incomplete():
     run = fit(net, torch.optim.SGD(net.parameters(), lr=0.1), _Line(net), epochs=5,
               should_stop=lambda: asked.append(1) or len(asked) >= 6)
     assert run.stopped == "cancelled" and [r["complete"] for r in run.history] == [True, False]
+    assert [r["steps"] for r in run.history] == [4, 2]  # the cut epoch counts the steps it took
 
 
 def test_a_loss_that_is_not_finite_stops_with_an_error_naming_the_run():

@@ -118,7 +118,7 @@ def fit(net: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe, 
         t0 = time.monotonic()
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         sums = dict.fromkeys(("loss", *recipe.parts), 0.0)
-        seen = 0
+        seen = steps = 0
         batches = tqdm(recipe.batches(epoch), desc=f"{desc} {epoch + 1}/{epochs}", disable=not bar, leave=False)
         for batch in batches:
             step = recipe.step(batch)
@@ -126,6 +126,7 @@ def fit(net: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe, 
             if schedule is not None:
                 schedule.step()
             seen += step.size
+            steps += 1
             sums["loss"] += value * step.size
             for name in recipe.parts:
                 sums[name] += step.parts.get(name, 0.0) * step.size
@@ -138,7 +139,7 @@ def fit(net: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe, 
                  for name, total in zip(sums, totals)}
         scores = distributed.from_main(recipe.validate, ranks)
         row = {"epoch": epoch + 1, **opening, **means, **scores, "lr": lr,
-               "seconds": round(time.monotonic() - t0, 1), "complete": stopped is None}
+               "seconds": round(time.monotonic() - t0, 1), "steps": steps, "complete": stopped is None}
         history.append(row)
         recipe.end_epoch(row, history, stopped)
         if progress is not None:
