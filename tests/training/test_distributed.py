@@ -1,6 +1,7 @@
 """Training under torchrun: two CPU processes (gloo) train one DDP model; rank 0 alone writes."""
 
 import csv
+import gc
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from napari_mousesegment.data.ct_dataset import write_ct_case
 from napari_mousesegment.data.phantom_ct import ct_phantom
 from napari_mousesegment.data.phantom_us import ultrasound_series, write_us_series
 from napari_mousesegment.store.load import load_mosnet, load_unet
-from napari_mousesegment.training.distributed import Ranks, epoch_order, weighted_order
+from napari_mousesegment.training.distributed import Ranks, epoch_order, finish, weighted_order, wrap
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*not the usual 35:UserWarning")]
 SHAPE = (40, 32, 40)
@@ -94,6 +95,31 @@ def test_unet_trains_on_two_processes(tmp_path):
     assert len(losses) == 3 and losses[-1] < losses[0], losses  # the cosine budget: no fine-tuning stage
     _, config, meta = load_unet(out)
     assert config.organ == "placenta" and 0 < config.threshold < 1 and meta["threshold_choice"]
+
+
+def test_finish_frees_a_ddp_module_left_in_a_reference_cycle(tmp_path):
+    """A DDP module in a reference cycle holds the gloo group: finish() collects it before leaving
+    the group, so the group's threads do not stop in the interpreter's teardown (a rank aborted
+    there once, after its work was done)."""
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    gc.disable()  # only finish() may collect the cycle
+    try:
+        net = wrap(torch.nn.Linear(2, 2), Ranks(0, 2), torch.device("cpu"))
+        cycle = {"net": net}
+        cycle["itself"] = cycle
+        alive = weakref.ref(net)
+        del net, cycle
+        assert alive() is not None  # garbage, but not yet collected
+        finish()
+        assert alive() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+        finish()
 
 
 def test_a_failed_rank_ends_the_run_and_the_checkpoint_stays_usable(ct_data, tmp_path):

@@ -11,6 +11,7 @@ the same decisions (best epoch, early stop, learning-rate drops, stopping).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable
@@ -69,8 +70,13 @@ def main_process() -> bool:
 
 
 def finish() -> None:
-    """Leave the process group (after training, or when it failed)."""
+    """Leave the process group (after training, or when it failed).
+
+    The training objects are collected first: a DDP module left in a reference cycle still holds
+    the group, whose gloo threads would then stop in the interpreter's teardown instead of here,
+    and a torchrun rank stopped there can abort (SIGABRT) after its work is done."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
