@@ -209,8 +209,10 @@ def _paint_bone(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size: f
         cv.tube([(170 + t, yc + 6 + 0.3 * t, xc + side * (22 + 0.5 * t)) for t in range(0, 30, 2)], 2.3, bone, bone)
 
 
-def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size: float) -> None:
-    """Thoracic and abdominal organs, each jittered in size, position and orientation."""
+def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size: float,
+                  fill_rng: np.random.Generator) -> None:
+    """Thoracic and abdominal organs, each jittered in size, position and orientation.
+    ``fill_rng`` draws how full the stomach and bladder are."""
     rng = cv.rng
     soft = [FAT, MUSCLE]
 
@@ -239,12 +241,17 @@ def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size:
     for dz, dy, dx, r in ((0, 4, -8, (20, 26, 32)), (4, 10, 18, (15, 19, 23)), (-2, 6, -26, (13, 17, 16))):
         cv.ellipsoid((liver_z + dz, yc + dy, xc + dx), s(r), o["liver"], o["liver"], _rotation(rng, 12),
                      within=soft)
-    # Stomach on the left with a gas cap and food, spleen lateral to it.
+    # Stomach on the left with a gas cap and food, spleen lateral to it. Hollow organs fill and
+    # empty: their volume varies as a map organ's does (ORGAN_VOLUME), from a stream of its own.
+    fill = {organ: np.cbrt(fill_rng.uniform(*ORGAN_VOLUME[organ])) for organ in ("stomach", "bladder")}
     stomach = (j(86), yc - 2, xc + j(22))
-    cv.ellipsoid(stomach, s((13, 12, 13)), o["stomach"], o["stomach"], _rotation(rng, 15), within=soft + [o["liver"]])
-    cv.ellipsoid((stomach[0], stomach[1] - 8, stomach[2]), (6, 4, 7), GAS, o["stomach"], within=[o["stomach"]])
-    cv.ellipsoid((stomach[0] + 3, stomach[1] + 3, stomach[2]), (6, 5, 6), CONTENT, o["stomach"],
+    k = fill["stomach"]
+    cv.ellipsoid(stomach, s((13 * k, 12 * k, 13 * k)), o["stomach"], o["stomach"], _rotation(rng, 15),
+                 within=soft + [o["liver"]])
+    cv.ellipsoid((stomach[0], stomach[1] - 8 * k, stomach[2]), (6 * k, 4 * k, 7 * k), GAS, o["stomach"],
                  within=[o["stomach"]])
+    cv.ellipsoid((stomach[0] + 3 * k, stomach[1] + 3 * k, stomach[2]), (6 * k, 5 * k, 6 * k), CONTENT,
+                 o["stomach"], within=[o["stomach"]])
     cv.ellipsoid((j(104), yc + 2, xc + j(35, 2)), s((21, 5, 8)), o["spleen"], o["spleen"],
                  _rotation(rng, 20), within=soft)
     # Kidneys, dorsal on either side of the spine, the right one a little more cranial.
@@ -253,7 +260,7 @@ def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size:
         fat_capsule(*kidney, 2.5)
         cv.ellipsoid(*kidney[:2], o["kidneys"], o["kidneys"], kidney[2], within=soft)
     # Bladder, caudal and ventral, in pelvic fat.
-    bladder = ((j(172), yc + 13, j(xc, 2)), s((11, 9, 9), 0.25))
+    bladder = ((j(172), yc + 13, j(xc, 2)), s(tuple(r * fill["bladder"] for r in (11, 9, 9)), 0.25))
     fat_capsule(*bladder, None, 2.0)
     cv.ellipsoid(*bladder, o["bladder"], o["bladder"], within=soft)
     _paint_intestine(cv, yc, xc, size)
@@ -551,7 +558,7 @@ def ct_phantom(
     size = rng.uniform(0.93, 1.07)
     yc, xc, ry, rx = _paint_body(cv, size)
     _paint_bone(cv, yc, xc, ry, rx, size)
-    _paint_organs(cv, yc, xc, ry, rx, size)
+    _paint_organs(cv, yc, xc, ry, rx, size, np.random.default_rng([int(seed), 20181105, 3]))
     if atlas is not None:  # its own random stream: the rest of the animal stays the seed's
         atlas_rng = np.random.default_rng([int(seed), 20181105, 2])
         _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng), atlas, atlas_rng)
