@@ -244,14 +244,16 @@ def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size:
     # Stomach on the left with a gas cap and food, spleen lateral to it. Hollow organs fill and
     # empty: their volume varies as a map organ's does (ORGAN_VOLUME), from a stream of its own.
     fill = {organ: np.cbrt(fill_rng.uniform(*ORGAN_VOLUME[organ])) for organ in ("stomach", "bladder")}
-    stomach = (j(86), yc - 2, xc + j(22))
-    k = fill["stomach"]
-    cv.ellipsoid(stomach, s((13 * k, 12 * k, 13 * k)), o["stomach"], o["stomach"], _rotation(rng, 15),
+
+    def full(organ: str, r: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(v * fill[organ] for v in r)
+
+    z, y, x = stomach = (j(86), yc - 2, xc + j(22))
+    cv.ellipsoid(stomach, s(full("stomach", (13, 12, 13))), o["stomach"], o["stomach"], _rotation(rng, 15),
                  within=soft + [o["liver"]])
-    cv.ellipsoid((stomach[0], stomach[1] - 8 * k, stomach[2]), (6 * k, 4 * k, 7 * k), GAS, o["stomach"],
-                 within=[o["stomach"]])
-    cv.ellipsoid((stomach[0] + 3 * k, stomach[1] + 3 * k, stomach[2]), (6 * k, 5 * k, 6 * k), CONTENT,
-                 o["stomach"], within=[o["stomach"]])
+    for offset, radii, material in (((0, -8, 0), (6, 4, 7), GAS), ((3, 3, 0), (6, 5, 6), CONTENT)):
+        dz, dy, dx = full("stomach", offset)
+        cv.ellipsoid((z + dz, y + dy, x + dx), full("stomach", radii), material, o["stomach"], within=[o["stomach"]])
     cv.ellipsoid((j(104), yc + 2, xc + j(35, 2)), s((21, 5, 8)), o["spleen"], o["spleen"],
                  _rotation(rng, 20), within=soft)
     # Kidneys, dorsal on either side of the spine, the right one a little more cranial.
@@ -260,7 +262,7 @@ def _paint_organs(cv: _Canvas, yc: float, xc: float, ry: float, rx: float, size:
         fat_capsule(*kidney, 2.5)
         cv.ellipsoid(*kidney[:2], o["kidneys"], o["kidneys"], kidney[2], within=soft)
     # Bladder, caudal and ventral, in pelvic fat.
-    bladder = ((j(172), yc + 13, j(xc, 2)), s(tuple(r * fill["bladder"] for r in (11, 9, 9)), 0.25))
+    bladder = ((j(172), yc + 13, j(xc, 2)), s(full("bladder", (11, 9, 9)), 0.25))
     fat_capsule(*bladder, None, 2.0)
     cv.ellipsoid(*bladder, o["bladder"], o["bladder"], within=soft)
     _paint_intestine(cv, yc, xc, size)
