@@ -18,7 +18,8 @@ import torch
 
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
 from napari_mousesegment.organs import CT_ORGANS
-from napari_mousesegment.training.losses import mosnet_loss
+from napari_mousesegment.training.losses import RECON_WEIGHT
+from napari_mousesegment.training.mosnet import batch_loss
 
 
 def main() -> None:
@@ -41,10 +42,8 @@ def main() -> None:
     condition = torch.arange(n) % 2
     beta = torch.ones(organs)
 
-    def step() -> None:
-        logits, recon = forward(image, condition)
-        loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image,
-                              1.0 if recon is not None else 0.0)
+    def step() -> None:  # the training recipe's own loss, without augmentation
+        loss = batch_loss(forward, (image, masks, annotated, condition), beta, RECON_WEIGHT).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
