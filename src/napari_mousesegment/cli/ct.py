@@ -28,6 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
                              sampling=args.sampling, dice_weight=args.dice_weight,
                              exclusion_weight=args.exclusion_weight, appearance_swap=args.appearance_swap,
+                             threshold_tolerance=args.threshold_tolerance,
                              augment=options.augment_settings(args, AugmentSettings.for_ct()))
     result = options.run_training(train_mosnet, args.data, args.out, config, settings)
     if result is not None:
@@ -146,6 +147,10 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                              "lends native scans the stomach) the other's per-organ intensities, measured on the "
                              "training labels, so the lent organs are learned on the look they are read on "
                              "(default 0: never)")
+    mosnet.add_argument("--threshold-tolerance", type=options.number(0.0, 0.1), default=0.002, metavar="D",
+                        help="after training, each organ's label threshold is the lowest whose validation vote Dice "
+                             "is within D of its best (default 0.002: robust to anatomy the validation scans "
+                             "lack; 0: the best, as before 2026-12-03)")
     options.add_augment(mosnet, "rotation (degrees, 10), scale (0.15), translation (0.05), hflip (false), "
                                 "vflip (false), noise (0), brightness (0.01), contrast (0.05), elastic (0.02), crop (0)")
     options.add_device(mosnet)

@@ -36,7 +36,7 @@ from .loop import Step, autocast, fit
 from .losses import RECON_WEIGHT, mosnet_loss, organ_weights
 from .schedule import BudgetSchedule, total_steps
 from .slices import SliceSet, build_slices, organ_balanced_weights, split_by_scan
-from .thresholds import choose_thresholds
+from .thresholds import TOLERANCE, choose_thresholds
 
 
 SAMPLINGS = ("uniform", "organs")
@@ -58,6 +58,9 @@ class TrainSettings:
     #: probability that a slice of a condition lending organs to another gets that condition's look
     #: (:mod:`.appearance`; 0: never, the paper's training)
     appearance_swap: float = 0.0
+    #: how far below an organ's best validation vote Dice its label threshold may score, to be
+    #: lower (:data:`.thresholds.TOLERANCE`; 0: the best)
+    threshold_tolerance: float = TOLERANCE
     max_minutes: float | None = None
     device: str = "auto"
     seed: int = 0
@@ -324,7 +327,8 @@ def train_mosnet(
     if run.stopped:
         log(f"stopped: {run.stopped}; the best weights so far are kept in {out}")
     if ranks.main and len(val.images) and (out / WEIGHTS).is_file():
-        chosen, before, after = choose_thresholds(load_folder(out, device, "mosnet")[0], val, device)
+        chosen, before, after = choose_thresholds(load_folder(out, device, "mosnet")[0], val, device,
+                                                  tolerance=settings.threshold_tolerance)
         update_config(out, {"thresholds": chosen})
         log(f"label thresholds chosen on the validation scans: their vote's mean Dice {before:.3f} at 0.5, "
             f"{after:.3f} with them")

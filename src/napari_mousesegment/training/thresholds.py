@@ -6,7 +6,10 @@
   :func:`..inference.ct.predict_volume`) takes the organ whose logit most exceeds its threshold's
   logit. The thresholds that maximise the mean validation Dice of that vote are found by
   coordinate ascent, one organ at a time, so that organs competing for the same voxels are tuned
-  together.
+  together. Where an organ's Dice curve is flat at its top, the lowest threshold within
+  :data:`TOLERANCE` of its best is taken: the validation scans come from the training distribution,
+  where the network is confident, and on anatomy it never saw its probabilities fall, so a threshold
+  at the far end of the plateau misses organ (docs/results-mosnet.md, "Thresholds that leave room").
 - **U-Nets, by Dice or for precision.** By default the threshold with the largest validation Dice:
   on real ultrasound (HC18) the F0.5 rule chose thresholds that cost 1 to 3 points of held-out
   Dice, for precision already above 0.97 (docs/results-ultrasound.md). The report's precision
@@ -25,6 +28,9 @@ from .slices import SliceSet
 
 #: Threshold logits tried for each MOSnet organ: probabilities from 0.27 to 0.993.
 OFFSETS = np.arange(-1.0, 5.01, 0.25)
+#: How far (in the mean vote Dice over organs) a lower threshold may score below an organ's best
+#: and still be taken; 0 takes the best, as the thresholds were chosen before 2026-12-03.
+TOLERANCE = 0.002
 #: How a U-Net's threshold is chosen on validation: the largest Dice, or the largest F0.5.
 THRESHOLD_RULES = ("dice", "f0.5")
 #: Probability thresholds tried for a U-Net.
@@ -62,14 +68,16 @@ def validation_logits(model: MOSnet, data: SliceSet, device: torch.device, batch
 
 
 def choose_thresholds(model: MOSnet, data: SliceSet, device: torch.device, passes: int = 2,
-                      max_slices: int = 512) -> tuple[dict[str, float], float, float]:
+                      max_slices: int = 512, tolerance: float = TOLERANCE) -> tuple[dict[str, float], float, float]:
     """Per-organ thresholds, and the validation vote Dice at 0.5 and at those thresholds.
 
-    At most ``max_slices`` evenly spaced slices are used, to bound time and memory.
+    At most ``max_slices`` evenly spaced slices are used, to bound time and memory. ``tolerance``:
+    see :data:`TOLERANCE`.
     """
     data = _at_most(data, max_slices)
     logits = validation_logits(model, data, device)
-    offsets, start, best = _ascend(logits, data, torch.zeros(logits.shape[1]), range(logits.shape[1]), passes)
+    offsets, start, best = _ascend(logits, data, torch.zeros(logits.shape[1]), range(logits.shape[1]), passes,
+                                   tolerance)
     return _as_thresholds(model, offsets), start, best
 
 
@@ -79,8 +87,9 @@ def refine_thresholds(model: MOSnet, data: SliceSet, device: torch.device, passe
     starting from the thresholds in its config, and only for the organs ``data`` holds.
 
     A retraining round has a few slices: an organ absent from them keeps its threshold, so it is
-    not pushed to 0.99 merely because it competes with the organs present. Returns the thresholds
-    and the vote Dice at the old and the new ones.
+    not pushed to 0.99 merely because it competes with the organs present. Its held-out frames are
+    the lab's own scans, not the training distribution, so the best threshold is taken (no
+    :data:`TOLERANCE`). Returns the thresholds and the vote Dice at the old and the new ones.
     """
     data = _at_most(data, max_slices)
     logits = validation_logits(model, data, device)
@@ -97,18 +106,24 @@ def _at_most(data: SliceSet, max_slices: int) -> SliceSet:
     return data
 
 
-def _ascend(logits: torch.Tensor, data: SliceSet, offsets: torch.Tensor, organs, passes: int
-            ) -> tuple[torch.Tensor, float, float]:
-    """Coordinate ascent of the vote Dice over the threshold logits of ``organs``, from ``offsets``."""
+def _ascend(logits: torch.Tensor, data: SliceSet, offsets: torch.Tensor, organs, passes: int,
+            tolerance: float = 0.0) -> tuple[torch.Tensor, float, float]:
+    """Coordinate ascent of the vote Dice over the threshold logits of ``organs``, from ``offsets``:
+    each organ in turn takes the lowest of :data:`OFFSETS` that scores within ``tolerance`` of the
+    best that organ can reach with the others fixed (with 0, the best; its current value on a tie)."""
     start = best = vote_dice(logits, data, offsets)
     for _ in range(passes):
         for i in organs:
+            trials = []
             for value in OFFSETS:
                 trial = offsets.clone()
                 trial[i] = float(value)
-                score = vote_dice(logits, data, trial)
-                if score > best + 1e-6:
-                    best, offsets = score, trial
+                trials.append((vote_dice(logits, data, trial), trial))
+            top = max(best, *(score for score, _ in trials))
+            if tolerance > 0:  # OFFSETS ascend, so the first within tolerance is the lowest
+                best, offsets = next((s, t) for s, t in trials if s >= top - tolerance)
+            elif top > best + 1e-6:
+                best, offsets = next((s, t) for s, t in trials if s > top - 1e-6)
     return offsets, start, best
 
 
