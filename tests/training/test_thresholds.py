@@ -4,7 +4,8 @@ import torch
 from napari_mousesegment.inference.ct import vote
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
 from napari_mousesegment.training.slices import SliceSet
-from napari_mousesegment.training.thresholds import OFFSETS, _ascend, choose_thresholds, validation_logits, vote_dice
+from napari_mousesegment.training.thresholds import (OFFSETS, VoteTrials, _ascend, choose_thresholds, validation_logits,
+                                                     vote_dice)
 
 
 def test_vote_takes_the_organ_most_above_its_own_threshold():
@@ -51,3 +52,25 @@ def test_tolerance_takes_the_lowest_threshold_on_a_flat_top():
     assert float(best[0]) == 1.0 and top == pytest.approx(1.0) and start < 1.0
     low, _, score = _ascend(logits, data, torch.zeros(1), [0], passes=2, tolerance=0.002)
     assert float(low[0]) == float(OFFSETS[0]) < 0 and 1.0 - 0.002 <= score < 1.0
+
+
+def test_vote_trials_count_what_one_vote_per_value_scores():
+    """The histogram that tries every threshold of one organ at once gives vote_dice's score for
+    each, with organs annotated on some slices only, one never annotated, and one without truth."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, 16, 16, generator=generator) * 3 - 1
+    truth = torch.rand(12, 4, 16, 16, generator=generator) > 0.8
+    truth[:, 2] = False
+    annotated = torch.rand(12, 4, generator=generator) > 0.3
+    annotated[:, 3] = False
+    data = SliceSet(torch.zeros(12, 1, 16, 16).half(), truth, annotated, torch.zeros(12, dtype=torch.long),
+                    ["scan"] * 12)
+    trials = VoteTrials(logits, data)
+    offsets = torch.tensor([0.5, -0.25, 2.0, 1.0])
+    for organ in range(4):
+        fast = trials.scores(offsets, organ)
+        for t, value in enumerate(OFFSETS):
+            tried = offsets.clone()
+            tried[organ] = float(value)
+            assert float(fast[t]) == pytest.approx(vote_dice(logits, data, tried), abs=1e-12)
+    assert len(set(trials.scores(offsets, 0).tolist())) > 5  # the trials do differ

@@ -111,20 +111,63 @@ def _ascend(logits: torch.Tensor, data: SliceSet, offsets: torch.Tensor, organs,
     """Coordinate ascent of the vote Dice over the threshold logits of ``organs``, from ``offsets``:
     each organ in turn takes the lowest of :data:`OFFSETS` that scores within ``tolerance`` of the
     best that organ can reach with the others fixed (with 0, the best; its current value on a tie)."""
+    trials = VoteTrials(logits, data)
     start = best = vote_dice(logits, data, offsets)
     for _ in range(passes):
         for i in organs:
-            trials = []
-            for value in OFFSETS:
-                trial = offsets.clone()
-                trial[i] = float(value)
-                trials.append((vote_dice(logits, data, trial), trial))
-            top = max(best, *(score for score, _ in trials))
+            scores = trials.scores(offsets, i).tolist()
+            top = max(best, *scores)
             if tolerance > 0:  # OFFSETS ascend, so the first within tolerance is the lowest
-                best, offsets = next((s, t) for s, t in trials if s >= top - tolerance)
+                chosen = next(t for t, score in enumerate(scores) if score >= top - tolerance)
             elif top > best + 1e-6:
-                best, offsets = next((s, t) for s, t in trials if s > top - 1e-6)
+                chosen = next(t for t, score in enumerate(scores) if score > top - 1e-6)
+            else:
+                continue
+            best, offsets = scores[chosen], offsets.clone()
+            offsets[i] = float(OFFSETS[chosen])
     return offsets, start, best
+
+
+class VoteTrials:
+    """The mean vote Dice (:func:`vote_dice`) for every value of :data:`OFFSETS` as one organ's
+    threshold logit, the others held, counted from one histogram of the pixels instead of one vote
+    per value: 25 times fewer passes over the logits (a 512-slice search took 8 minutes on 2 cores).
+
+    Organ ``i`` takes a pixel when its logit exceeds the value tried by more than the best margin of
+    the other organs over their thresholds (and over 0); otherwise the pixel keeps the others' vote.
+    The counts are those of :func:`vote_dice` but for exact ties between logits, which a network's
+    floats do not make.
+    """
+
+    def __init__(self, logits: torch.Tensor, data: SliceSet):
+        self.logits = logits
+        self.truth = data.organ_masks
+        self.annotated = data.annotated.double()  # (N, M): which slices count for each organ
+        self.truth_sizes = torch.einsum("nm,nm->m", self.truth.sum((2, 3)).double(), self.annotated)
+        self.scored = self.truth_sizes > 0  # as vote_dice: organs with truth on their annotated slices
+        self.edges = torch.as_tensor(OFFSETS, dtype=logits.dtype)
+
+    def scores(self, offsets: torch.Tensor, i: int) -> torch.Tensor:
+        """Mean vote Dice (len(OFFSETS),) with organ ``i``'s offset at each value of OFFSETS."""
+        n, m = self.logits.shape[:2]
+        bins = len(OFFSETS) + 1
+        shifted = self.logits - offsets[None, :, None, None]
+        shifted[:, i] = -torch.inf
+        top, best = shifted.max(1)
+        others = torch.where(top > 0, best + 1, 0)  # the vote without organ i
+        # organ i takes a pixel at trial t exactly when t < wins
+        wins = torch.searchsorted(self.edges, (self.logits[:, i] - top.clamp(min=0)).contiguous())
+        held = torch.gather(self.truth, 1, (others - 1).clamp(min=0)[:, None])[:, 0] & (others > 0)
+        slices = torch.arange(n)[:, None, None]
+        kept = torch.bincount((((slices * (m + 1) + others) * bins + wins) * 2 + held).flatten(),
+                              minlength=n * (m + 1) * bins * 2).view(n, m + 1, bins, 2)[:, 1:].double()
+        taken = torch.bincount(((slices * bins + wins) * 2 + self.truth[:, i]).flatten(),
+                               minlength=n * bins * 2).view(n, bins, 2).double()
+        kept = torch.einsum("nm,nmkg->mkg", self.annotated, kept).cumsum(1)[:, :-1]  # wins <= t: kept
+        taken = torch.einsum("n,nkg->kg", self.annotated[:, i], taken).flip(0).cumsum(0).flip(0)[1:]  # wins > t
+        size, overlap = kept.sum(2).T.clone(), kept[..., 1].T.clone()  # (trials, M)
+        size[:, i], overlap[:, i] = taken.sum(1), taken[:, 1]
+        return (2 * overlap / (size + self.truth_sizes))[:, self.scored].mean(1)
 
 
 def _as_thresholds(model: MOSnet, offsets: torch.Tensor) -> dict[str, float]:
