@@ -7,6 +7,9 @@ best-Dice rule of models trained before 2026-12-03; see ``training.thresholds.TO
 phantoms are those of ``heldout_anatomy.py`` (same seeds), predicted once with their probabilities
 kept; each rule's label vote is then scored on them. 0.5 for every organ and the model's own
 thresholds (``config.json``) are scored beside them.
+``--capped T`` scores a rule that was tried and not taken: after the best-Dice ascent, each organ in
+turn takes its lowest threshold that keeps the mean validation vote Dice within T of that peak (a
+cap on the total given up, where the tolerance rule gives up to its tolerance at every step).
 With ``--ellipsoids``, ellipsoid phantoms of the same seeds (anatomy the model did learn from) are
 scored too, for what each rule costs where the validation scans are a fair sample.
 
@@ -33,7 +36,8 @@ from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, ct_ph
 from napari_mousesegment.inference.ct import predict_volume, vote  # noqa: E402
 from napari_mousesegment.store.load import load_mosnet  # noqa: E402
 from napari_mousesegment.training.slices import build_slices  # noqa: E402
-from napari_mousesegment.training.thresholds import choose_thresholds  # noqa: E402
+from napari_mousesegment.training.thresholds import (OFFSETS, VoteTrials, _ascend, _at_most,  # noqa: E402
+                                                     choose_thresholds, validation_logits)
 
 CPU = torch.device("cpu")
 
@@ -45,6 +49,20 @@ def validation_slices(model, folder: Path, data: Path):
     datasets = [read_ct_dataset(data / c) for c in CONDITIONS]
     cases = {str(d.root): [c for c in d.cases if f"{d.name}/{c}" in val_ids] for d in datasets}
     return build_slices(datasets, model.config, cases, config["training"]["settings"]["slice_stride"])
+
+
+def capped_thresholds(model, val, cap: float, passes: int = 2) -> list[float]:
+    """The capped rule (see the module docstring), on at most 512 validation slices as train's."""
+    val = _at_most(val, 512)
+    logits = validation_logits(model, val, CPU)
+    trials = VoteTrials(logits, val)
+    offsets, _, peak = _ascend(logits, val, torch.zeros(logits.shape[1]), range(logits.shape[1]), passes)
+    for _ in range(passes):
+        for i in range(logits.shape[1]):
+            scores = trials.scores(offsets, i).tolist()
+            offsets = offsets.clone()
+            offsets[i] = float(OFFSETS[next(t for t, s in enumerate(scores) if s >= peak - cap)])
+    return [round(float(torch.sigmoid(o)), 4) for o in offsets]
 
 
 def labels_at(probabilities: np.ndarray, thresholds: list[float]) -> np.ndarray:
@@ -61,6 +79,7 @@ def main() -> int:
     parser.add_argument("--hold-out", required=True, help="the label map the test phantoms are drawn from")
     parser.add_argument("--atlas", type=Path, nargs="+", default=[Path("../shared/data/rosenhain")])
     parser.add_argument("--tolerance", type=float, nargs="+", default=[0.0, 0.002])
+    parser.add_argument("--capped", type=float, nargs="*", default=[], help="caps of the capped rule to score")
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition")
     parser.add_argument("--ellipsoids", action="store_true", help="also score ellipsoid phantoms of the same seeds")
     args = parser.parse_args()
@@ -73,6 +92,8 @@ def main() -> int:
         rules[f"tolerance {tolerance:g}"] = [chosen[o] for o in model.config.organs]
         print(f"tolerance {tolerance:g}: validation vote Dice {after:.3f}, thresholds "
               + " ".join(f"{o} {chosen[o]:.3f}" for o in model.config.organs), flush=True)
+    for cap in args.capped:
+        rules[f"capped {cap:g}"] = capped_thresholds(model, val, cap)
 
     sets = {args.hold_out: make_tests(argparse.Namespace(atlas=args.atlas, hold_out=args.hold_out,
                                                          out=args.model / "tolerance_test", shape=DEFAULT_SHAPE,
