@@ -34,7 +34,8 @@ from experiments.ship_weights import BUILTIN  # noqa: E402
 from experiments.threshold_tolerance import capped_thresholds, labels_at, validation_slices  # noqa: E402
 from napari_mousesegment.inference.ct import predict_volume  # noqa: E402
 from napari_mousesegment.store.load import load_mosnet  # noqa: E402
-from napari_mousesegment.training.thresholds import TOLERANCE, choose_thresholds, validation_logits, vote_dice  # noqa: E402
+from napari_mousesegment.training.thresholds import (TOLERANCE, _at_most, choose_thresholds,  # noqa: E402
+                                                     validation_logits, vote_dice)
 
 CPU = torch.device("cpu")
 NAME = "mosnet-synthetic"
@@ -50,7 +51,7 @@ def install(folder: Path, thresholds: dict[str, float], result: dict, tolerance:
     scores = meta["test_scores"]
     scores.update({c: {o: round(v, 3) for o, v in new["dsc"][c].items()} for c in ("native", "contrast")})
     scores["big_organs_by_anatomy"] = new["big_by_anatomy"]
-    scores["thresholds"] = (f"chosen again on {time.strftime('%Y-%m-%d')} on the validation scans, each organ the "
+    scores["thresholds_chosen"] = (f"chosen again on {time.strftime('%Y-%m-%d')} on the validation scans, each organ the "
                             f"lowest within {tolerance:g} of its best vote Dice (experiments/rethreshold_builtin.py); "
                             "scored on test phantoms of that day's generator")
     recorded = result["recorded"]
@@ -83,8 +84,8 @@ def main() -> int:
     val = validation_slices(model, folder, args.out / "data")
     chosen, _, after = choose_thresholds(model, val, CPU, tolerance=args.tolerance)
     recorded = model.config.organ_thresholds()
-    logits = validation_logits(model, val, CPU)
-    before = vote_dice(logits, val, torch.logit(torch.tensor(recorded)))
+    scored = _at_most(val, 512)  # the slices the thresholds were chosen on
+    before = vote_dice(validation_logits(model, scored, CPU), scored, torch.logit(torch.tensor(recorded)))
     print(f"validation vote Dice: recorded thresholds {before:.3f}, new {after:.3f}")
     print("thresholds: " + " ".join(f"{o} {r:.3f}->{chosen[o]:.3f}" for o, r in zip(organs, recorded)), flush=True)
 
@@ -93,7 +94,7 @@ def main() -> int:
                                                            keep_probabilities=True).probabilities
                      for scans in tests.values() for s in scans}
     rules = {"recorded": recorded, "new": [chosen[o] for o in organs], "0.5": [0.5] * len(organs),
-             **{f"capped {cap:g}": capped_thresholds(model, val, cap) for cap in args.capped}}
+             **{f"capped {cap:g}": t for cap, t in capped_thresholds(model, val, args.capped).items()}}
     result: dict = {"tolerance": args.tolerance, "validation_vote_dice": {"recorded": before, "new": after},
                     "thresholds": {k: dict(zip(organs, v)) for k, v in rules.items()}}
     for name, thresholds in rules.items():

@@ -36,8 +36,8 @@ from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, ct_ph
 from napari_mousesegment.inference.ct import predict_volume, vote  # noqa: E402
 from napari_mousesegment.store.load import load_mosnet  # noqa: E402
 from napari_mousesegment.training.slices import build_slices  # noqa: E402
-from napari_mousesegment.training.thresholds import (OFFSETS, VoteTrials, _ascend, _at_most,  # noqa: E402
-                                                     choose_thresholds, validation_logits)
+from napari_mousesegment.training.thresholds import (OFFSETS, VoteTrials, _as_thresholds, _ascend,  # noqa: E402
+                                                     _at_most, choose_thresholds, validation_logits)
 
 CPU = torch.device("cpu")
 
@@ -51,18 +51,23 @@ def validation_slices(model, folder: Path, data: Path):
     return build_slices(datasets, model.config, cases, config["training"]["settings"]["slice_stride"])
 
 
-def capped_thresholds(model, val, cap: float, passes: int = 2) -> list[float]:
-    """The capped rule (see the module docstring), on at most 512 validation slices as train's."""
+def capped_thresholds(model, val, caps: list[float], passes: int = 2) -> dict[float, list[float]]:
+    """The capped rule's thresholds for each cap (see the module docstring), on at most 512
+    validation slices as train's."""
     val = _at_most(val, 512)
     logits = validation_logits(model, val, CPU)
     trials = VoteTrials(logits, val)
-    offsets, _, peak = _ascend(logits, val, torch.zeros(logits.shape[1]), range(logits.shape[1]), passes)
-    for _ in range(passes):
-        for i in range(logits.shape[1]):
-            scores = trials.scores(offsets, i).tolist()
-            offsets = offsets.clone()
-            offsets[i] = float(OFFSETS[next(t for t, s in enumerate(scores) if s >= peak - cap)])
-    return [round(float(torch.sigmoid(o)), 4) for o in offsets]
+    best, _, peak = _ascend(logits, val, torch.zeros(logits.shape[1]), range(logits.shape[1]), passes)
+    chosen = {}
+    for cap in caps:
+        offsets = best.clone()
+        for _ in range(passes):
+            for i in range(logits.shape[1]):
+                scores = trials.scores(offsets, i).tolist()
+                offsets[i] = float(OFFSETS[next(t for t, s in enumerate(scores) if s >= peak - cap)])
+        by_organ = _as_thresholds(model, offsets)
+        chosen[cap] = [by_organ[o] for o in model.config.organs]
+    return chosen
 
 
 def labels_at(probabilities: np.ndarray, thresholds: list[float]) -> np.ndarray:
@@ -92,8 +97,7 @@ def main() -> int:
         rules[f"tolerance {tolerance:g}"] = [chosen[o] for o in model.config.organs]
         print(f"tolerance {tolerance:g}: validation vote Dice {after:.3f}, thresholds "
               + " ".join(f"{o} {chosen[o]:.3f}" for o in model.config.organs), flush=True)
-    for cap in args.capped:
-        rules[f"capped {cap:g}"] = capped_thresholds(model, val, cap)
+    rules.update({f"capped {cap:g}": t for cap, t in capped_thresholds(model, val, args.capped).items()})
 
     sets = {args.hold_out: make_tests(argparse.Namespace(atlas=args.atlas, hold_out=args.hold_out,
                                                          out=args.model / "tolerance_test", shape=DEFAULT_SHAPE,
