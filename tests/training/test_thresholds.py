@@ -74,3 +74,6 @@ def test_vote_trials_count_what_one_vote_per_value_scores():
             tried[organ] = float(value)
             assert float(fast[t]) == pytest.approx(vote_dice(logits, data, tried), abs=1e-12)
     assert len(set(trials.scores(offsets, 0).tolist())) > 5  # the trials do differ
+    data.organ_masks[:] = False  # nothing to score: 0 for every value, as vote_dice, not NaN
+    empty = VoteTrials(logits, data).scores(offsets, 1).tolist()
+    assert empty == [vote_dice(logits, data, offsets)] * len(OFFSETS) == [0.0] * len(OFFSETS)

@@ -149,6 +149,8 @@ class VoteTrials:
 
     def scores(self, offsets: torch.Tensor, i: int) -> torch.Tensor:
         """Mean vote Dice (len(OFFSETS),) with organ ``i``'s offset at each value of OFFSETS."""
+        if not self.scored.any():  # no truth to score against: 0, as vote_dice
+            return torch.zeros(len(OFFSETS), dtype=torch.float64)
         n, m = self.logits.shape[:2]
         bins = len(OFFSETS) + 1
         shifted = self.logits - offsets[None, :, None, None]
