@@ -14,7 +14,8 @@ the held-out map's test phantoms of ``experiments/heldout_anatomy.py``::
 
 (``/tmp/hof/data``: the same commands with ``--count 12``, as ``heldout_anatomy.py --train 12`` writes.)
 Runs alternate few/many, seed by seed, so a machine that slows down mid-way slows both.
-The table is printed and written to OUT/more_animals.json.
+A plain U-Net (``heldout_anatomy.py``'s) trains on the fewer phantoms for the same minutes,
+after them, unless ``--no-plain``. The table is printed and written to OUT/more_animals.json.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import heldout_anatomy as heldout  # noqa: E402
+
+from napari_mousesegment.data.phantom_ct import CONDITIONS  # noqa: E402
+from napari_mousesegment.models.mosnet import MOSnetConfig  # noqa: E402
+from napari_mousesegment.organs import CT_ORGANS  # noqa: E402
 
 RECIPE = "--batch-size 4 --sampling organs --plane axial+coronal+sagittal --exclusion-weight 1 --variant bm_cm"
 
@@ -61,6 +66,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition (4)")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="skip the plain U-Net (trained on the fewer phantoms for the same minutes, seed 0)")
     args = parser.parse_args()
     runs = {}
     for seed in args.seeds:
@@ -70,9 +77,15 @@ def main() -> int:
     tests = heldout.make_tests(argparse.Namespace(atlas=[args.atlas], hold_out=args.hold_out,
                                                   shape=heldout.DEFAULT_SHAPE, test=args.test, out=args.out))
     tables = {name: heldout.score_mosnet(folder, tests) for name, folder in runs.items()}
+    counts = {name: steps(folder) for name, folder in runs.items()}
+    if not args.no_plain:
+        config = MOSnetConfig(organs=list(CT_ORGANS), image_size=128)
+        plain, counts["plain_unet"] = heldout.train_plain(
+            argparse.Namespace(minutes=args.minutes, seed=0, width=16),
+            {c: args.few / c for c in CONDITIONS}, config)
+        tables["plain_unet"] = heldout.score(tests, lambda s: heldout.plain_labels(plain, config, s.image, s.condition))
     heldout.print_table(tables)
-    result = {name: {"steps": steps(runs[name]), "dsc": table, **heldout.summary(table)}
-              for name, table in tables.items()}
+    result = {name: {"steps": counts[name], "dsc": table, **heldout.summary(table)} for name, table in tables.items()}
     for name, row in result.items():
         print(f"{name}: {row['steps']} steps")
     path = args.out / "more_animals.json"
