@@ -145,8 +145,13 @@ def with_condition(images: torch.Tensor, condition: torch.Tensor) -> torch.Tenso
     return torch.cat([images.float(), code], 1)
 
 
-def train_plain(args: argparse.Namespace, sets: dict[str, Path], config: MOSnetConfig) -> tuple[PlainUNet, int]:
-    """The plain U-Net on the same slices, for the same minutes."""
+def train_plain(args: argparse.Namespace, sets: dict[str, Path], config: MOSnetConfig,
+                probe=None) -> tuple[PlainUNet, int]:
+    """The plain U-Net on the same slices, for the same minutes.
+
+    ``probe(model, steps)``, when given, is called every ``args.plain_every`` steps (the model in
+    eval mode); the time it takes is added to the budget, so the U-Net still trains for its minutes.
+    """
     data = build_slices([read_ct_dataset(sets[c]) for c in CONDITIONS], config)
     images = with_condition(data.images, data.condition)
     masks, annotated = data.organ_masks.float(), data.annotated
@@ -163,6 +168,11 @@ def train_plain(args: argparse.Namespace, sets: dict[str, Path], config: MOSnetC
         loss.backward()
         optimizer.step()
         steps += 1
+        if probe is not None and steps % args.plain_every == 0:
+            started = time.monotonic()
+            probe(model.eval(), steps)
+            model.train()
+            end += time.monotonic() - started
     return model.eval(), steps
 
 
@@ -234,6 +244,9 @@ def main() -> int:
                              "(e.g. mosnet_2d='--context-slices 0')")
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
                         help="also score an existing MOSnet folder on the same test phantoms (e.g. an earlier run's)")
+    parser.add_argument("--plain-every", type=int, default=0, metavar="N",
+                        help="also score the plain U-Net on the test phantoms every N steps of its run, "
+                             "to see how much its last weights owe to where the run stopped (default 0: no)")
     args = parser.parse_args()
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -255,14 +268,21 @@ def main() -> int:
     config = load_mosnet(mosnet_dir)[1]
     plain_config = MOSnetConfig(organs=list(CT_ORGANS), image_size=args.image_size, spacing_mm=config.spacing_mm)
     print(f"plain U-Net: {args.minutes:g} minutes on the same slices", flush=True)
-    plain, steps = train_plain(args, sets, plain_config)
+    trajectory = []
+
+    def probe(model: PlainUNet, steps: int) -> None:
+        scores = summary(score(tests, lambda s: plain_labels(model, plain_config, s.image, s.condition)))
+        trajectory.append({"steps": steps, **scores})
+        print(f"plain U-Net after {steps} steps: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+
+    plain, steps = train_plain(args, sets, plain_config, probe if args.plain_every else None)
     tables["plain_unet"] = score(tests, lambda s: plain_labels(plain, plain_config, s.image, s.condition))
     print_table(tables)
     result = {"held_out": args.hold_out, "atlas": [str(p) for p in args.atlas], "minutes": args.minutes,
               "shape": list(args.shape), "train_per_condition": args.train, "test_per_condition": args.test,
               "width": args.width, "image_size": args.image_size, "context_slices": args.context_slices,
               "mosnet_flags": args.mosnet_flags,
-              "plain_unet_steps": steps,
+              "plain_unet_steps": steps, "plain_unet_trajectory": trajectory,
               **{name: {"dsc": table, **summary(table)} for name, table in tables.items()}}
     path = args.out / "heldout_anatomy.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
