@@ -39,6 +39,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,7 @@ def with_condition(images: torch.Tensor, condition: torch.Tensor) -> torch.Tenso
 
 
 def train_plain(args: argparse.Namespace, sets: dict[str, Path], config: MOSnetConfig,
-                probe=None) -> tuple[PlainUNet, int]:
+                probe: Callable[[PlainUNet, int], None] | None = None) -> tuple[PlainUNet, int]:
     """The plain U-Net on the same slices, for the same minutes.
 
     ``probe(model, steps)``, when given, is called every ``args.plain_every`` steps (the model in
