@@ -57,6 +57,26 @@ def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp
               "--context-slices", "9"])
 
 
+def test_train_mosnet_reads_through_the_windows_it_is_given(trained, tmp_path, capsys):
+    root, _ = trained
+    model = tmp_path / "windows"
+    assert main(["train", "mosnet", "--data", str(root / "native"), "--data", str(root / "contrast"),
+                 "--out", str(model), "--width", "4", "--image-size", "32", "--epochs", "1", "--voxel-mm", "1.4",
+                 "--device", "cpu", "--val-fraction", "0.5", "--window", "0,2000", "--extra-window", "40,400"]) == 0
+    meta = json.loads((model / "config.json").read_text())
+    assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (0, 2000, [[40, 400]])
+    scan = next((root / "native" / "images").glob("*.tif"))
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
+                 "--out", str(tmp_path / "pred")]) == 0
+    assert read_tiff(tmp_path / "pred" / scan.stem / "labels.tif")[0].shape == tifffile.imread(scan).shape
+    capsys.readouterr()
+    for bad in (["--window", "40"], ["--window", "40,5"], ["--extra-window", "a,b"]):
+        with pytest.raises(SystemExit):
+            main(["train", "mosnet", "--data", str(root / "native"), "--out", str(tmp_path / "x"), *bad])
+        err = capsys.readouterr().err
+        assert "window" in err and "Traceback" not in err
+
+
 def test_predict_ct_contract(trained, tmp_path):
     root, model = trained
     scan = next((root / "native" / "images").glob("*.tif"))

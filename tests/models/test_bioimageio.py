@@ -110,6 +110,31 @@ def test_our_mosnet_package_imports_back_and_predicts_the_same(packages, home):
     assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
 
 
+def test_a_mosnet_with_extra_windows_exports_and_imports_back_the_same(tmp_path, home):
+    """The extra windows are cut inside the network, so the package's one clip-and-scale step and its
+    weights give our predictor's labels once imported back."""
+    from napari_mousesegment.data.phantom_ct import ct_phantom
+    from napari_mousesegment.inference.ct import predict_volume
+    from napari_mousesegment.models.folder import save_model
+    from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
+    from napari_mousesegment.organs import CT_ORGANS
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, window_level=0,
+                          window_width=2000, extra_windows=[[40, 400]], annotated={"native": list(CT_ORGANS)})
+    folder = save_model(tmp_path / "mw", MOSnet(config).eval(), config)
+    assert main(["models", "export", str(folder), str(tmp_path / "zoo"), "--format", "bioimageio"]) == 0
+    import_model(sorted((tmp_path / "zoo").glob("*native*.zip"))[0], name="mw-from-zoo")
+    restored, _, _ = load_model("mw-from-zoo", kind="mosnet")
+    assert restored.config.extra_windows == [[40.0, 400.0]]
+    scan = ct_phantom(seed=2, condition="native", shape=(24, 32, 40), spacing=0.28)
+    original, _, _ = load_model(str(folder), kind="mosnet")
+    a = predict_volume(original, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
+    b = predict_volume(restored, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
+    assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
+
+
 def test_export_refuses_a_multi_planar_mosnet_with_the_reason(tmp_path, capsys):
     from napari_mousesegment.models.folder import save_model
     from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig

@@ -48,10 +48,29 @@ def test_a_2_5d_model_takes_its_neighbours_as_channels_and_reconstructs_them():
         model(torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
 
 
+def test_extra_windows_are_cut_from_the_input_window_as_more_channels():
+    config = MOSnetConfig(organs=ORGANS, width=4, depth=3, image_size=32, context=1, window_level=0,
+                          window_width=2000, extra_windows=[[40, 400]])
+    assert config.network_channels == 6
+    model = MOSnet(config).eval()
+    hu = torch.tensor([-1000.0, -420, -160, 40, 58, 240, 1350])
+    image = ((hu + 1000) / 2000).clamp(0, 1).view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    cut = model.windows(image)
+    assert cut.shape == (1, 6, 1, 7) and torch.equal(cut[:, :3], image)
+    # lungs and air stay apart on the wide channel; 18 HU between two soft organs is 0.045 on the cut
+    assert torch.allclose(cut[0, 4, 0], torch.tensor([0, 0, 0, 0.5, 0.545, 1, 1]), atol=1e-4)
+    with torch.no_grad():
+        logits, recon = model(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert logits.shape == (2, 9, 32, 32) and recon.shape == (2, 3, 32, 32)  # it rebuilds its input only
+    assert MOSnet(MOSnetConfig(organs=ORGANS, width=4, depth=3, image_size=32)).windows(image) is image
+
+
 @pytest.mark.parametrize("kwargs", [{"variant": "unet"}, {"organs": []}, {"organs": ["a", "a"]},
                                     {"image_size": 100}, {"plane": "oblique"}, {"plane": "coronal+axial"},
                                     {"plane": "axial+axial"}, {"context": -1},
-                                    {"context": 9}, {"context": 1, "context_step": 0}])
+                                    {"context": 9}, {"context": 1, "context_step": 0},
+                                    {"extra_windows": [[40, 5]]}, {"extra_windows": [[40]]},
+                                    {"extra_windows": [[40, float("nan")]]}, {"extra_windows": [[0, 100]] * 5}])
 def test_bad_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
         MOSnetConfig(**({"organs": ORGANS} | kwargs))

@@ -22,7 +22,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     conditions = list(dict.fromkeys(["native", "contrast", *(d.condition for d in datasets)]))
     config = MOSnetConfig(organs=organs, conditions=conditions, variant=args.variant, width=args.width,
                           image_size=args.image_size, spacing_mm=args.voxel_mm,
-                          context=args.context_slices, context_step=args.context_step, plane=args.plane)
+                          context=args.context_slices, context_step=args.context_step, plane=args.plane,
+                          window_level=args.window[0], window_width=args.window[1],
+                          extra_windows=[list(w) for w in args.extra_window])
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
@@ -121,6 +123,13 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                         help="slicing plane: axial (the paper's, the default), coronal or sagittal, or several "
                              "joined by '+' (axial+coronal): one network learns each plane's slices and "
                              "prediction averages over them. Active-learning rounds need axial among them")
+    mosnet.add_argument("--window", type=options.window, default=(400.0, 1000.0), metavar="LEVEL,WIDTH",
+                        help="HU window the network reads: level ± width/2 maps to 0..1 (default 400,1000, the "
+                             "paper's: -100 to 900 HU, where lungs, fat and air all read 0)")
+    mosnet.add_argument("--extra-window", type=options.window, action="append", default=[], metavar="LEVEL,WIDTH",
+                        help="a further HU window the network cuts from --window, as more input channels "
+                             "(repeat for several, up to 4; e.g. --window 0,2000 --extra-window 40,400: lungs, fat "
+                             "and bone on one channel, soft organs a few HU apart on the other)")
     mosnet.add_argument("--context-slices", type=options.count(0, 8), default=0,
                         help="2.5D input: neighbouring slices on each side, every --context-step voxels, "
                              "given to the network as channels (default 0: 2D slices)")

@@ -38,6 +38,15 @@ def spacing(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def window(text: str) -> tuple[float, float]:
+    """``--window``: LEVEL,WIDTH in HU; level ± width/2 maps to 0..1, finite, width from 10 HU."""
+    values = numbers(text, float, "window", "400,1000")
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or not 10 <= values[1] <= 100_000 \
+            or not -10_000 <= values[0] <= 100_000:
+        raise argparse.ArgumentTypeError(f"window needs LEVEL,WIDTH in HU (width 10 to 100000), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def hu(text: str) -> str | tuple[float, float]:
     """``--hu``: ``auto``, or AIR,WATER raw grey values that become -1000 and 0 HU."""
     from ..io.hu import parse_hu

@@ -16,6 +16,7 @@ U-Net here, not the paper's UNet++-style nested skips (allowed by the design not
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,6 +52,10 @@ class MOSnetConfig:
     spacing_mm: float = 0.28  #: isotropic voxel size the scans are resampled to
     window_level: float = 400.0
     window_width: float = 1000.0
+    #: further (level, width) HU windows cut from the input window inside the network, each giving
+    #: every input channel again (a soft-tissue window beside a wide one: the field's multi-window
+    #: input, with nothing changed before the network); empty: the input window alone
+    extra_windows: list[list[float]] = field(default_factory=list)
     #: condition -> organs its training datasets annotate (empty: unknown, read every organ as is)
     annotated: dict[str, list[str]] = field(default_factory=dict)
     #: organ -> probability above which the label vote may pick it (missing: 0.5); chosen on the
@@ -79,6 +84,11 @@ class MOSnetConfig:
         if not (0 <= self.context <= 8 and 1 <= self.context_step <= 16):
             raise ValueError(f"context must be 0..8 slices and context_step 1..16 voxels, got "
                              f"{self.context} and {self.context_step}")
+        self.extra_windows = [[float(v) for v in w] for w in self.extra_windows]
+        if len(self.extra_windows) > 4 or not all(len(w) == 2 and math.isfinite(w[0]) and math.isfinite(w[1])
+                                                  and w[1] >= 10 for w in self.extra_windows):
+            raise ValueError(f"extra_windows must be at most 4 (level, width) pairs in HU, width from 10, "
+                             f"got {self.extra_windows}")
 
     @property
     def planes(self) -> list[str]:
@@ -89,6 +99,11 @@ class MOSnetConfig:
     def channels(self) -> int:
         """Input channels: the slice and its ``context`` neighbours on each side."""
         return 1 + 2 * self.context
+
+    @property
+    def network_channels(self) -> int:
+        """Channels of the first convolution: the input's, once per window (input and extra)."""
+        return self.channels * (1 + len(self.extra_windows))
 
     def slice_offsets(self) -> list[int]:
         """Model-grid offsets of the input channels along the slice axis, centre in the middle."""
@@ -220,7 +235,7 @@ class MOSnet(nn.Module):
         super().__init__()
         self.config = config
         widths = [config.width * 2**i for i in range(config.depth + 1)]
-        self.encoder = nn.ModuleList([DoubleConv(config.channels, widths[0])] +
+        self.encoder = nn.ModuleList([DoubleConv(config.network_channels, widths[0])] +
                                      [DoubleConv(widths[i - 1], widths[i]) for i in range(1, len(widths))])
         self.decoder = nn.ModuleList([DecoderLevel(widths[i + 1], widths[i], config)
                                       for i in reversed(range(config.depth))])
@@ -232,9 +247,20 @@ class MOSnet(nn.Module):
         else:
             self.recon = None
 
+    def windows(self, image: torch.Tensor) -> torch.Tensor:
+        """The input (B, C, S, S), in [0, 1] over the config's window, and each extra window cut
+        from it, as channels: (B, C·(1 + extra), S, S). Float32 arithmetic, so a soft-tissue
+        window keeps the few-HU steps that a bf16 first convolution would round away."""
+        config = self.config
+        if not config.extra_windows:
+            return image
+        hu = image.float() * config.window_width + (config.window_level - config.window_width / 2)
+        cuts = [((hu - (level - width / 2)) / width).clamp(0.0, 1.0) for level, width in config.extra_windows]
+        return torch.cat([image.float(), *cuts], 1)
+
     def _encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         skips = []
-        x = image
+        x = self.windows(image)
         for i, block in enumerate(self.encoder):
             x = block(F.max_pool2d(x, 2) if i else x)
             skips.append(x)

@@ -114,6 +114,19 @@ def _table(check_value: Callable[[Any], str | None]) -> Callable[[Any], str | No
     return check
 
 
+def _windows(value: Any) -> str | None:
+    """Extra HU windows: at most 4 [level, width] pairs, width from 10 HU."""
+    if not isinstance(value, list) or len(value) > 4:
+        return f"must be a list of at most 4 [level, width] pairs, got {value!r}"
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            return f"must hold [level, width] pairs, got {pair!r}"
+        problem = _number(-10000, 100000)(pair[0]) or _number(10, 100000)(pair[1])
+        if problem:
+            return f"has a window {pair!r} whose level or width {problem}"
+    return None
+
+
 _COMMON = {"kind": _choice(KINDS), "version": _text, "sha256": _text}
 #: kind -> (required keys, key -> check).
 SCHEMAS: dict[str, tuple[tuple[str, ...], dict[str, Callable[[Any], str | None]]]] = {
@@ -123,7 +136,7 @@ SCHEMAS: dict[str, tuple[tuple[str, ...], dict[str, Callable[[Any], str | None]]
         "reduction": _integer(1, 1024), "image_size": _integer(*IMAGE_SIZE_RANGE), "plane": _choice(PLANE_CHOICES),
         "context": _integer(0, 8), "context_step": _integer(1, 16),
         "spacing_mm": _number(*SPACING_RANGE_MM), "window_level": _number(-10000, 100000),
-        "window_width": _number(0, 100000, positive=True), "annotated": _table(lambda v: None if v == [] else _names(v)),
+        "window_width": _number(0, 100000, positive=True), "extra_windows": _windows, "annotated": _table(lambda v: None if v == [] else _names(v)),
         "thresholds": _table(_probability),
     }),
     "unet": (("organ",), {
