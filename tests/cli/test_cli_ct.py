@@ -35,18 +35,23 @@ def test_train_writes_a_loadable_model_folder(trained):
     assert (model / "curves.png").exists() and (model / "history.csv").exists()
 
 
-def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp_path, capsys):
-    root, _ = trained
-    model = tmp_path / "model25"
+def _train_and_predict(root, model, *flags: str) -> tuple:
+    """A one-epoch width-4 MOSnet trained with ``flags`` on the fixture's two datasets, then run by
+    ``predict ct`` on one native scan, whose labels must come back on the scan's grid; (folder, config)."""
     assert main(["train", "mosnet", "--data", str(root / "native"), "--data", str(root / "contrast"),
                  "--out", str(model), "--width", "4", "--image-size", "32", "--epochs", "1", "--voxel-mm", "1.4",
-                 "--device", "cpu", "--val-fraction", "0.5", "--context-slices", "1", "--context-step", "1"]) == 0
-    meta = json.loads((model / "config.json").read_text())
-    assert meta["context"] == 1 and meta["context_step"] == 1
+                 "--device", "cpu", "--val-fraction", "0.5", *flags]) == 0
     scan = next((root / "native" / "images").glob("*.tif"))
-    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
-                 "--out", str(tmp_path / "pred")]) == 0
-    assert read_tiff(tmp_path / "pred" / scan.stem / "labels.tif")[0].shape == tifffile.imread(scan).shape
+    pred = model.parent / f"{model.name}-pred"
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native", "--out", str(pred)]) == 0
+    assert read_tiff(pred / scan.stem / "labels.tif")[0].shape == tifffile.imread(scan).shape
+    return model, json.loads((model / "config.json").read_text())
+
+
+def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp_path, capsys):
+    root, _ = trained
+    model, meta = _train_and_predict(root, tmp_path / "model25", "--context-slices", "1", "--context-step", "1")
+    assert meta["context"] == 1 and meta["context_step"] == 1
     pytest.importorskip("bioimageio.spec")
     capsys.readouterr()
     assert main(["models", "export", str(model), str(tmp_path / "zoo"), "--format", "bioimageio"]) != 0
@@ -59,16 +64,8 @@ def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp
 
 def test_train_mosnet_reads_through_the_windows_it_is_given(trained, tmp_path, capsys):
     root, _ = trained
-    model = tmp_path / "windows"
-    assert main(["train", "mosnet", "--data", str(root / "native"), "--data", str(root / "contrast"),
-                 "--out", str(model), "--width", "4", "--image-size", "32", "--epochs", "1", "--voxel-mm", "1.4",
-                 "--device", "cpu", "--val-fraction", "0.5", "--window", "0,2000", "--extra-window", "40,400"]) == 0
-    meta = json.loads((model / "config.json").read_text())
+    _, meta = _train_and_predict(root, tmp_path / "windows", "--window", "0,2000", "--extra-window", "40,400")
     assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (0, 2000, [[40, 400]])
-    scan = next((root / "native" / "images").glob("*.tif"))
-    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native",
-                 "--out", str(tmp_path / "pred")]) == 0
-    assert read_tiff(tmp_path / "pred" / scan.stem / "labels.tif")[0].shape == tifffile.imread(scan).shape
     capsys.readouterr()
     for bad in (["--window", "40"], ["--window", "40,5"], ["--extra-window", "a,b"]):
         with pytest.raises(SystemExit):
