@@ -43,7 +43,8 @@ def window(text: str) -> tuple[float, float]:
     values = numbers(text, float, "window", "400,1000")
     if len(values) != 2 or not all(math.isfinite(v) for v in values) or not 10 <= values[1] <= 100_000 \
             or not -10_000 <= values[0] <= 100_000:
-        raise argparse.ArgumentTypeError(f"window needs LEVEL,WIDTH in HU (width 10 to 100000), got {text!r}")
+        raise argparse.ArgumentTypeError(f"window needs LEVEL,WIDTH in HU (level -10000 to 100000, width 10 to 100000), "
+                                         f"got {text!r}")
     return values  # type: ignore[return-value]
 
 
