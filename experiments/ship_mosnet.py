@@ -14,7 +14,9 @@ the same anatomies, with all 9 organs in their truth, written to OUT/test.
 
 MOSnet trains through the CLI with the recipe measured best for short CPU budgets among those a
 correction round and bioimage.io export can take (axial slices): ``--batch-size 4 --sampling
-organs --exclusion-weight 1``. The plain U-Net is experiments/heldout_anatomy.py's (width 16,
+organs --exclusion-weight 1``, spelled out though they are ``train mosnet``'s CPU defaults since
+2026-12-04, and the defaults' two HU windows (weights shipped before then read the paper's one
+window). The plain U-Net is experiments/heldout_anatomy.py's (width 16,
 Adam at 1e-3, Dice + BCE, batches of 8, threshold 0.5, the condition as a second channel). The
 table (per organ and condition, and the big-organ mean per anatomy) goes to OUT/ship_mosnet.json.
 

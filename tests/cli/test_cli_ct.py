@@ -62,10 +62,24 @@ def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp
               "--context-slices", "9"])
 
 
+def test_train_mosnet_defaults_are_the_measured_recipe_and_the_paper_s_stays_reachable(trained, tmp_path, capsys):
+    root, _ = trained
+    _, meta = _train_and_predict(root, tmp_path / "defaults")
+    settings = meta["training"]["settings"]
+    assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (0, 2000, [[40, 400]])
+    assert (settings["batch_size"], settings["sampling"], settings["exclusion_weight"]) == (4, "organs", 1.0)
+    _, meta = _train_and_predict(root, tmp_path / "paper", "--window", "400,1000", "--batch-size", "16",
+                                 "--sampling", "uniform", "--exclusion-weight", "0")
+    settings = meta["training"]["settings"]
+    assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (400, 1000, [])
+    assert (settings["batch_size"], settings["sampling"], settings["exclusion_weight"]) == (16, "uniform", 0.0)
+
+
 def test_train_mosnet_reads_through_the_windows_it_is_given(trained, tmp_path, capsys):
     root, _ = trained
-    _, meta = _train_and_predict(root, tmp_path / "windows", "--window", "0,2000", "--extra-window", "40,400")
-    assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (0, 2000, [[40, 400]])
+    _, meta = _train_and_predict(root, tmp_path / "windows", "--window", "100,3000", "--extra-window", "40,400",
+                                 "--extra-window", "60,200")
+    assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (100, 3000, [[40, 400], [60, 200]])
     capsys.readouterr()
     for bad in (["--window", "40"], ["--window", "40,5"], ["--extra-window", "a,b"]):
         with pytest.raises(SystemExit):

@@ -8,10 +8,14 @@ from pathlib import Path
 from ..models.schema import PLANE_CHOICES
 from . import options
 
+#: ``train mosnet``'s input window and soft-tissue window when no --window is given (level, width in HU)
+DEFAULT_WINDOW, DEFAULT_EXTRA_WINDOW = (0.0, 2000.0), (40.0, 400.0)
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..data.ct_dataset import read_ct_dataset
     from ..models.mosnet import MOSnetConfig
+    from ..models.preprocess import pick_device
     from ..organs import CT_ORGANS
     from ..training.augment import AugmentSettings
     from ..training.mosnet import TrainSettings, train_mosnet
@@ -20,12 +24,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     organs = [o for o in CT_ORGANS if any(o in d.organs for d in datasets)]
     organs += sorted({o for d in datasets for o in d.organs} - set(organs))
     conditions = list(dict.fromkeys(["native", "contrast", *(d.condition for d in datasets)]))
+    # The measured defaults (docs/results-mosnet.md): two HU windows unless --window is given, and
+    # small batches on a CPU, where a budget in minutes buys four times the steps.
+    window, extra = args.window or DEFAULT_WINDOW, args.extra_window
+    if args.window is None and extra is None:
+        extra = [DEFAULT_EXTRA_WINDOW]
+    extra = extra or []
+    batch_size = args.batch_size or (16 if pick_device(args.device).type == "cuda" else 4)
     config = MOSnetConfig(organs=organs, conditions=conditions, variant=args.variant, width=args.width,
                           image_size=args.image_size, spacing_mm=args.voxel_mm,
                           context=args.context_slices, context_step=args.context_step, plane=args.plane,
-                          window_level=args.window[0], window_width=args.window[1],
-                          extra_windows=[list(w) for w in args.extra_window])
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          window_level=window[0], window_width=window[1], extra_windows=[list(w) for w in extra])
+    settings = TrainSettings(epochs=args.epochs, batch_size=batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
                              sampling=args.sampling, dice_weight=args.dice_weight,
@@ -123,13 +133,14 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                         help="slicing plane: axial (the paper's, the default), coronal or sagittal, or several "
                              "joined by '+' (axial+coronal): one network learns each plane's slices and "
                              "prediction averages over them. Active-learning rounds need axial among them")
-    mosnet.add_argument("--window", type=options.window, default=(400.0, 1000.0), metavar="LEVEL,WIDTH",
-                        help="HU window the network reads: level ± width/2 maps to 0..1 (default 400,1000, the "
+    mosnet.add_argument("--window", type=options.window, default=None, metavar="LEVEL,WIDTH",
+                        help="HU window the network reads: level ± width/2 maps to 0..1 (default 0,2000 with "
+                             "--extra-window 40,400: lungs, fat and bone on one channel, soft organs a few HU apart "
+                             "on the other; given alone, the network reads this one window; 400,1000 is the "
                              "paper's: -100 to 900 HU, where lungs, fat and air all read 0)")
-    mosnet.add_argument("--extra-window", type=options.window, action="append", default=[], metavar="LEVEL,WIDTH",
+    mosnet.add_argument("--extra-window", type=options.window, action="append", default=None, metavar="LEVEL,WIDTH",
                         help="a further HU window the network cuts from --window, as more input channels "
-                             "(repeat for several, up to 4; e.g. --window 0,2000 --extra-window 40,400: lungs, fat "
-                             "and bone on one channel, soft organs a few HU apart on the other)")
+                             "(repeat for several, up to 4)")
     mosnet.add_argument("--context-slices", type=options.count(0, 8), default=0,
                         help="2.5D input: neighbouring slices on each side, every --context-step voxels, "
                              "given to the network as channels (default 0: 2D slices)")
@@ -138,19 +149,22 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
     mosnet.add_argument("--epochs", type=options.count(0), default=100)
     mosnet.add_argument("--max-minutes", type=options.MINUTES, default=None,
                         help="stop cleanly after this long, keeping the best weights")
-    mosnet.add_argument("--batch-size", type=options.positive_int, default=16)
+    mosnet.add_argument("--batch-size", type=options.positive_int, default=None,
+                        help="slices per step (default 16 on a GPU, the paper's; 4 on a CPU, where a budget in "
+                             "minutes buys four times the steps)")
     mosnet.add_argument("--lr", type=options.LEARNING_RATE, default=1e-3)
     mosnet.add_argument("--val-fraction", type=options.number(0.0, 0.9), default=0.1,
                         help="scans per dataset held out for validation (default 0.1)")
     mosnet.add_argument("--slice-stride", type=options.positive_int, default=1, help="use every n-th slice (default 1: all)")
-    mosnet.add_argument("--sampling", choices=["uniform", "organs"], default="uniform",
-                        help="uniform: every slice once per epoch (default); organs: half of each epoch's slices "
-                             "drawn organ by organ, so small organs are seen as often as big ones")
+    mosnet.add_argument("--sampling", choices=["uniform", "organs"], default="organs",
+                        help="organs (the default): half of each epoch's slices drawn organ by organ, so small "
+                             "organs are seen as often as big ones; uniform: every slice once per epoch (the "
+                             "paper's)")
     mosnet.add_argument("--dice-weight", type=options.number(0.0, 100.0), default=0.0,
                         help="add this weight times a soft Dice loss to the paper's loss (default 0: the paper's)")
-    mosnet.add_argument("--exclusion-weight", type=options.number(0.0, 100.0), default=0.0,
+    mosnet.add_argument("--exclusion-weight", type=options.number(0.0, 100.0), default=1.0,
                         help="add this weight times the exclusion loss: an organ a dataset does not label is "
-                             "taught absent on the organs it does label (default 0: the paper's loss)")
+                             "taught absent on the organs it does label (default 1; 0: the paper's loss)")
     mosnet.add_argument("--appearance-swap", type=options.number(0.0, 1.0), default=0.0, metavar="P",
                         help="give this share of the slices of a condition that lends organs to another (contrast "
                              "lends native scans the stomach) the other's per-organ intensities, measured on the "
