@@ -135,15 +135,35 @@ def test_a_mosnet_with_extra_windows_exports_and_imports_back_the_same(tmp_path,
     assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
 
 
-def test_export_refuses_a_multi_planar_mosnet_with_the_reason(tmp_path, capsys):
+def test_a_multi_planar_mosnet_exports_its_axial_reading_and_imports_back_whole(tmp_path, home):
+    """A package's consumers feed one slice: the package is the network's reading of its first plane,
+    its test output that of an axial slice; imported back, our predictor fuses the planes again."""
+    import zipfile
+
+    from napari_mousesegment.data.phantom_ct import ct_phantom
+    from napari_mousesegment.inference.ct import predict_volume
     from napari_mousesegment.models.folder import save_model
     from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
     from napari_mousesegment.organs import CT_ORGANS
 
-    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, plane="axial+coronal")
-    folder = save_model(tmp_path / "mp", MOSnet(config), config)
-    assert main(["models", "export", str(folder), str(tmp_path / "zoo"), "--format", "bioimageio"]) != 0
-    assert "multi-planar" in capsys.readouterr().err and not list((tmp_path / "zoo").glob("*.zip"))
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, plane="axial+coronal",
+                          annotated={"native": list(CT_ORGANS)})
+    folder = save_model(tmp_path / "mp", MOSnet(config).eval(), config)
+    assert main(["models", "export", str(folder), str(tmp_path / "zoo"), "--format", "bioimageio"]) == 0
+    package = sorted((tmp_path / "zoo").glob("*native*.zip"))[0]
+    with zipfile.ZipFile(package) as zf:
+        readme = zf.read("README.md").decode()
+    assert "cutting axial slices" in readme and "other planes it was trained on (axial+coronal)" in readme
+    import_model(package, name="mp-from-zoo")
+    restored, _, _ = load_model("mp-from-zoo", kind="mosnet")
+    assert restored.config.plane == "axial+coronal"
+    scan = ct_phantom(seed=2, condition="native", shape=(24, 32, 40), spacing=0.28)
+    original, _, _ = load_model(str(folder), kind="mosnet")
+    a = predict_volume(original, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
+    b = predict_volume(restored, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
+    assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
 
 
 def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):

@@ -162,12 +162,13 @@ def _mosnet_description(model, meta: dict, name: str, folder: Path, work: Path, 
     if config.context:  # a package's consumers feed one slice; a 2.5D model needs its neighbours
         raise ValueError(f"{folder}: a 2.5D MOSnet ({config.context} neighbouring slices each side) cannot be "
                          "exported to bioimage.io yet; export a 2D one (trained with --context-slices 0)")
-    if len(config.planes) > 1:  # a package's consumers see one slice; the planes' fusion is our predictor's
-        raise ValueError(f"{folder}: a multi-planar MOSnet ({config.plane}) cannot be exported to bioimage.io yet; "
-                         "export one trained on a single --plane")
+    # A package's consumers see one slice: a multi-planar model (one network, trained on every plane's
+    # slices) is packaged as its reading of its first plane (axial when it has it); the fusion of the
+    # planes is our predictor's, as is the label vote.
+    plane = config.planes[0]
     low = config.window_level - config.window_width / 2
     phantom = ct_phantom(seed=5, condition=condition, spacing=config.spacing_mm)
-    stack = to_slices(phantom.image, config.plane)
+    stack = to_slices(phantom.image, plane)
     mid = window(np.asarray(stack[len(stack) // 2], np.float32), config.window_level, config.window_width)
     fitted = fit_square(torch.from_numpy(mid)[None, None], config.image_size, "bilinear")[0, 0].numpy()
     hu = (fitted * config.window_width + low).astype(np.float32)[None]  # a model-grid slice in HU
@@ -181,12 +182,14 @@ def _mosnet_description(model, meta: dict, name: str, folder: Path, work: Path, 
     return _description(
         name=f"napari-mousesegment {name} {condition}", meta=meta, folder=folder, work=work, weights=weights,
         description=f"Whole-body mouse micro-CT multi-organ segmentation (MOSnet, {condition} scans): one "
-                    f"probability channel per organ ({', '.join(organs)}) for a {config.plane} slice in HU.",
+                    f"probability channel per organ ({', '.join(organs)}) for one {plane} slice in HU."
+                    + (f" The network was trained on {config.plane} slices; napari-mousesegment averages those "
+                       "planes' probabilities, this package reads one." if len(config.planes) > 1 else ""),
         tags=["micro-ct", "mouse", "multi-organ", "mosnet", "2d", "semantic-segmentation", "pytorch", "napari"],
         test=(test_in, test_out), channels=("hu", organs), step=2 ** config.depth,
         pre=[ClipDescr(kwargs=ClipKwargs(min=low, max=low + config.window_width)),
              ScaleLinearDescr(kwargs=ScaleLinearKwargs(gain=1 / config.window_width, offset=-low / config.window_width))],
-        post=[SigmoidDescr()], readme=_mosnet_readme(name, meta, condition, low),
+        post=[SigmoidDescr()], readme=_mosnet_readme(name, meta, condition, low, plane),
         cover=(mid, test_out[0].max(0)),
         cite=[(("Wang K, Chen C, Xiao Y, Meng R, Wang L. A novel MOSnet model for multi-object segmentation of "
                "medical images in micro-computed tomography. Biomedical Engineering (2025)."), MOSNET_DOI)],
@@ -329,10 +332,12 @@ def _unet_readme(name: str, meta: dict) -> str:
             + _NOT_IN_PACKAGE.format(steps=steps) + _training(meta) + f"\nSource: {HOMEPAGE}\n")
 
 
-def _mosnet_readme(name: str, meta: dict, condition: str, low: float) -> str:
+def _mosnet_readme(name: str, meta: dict, condition: str, low: float, plane: str) -> str:
     steps = "\n".join([
         (f"- resampling the scan to the model's isotropic {meta.get('spacing_mm')} mm voxels, cutting "
-        f"{meta.get('plane')} slices, padding each to a square and resizing it to {meta.get('image_size')} px;"),
+        f"{plane} slices, padding each to a square and resizing it to {meta.get('image_size')} px;"),
+        *([f"- the slices of the other planes it was trained on ({meta.get('plane')}) and the mean of the "
+           "planes' probabilities;"] if plane != meta.get("plane") else []),
         ("- the label vote: each voxel gets the organ whose probability most exceeds that organ's threshold "
         f"(thresholds: {meta.get('thresholds') or 'all 0.5'});"),
         "- resampling labels back onto the scan's grid and writing them in its geometry (NIfTI, TIFF);",
