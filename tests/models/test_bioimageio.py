@@ -110,9 +110,9 @@ def test_our_mosnet_package_imports_back_and_predicts_the_same(packages, home):
     assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
 
 
-def test_a_mosnet_with_extra_windows_exports_and_imports_back_the_same(tmp_path, home):
-    """The extra windows are cut inside the network, so the package's one clip-and-scale step and its
-    weights give our predictor's labels once imported back."""
+def _mosnet_round_trip(tmp_path, name: str, **fields):
+    """A random width-4 MOSnet with ``fields`` exported, its native package imported back as
+    NAME-from-zoo; both must give the same probabilities on a native phantom. (package, restored)"""
     from napari_mousesegment.data.phantom_ct import ct_phantom
     from napari_mousesegment.inference.ct import predict_volume
     from napari_mousesegment.models.folder import save_model
@@ -121,18 +121,26 @@ def test_a_mosnet_with_extra_windows_exports_and_imports_back_the_same(tmp_path,
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, window_level=0,
-                          window_width=2000, extra_windows=[[40, 400]], annotated={"native": list(CT_ORGANS)})
-    folder = save_model(tmp_path / "mw", MOSnet(config).eval(), config)
+    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32,
+                          annotated={"native": list(CT_ORGANS)}, **fields)
+    folder = save_model(tmp_path / name, MOSnet(config).eval(), config)
     assert main(["models", "export", str(folder), str(tmp_path / "zoo"), "--format", "bioimageio"]) == 0
-    import_model(sorted((tmp_path / "zoo").glob("*native*.zip"))[0], name="mw-from-zoo")
-    restored, _, _ = load_model("mw-from-zoo", kind="mosnet")
-    assert restored.config.extra_windows == [[40.0, 400.0]]
+    package = sorted((tmp_path / "zoo").glob("*native*.zip"))[0]
+    import_model(package, name=f"{name}-from-zoo")
+    restored, _, _ = load_model(f"{name}-from-zoo", kind="mosnet")
     scan = ct_phantom(seed=2, condition="native", shape=(24, 32, 40), spacing=0.28)
     original, _, _ = load_model(str(folder), kind="mosnet")
     a = predict_volume(original, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
     b = predict_volume(restored, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
     assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
+    return package, restored
+
+
+def test_a_mosnet_with_extra_windows_exports_and_imports_back_the_same(tmp_path, home):
+    """The extra windows are cut inside the network, so the package's one clip-and-scale step and its
+    weights give our predictor's labels once imported back."""
+    _, restored = _mosnet_round_trip(tmp_path, "mw", window_level=0, window_width=2000, extra_windows=[[40, 400]])
+    assert restored.config.extra_windows == [[40.0, 400.0]]
 
 
 def test_a_multi_planar_mosnet_exports_its_axial_reading_and_imports_back_whole(tmp_path, home):
@@ -140,30 +148,11 @@ def test_a_multi_planar_mosnet_exports_its_axial_reading_and_imports_back_whole(
     its test output that of an axial slice; imported back, our predictor fuses the planes again."""
     import zipfile
 
-    from napari_mousesegment.data.phantom_ct import ct_phantom
-    from napari_mousesegment.inference.ct import predict_volume
-    from napari_mousesegment.models.folder import save_model
-    from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
-    from napari_mousesegment.organs import CT_ORGANS
-
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    config = MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, plane="axial+coronal",
-                          annotated={"native": list(CT_ORGANS)})
-    folder = save_model(tmp_path / "mp", MOSnet(config).eval(), config)
-    assert main(["models", "export", str(folder), str(tmp_path / "zoo"), "--format", "bioimageio"]) == 0
-    package = sorted((tmp_path / "zoo").glob("*native*.zip"))[0]
+    package, restored = _mosnet_round_trip(tmp_path, "mp", plane="axial+coronal")
     with zipfile.ZipFile(package) as zf:
         readme = zf.read("README.md").decode()
     assert "cutting axial slices" in readme and "other planes it was trained on (axial+coronal)" in readme
-    import_model(package, name="mp-from-zoo")
-    restored, _, _ = load_model("mp-from-zoo", kind="mosnet")
     assert restored.config.plane == "axial+coronal"
-    scan = ct_phantom(seed=2, condition="native", shape=(24, 32, 40), spacing=0.28)
-    original, _, _ = load_model(str(folder), kind="mosnet")
-    a = predict_volume(original, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
-    b = predict_volume(restored, scan.image, (0.28,) * 3, "native", keep_probabilities=True)
-    assert np.abs(a.probabilities.astype(np.float32) - b.probabilities.astype(np.float32)).max() <= 1e-4
 
 
 def test_export_refuses_to_overwrite_without_force(tmp_path, capsys):
