@@ -62,6 +62,28 @@ def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp
               "--context-slices", "9"])
 
 
+def test_predict_ct_streams_a_multi_planar_model_s_fused_labels(trained, tmp_path, monkeypatch):
+    """predict ct writes a multi-planar model's labels slab by slab (never through the whole-volume
+    predict_volume), its planes' sums on disk in the staging folder meanwhile: the labels are
+    predict_volume's and nothing else is left behind."""
+    from napari_mousesegment.inference import ct
+    from napari_mousesegment.store.load import load_mosnet
+
+    root, _ = trained
+    model, meta = _train_and_predict(root, tmp_path / "mp", "--plane", "axial+coronal")
+    assert meta["plane"] == "axial+coronal"
+    scan = next((root / "native" / "images").glob("*.tif"))
+    net = load_mosnet(model)[0]
+    expected = ct.predict_volume(net, tifffile.imread(scan).astype(np.float32), (1.4, 1.4, 1.4), "native").labels
+    assert len(np.unique(expected)) > 1
+    monkeypatch.setattr(ct, "predict_volume", None)  # predict ct must not need it
+    out = tmp_path / "streamed"
+    assert main(["predict", "ct", str(scan), "--model", str(model), "--condition", "native", "--out", str(out)]) == 0
+    assert np.array_equal(read_tiff(out / scan.stem / "labels.tif")[0], expected)
+    left = [p.name for p in out.rglob(".*")]
+    assert left == [".complete.json"]  # the manifest; no staging folder, no planes' sums
+
+
 def test_train_mosnet_defaults_are_the_measured_recipe_and_the_paper_s_stays_reachable(trained, tmp_path, capsys):
     root, _ = trained
     _, meta = _train_and_predict(root, tmp_path / "defaults")

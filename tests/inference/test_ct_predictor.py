@@ -8,7 +8,8 @@ import torch
 from benchmarks.baseline import naive_predict_volume
 
 from napari_mousesegment.data.phantom_ct import ct_phantom
-from napari_mousesegment.inference.ct import iter_labels, linear_taps, predict_volume
+from napari_mousesegment.inference.ct import iter_fused_labels, iter_labels, linear_taps, predict_volume
+from napari_mousesegment.io import limits
 from napari_mousesegment.models.fold import inference_copy
 from napari_mousesegment.models.mosnet import MOSnet, MOSnetConfig
 from napari_mousesegment.models.unet import UNet, UNetConfig
@@ -144,12 +145,18 @@ def test_inference_copy_folds_batch_norm_and_keeps_outputs(make):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_multi_planar_model_averages_its_planes_probabilities(scan):
+def _two_plane_model() -> MOSnet:
+    """A random axial+sagittal MOSnet whose planes disagree, with one organ's threshold of its own."""
     torch.manual_seed(0)
     model = MOSnet(MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32,
                                 plane="axial+sagittal", thresholds={"liver": 0.6})).eval()
     with torch.no_grad():
         model.encoder[0][0].weight.mul_(30)
+    return model
+
+
+def test_a_multi_planar_model_averages_its_planes_probabilities(scan):
+    model = _two_plane_model()
     spacing = (0.3, 0.28, 0.25)
     pred = predict_volume(model, scan.image, spacing, "native", batch_size=3, keep_probabilities=True)
     each = []
@@ -168,3 +175,43 @@ def test_a_multi_planar_model_averages_its_planes_probabilities(scan):
         next(iter_labels(model, scan.image, spacing, "native"))
     with pytest.raises(ValueError, match="not coronal"):
         next(iter_labels(model, scan.image, spacing, "native", plane="coronal"))
+
+
+def test_fused_labels_wait_on_disk_and_stream_as_predict_volume_makes_them(scan, tmp_path):
+    """With ``scratch`` the planes' sums live in a file there, removed when the labels are out or
+    the caller stops early; the labels and probabilities are predict_volume's, slab by slab."""
+    model = _two_plane_model()
+    spacing = (0.3, 0.28, 0.25)
+    whole = predict_volume(model, scan.image, spacing, "native", batch_size=3, keep_probabilities=True)
+    slabs = iter_fused_labels(model, scan.image, spacing, "native", batch_size=3, keep_probabilities=True,
+                              scratch=tmp_path)
+    first = next(slabs)
+    held = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert len(held) == 1 and held[0].stat().st_size == 4 * len(CT_ORGANS) * scan.image.size
+    parts = [first, *slabs]
+    assert [start for start, _, _ in parts] == list(range(0, len(scan.image), 3))
+    assert np.array_equal(np.concatenate([labels for _, labels, _ in parts]), whole.labels)
+    assert np.array_equal(np.concatenate([probs for _, _, probs in parts], axis=1), whole.probabilities)
+    assert list(tmp_path.iterdir()) == []
+    early = iter_fused_labels(model, scan.image, spacing, "native", batch_size=3, scratch=tmp_path)
+    next(early)
+    early.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fused_labels_refuse_a_full_disk_in_one_line_before_any_network_runs(scan, tmp_path, monkeypatch):
+    model = _two_plane_model()
+    monkeypatch.setattr(limits.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1000})())
+    with pytest.raises(limits.TooLarge, match="disk space; .* has 1.0 kB free") as err:
+        next(iter_fused_labels(model, scan.image, (0.3, 0.28, 0.25), "native", scratch=tmp_path))
+    assert "summed probabilities of a scan of (48, 56, 72) voxels" in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    def full(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(limits.os, "posix_fallocate", full)
+    with pytest.raises(limits.TooLarge, match="No space left on device"):
+        next(iter_fused_labels(model, scan.image, (0.3, 0.28, 0.25), "native", scratch=tmp_path))
+    assert list(tmp_path.iterdir()) == []

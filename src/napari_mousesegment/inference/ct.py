@@ -10,15 +10,19 @@ as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode="nearest")`` on the whole 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from ..io.arrays import load
-from ..io.limits import check_allocation, nbytes
+from ..io.limits import check_allocation, nbytes, reserve_disk
 from ..models.fold import inference_copy
 from ..models.mosnet import MOSnet
 from ..models.preprocess import (
@@ -231,6 +235,65 @@ def iter_labels(
             progress(done, n_model)
 
 
+def iter_fused_labels(
+    model: MOSnet,
+    image,
+    spacing: tuple[float, float, float],
+    condition: str,
+    batch_size: int | None = None,
+    threshold: float | None = None,
+    keep_probabilities: bool = False,
+    borrow: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    scratch: str | os.PathLike | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """A multi-planar MOSnet's labels of successive axial input slices, as :func:`iter_labels` yields them.
+
+    Each organ's probability is averaged over the model's planes (as the Multi-Planar U-Net of
+    Perslev et al. 2019 fuses its views, here with equal weights), then voted on at the model's
+    thresholds. A slice on one plane sees the whole body along another axis, which a stack of
+    axial slices alone never shows the network. Every plane must be read before the first axial
+    slice is known, so the planes' summed probabilities (4 bytes per organ per voxel) are held in
+    memory, or with ``scratch`` in a file under that folder, given its disk space up front and
+    removed when the labels are out: then only the image is held in memory.
+    """
+    config = model.config
+    batch_size = _check(model, image, spacing, condition, batch_size)
+    planes = config.planes
+    image = load(image)  # read once: slabs are cut along several axes
+    shape = (len(config.organs), *image.shape)
+    what = f"the {len(planes)} planes' summed probabilities of a scan of {tuple(image.shape)} voxels"
+    with contextlib.ExitStack() as stack:
+        if scratch is None:
+            check_allocation(nbytes(shape, 4), what)
+            total = np.zeros(shape, np.float32)
+        else:
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".planes-", dir=scratch))) / "sum.f32"
+            reserve_disk(path, nbytes(shape, 4), what)
+            total = np.memmap(path, np.float32, "r+", shape=shape)
+        done = 0
+
+        def step(k: int, n: int) -> None:
+            if progress:
+                progress(done * n + k, n * len(planes))
+
+        for done, plane in enumerate(planes):
+            view = np.moveaxis(total, 1 + PLANE_AXIS[plane], 1)
+            for start, _best, probs in iter_labels(model, image, spacing, condition, batch_size, threshold, True,
+                                                   borrow, step, should_stop, plane):
+                view[:, start:start + probs.shape[1]] += probs
+        cutoffs = [threshold] * len(config.organs) if threshold is not None else config.organ_thresholds()
+        offsets = torch.logit(torch.tensor(cutoffs))
+        per_chunk = max(1, min(batch_size, CHUNK_BYTES // nbytes(shape[:1] + shape[2:], 4)))
+        for z in range(0, image.shape[0], per_chunk):
+            mean = np.asarray(total[:, z:z + per_chunk]) / len(planes)  # (M, k, y, x)
+            with torch.inference_mode():
+                best = vote(torch.logit(torch.from_numpy(np.moveaxis(mean, 0, 1)), eps=1e-6), offsets)
+            yield z, best.to(torch.uint8).numpy(), mean.astype(np.float16) if keep_probabilities else None
+        del total, view
+
+
 def predict_volume(
     model: MOSnet,
     image,
@@ -255,61 +318,23 @@ def predict_volume(
     (:meth:`MOSnetConfig.borrowed_organs`); without it, every organ is read under ``condition``.
     The whole label volume is kept in memory; :func:`iter_labels` streams it instead. A multi-planar
     model (``plane`` "axial+coronal", ...) runs on each of its planes and votes on the mean of their
-    probabilities, holding them all in memory (:func:`_predict_planes`).
+    probabilities, held in memory too (:func:`iter_fused_labels`, which can hold them on disk).
     """
     config = model.config
     _check(model, image, spacing, condition, batch_size)
-    if len(config.planes) > 1:
-        return _predict_planes(model, image, spacing, condition, batch_size, threshold, keep_probabilities, borrow,
-                               progress, should_stop)
-    axis = PLANE_AXIS[config.plane]
+    fused = len(config.planes) > 1
+    plane = "axial" if fused else config.plane
     check_allocation(nbytes(image.shape, 1 + (2 * len(config.organs) if keep_probabilities else 0)),
                      f"the labels{' and probabilities' if keep_probabilities else ''} of a scan of "
                      f"{tuple(image.shape)} voxels")
     labels = np.zeros(image.shape, np.uint8)
-    label_stack = to_slices(labels, config.plane)
+    label_stack = to_slices(labels, plane)
     probabilities = np.zeros((len(config.organs), *image.shape), np.float16) if keep_probabilities else None
-    prob_stack = np.moveaxis(probabilities, 1 + axis, 1) if probabilities is not None else None
-    for start, best, probs in iter_labels(model, image, spacing, condition, batch_size, threshold,
-                                          keep_probabilities, borrow, progress, should_stop):
+    prob_stack = np.moveaxis(probabilities, 1 + PLANE_AXIS[plane], 1) if probabilities is not None else None
+    slabs = (iter_fused_labels if fused else iter_labels)(model, image, spacing, condition, batch_size, threshold,
+                                                          keep_probabilities, borrow, progress, should_stop)
+    for start, best, probs in slabs:
         label_stack[start:start + len(best)] = best
         if prob_stack is not None:
             prob_stack[:, start:start + len(best)] = probs
-    return CTPrediction(labels, {o: i + 1 for i, o in enumerate(config.organs)}, probabilities)
-
-
-def _predict_planes(model: MOSnet, image, spacing: tuple[float, float, float], condition: str,
-                    batch_size: int | None, threshold: float | None, keep_probabilities: bool, borrow: bool,
-                    progress: Callable[[int, int], None] | None, should_stop: Callable[[], bool]) -> CTPrediction:
-    """A multi-planar MOSnet's prediction: each organ's probability averaged over its planes (as the
-    Multi-Planar U-Net of Perslev et al. 2019 fuses its views, here with equal weights), then the
-    label vote at the model's thresholds. A slice on one plane sees the whole body along another
-    axis, which a stack of axial slices alone never shows the network."""
-    config = model.config
-    planes = config.planes
-    check_allocation(nbytes(image.shape, 1 + 4 * len(config.organs) + (2 * len(config.organs) if keep_probabilities
-                                                                       else 0)),
-                     f"the labels and the {len(planes)} planes' mean probabilities of a scan of "
-                     f"{tuple(image.shape)} voxels")
-    image = np.asarray(image)  # read once: slabs are cut along several axes
-    total = np.zeros((len(config.organs), *image.shape), np.float32)
-    done = 0
-
-    def step(k: int, n: int) -> None:
-        if progress:
-            progress(done * n + k, n * len(planes))
-
-    for done, plane in enumerate(planes):
-        stack = np.moveaxis(total, 1 + PLANE_AXIS[plane], 1)
-        for start, _best, probs in iter_labels(model, image, spacing, condition, batch_size, threshold, True, borrow,
-                                               step, should_stop, plane):
-            stack[:, start:start + probs.shape[1]] += probs
-    total /= len(planes)
-    cutoffs = [threshold] * len(config.organs) if threshold is not None else config.organ_thresholds()
-    offsets = torch.logit(torch.tensor(cutoffs))
-    labels = np.zeros(image.shape, np.uint8)
-    for z in range(0, len(labels), 16):  # a few slices at a time: the vote's float copies stay small
-        chunk = torch.from_numpy(np.moveaxis(total[:, z:z + 16], 0, 1))
-        labels[z:z + 16] = vote(torch.logit(chunk, eps=1e-6), offsets).to(torch.uint8).numpy()
-    probabilities = total.astype(np.float16) if keep_probabilities else None
     return CTPrediction(labels, {o: i + 1 for i, o in enumerate(config.organs)}, probabilities)

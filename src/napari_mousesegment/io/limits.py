@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import zipfile
 from collections.abc import Iterable
 
@@ -64,6 +65,24 @@ def check_allocation(size: int, what: str) -> int:
         raise TooLarge(f"{what} would need {human(size)} of memory, more than {MEMORY_SHARE:.0%} of this "
                        f"machine's {human(physical_memory())}")
     return size
+
+
+def reserve_disk(path: str | os.PathLike, size: int, what: str) -> None:
+    """Give the new file ``path`` its ``size`` bytes on disk now, or raise :class:`TooLarge` naming
+    ``what`` and the free space. A file memory-mapped later then never meets a full disk halfway
+    (which would kill the process with SIGBUS rather than raise)."""
+    size = int(size)
+    folder = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise TooLarge(f"{what} would need {human(size)} of disk space; {folder} has {human(free)} free")
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except AttributeError:  # no posix_fallocate (macOS, Windows): a sparse file, checked against free space above
+            f.truncate(size)
+        except OSError as exc:
+            raise TooLarge(f"{what} would need {human(size)} of disk space; {folder}: {exc.strerror}") from exc
 
 
 #: Deflate shrinks data at most about 1032:1; a member declaring more than that per stored byte lies.

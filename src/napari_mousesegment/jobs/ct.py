@@ -142,7 +142,7 @@ def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | o
     ``condition`` may be ``auto`` (:func:`pick_condition`), and the choice goes to ``note`` and to
     the output's manifest. ``progress(done, total)`` follows the network's slices.
     """
-    from ..inference.ct import iter_labels, predict_volume
+    from ..inference.ct import iter_fused_labels, iter_labels, predict_volume
     from ..inference.postprocess import clean_labels
     from ..io.arrays import load, slabs_follow_chunks
     from ..io.hu import check_hu, hu_problem
@@ -169,14 +169,17 @@ def predict_ct_scan(model, scan: str | os.PathLike, condition: str, out: str | o
     files = CT_OUTPUTS + (GEOMETRY_OUTPUTS if volume.geometry is not None else [])
     try:
         with staged(target) as tmp:
-            if cleanup or model.config.plane != "axial":
+            planes = model.config.planes
+            if cleanup or planes in (["coronal"], ["sagittal"]):  # their labels do not come in axial slabs
                 result = predict_volume(model, volume.image, volume.spacing, condition, batch_size=batch_size,
                                         progress=progress)
                 labels = clean_labels(result.labels, organs, volume.spacing) if cleanup else result.labels
                 write_labels(tmp, labels, organs, volume.spacing)
-            else:
-                slabs = iter_labels(model, volume.image, volume.spacing, condition, batch_size=batch_size,
-                                    progress=progress)
+            else:  # a multi-planar model's summed probabilities wait on disk in the staging folder
+                slabs = (iter_labels(model, volume.image, volume.spacing, condition, batch_size=batch_size,
+                                     progress=progress) if len(planes) == 1 else
+                         iter_fused_labels(model, volume.image, volume.spacing, condition, batch_size=batch_size,
+                                           progress=progress, scratch=tmp))
                 stream_labels(tmp, slabs, tuple(volume.image.shape), organs, volume.spacing)
             if volume.geometry is not None:  # read back slab by slab: never a second whole copy
                 write_geometry_outputs(tmp, read_tiff(tmp / "labels.tif", lazy=True)[0], organs, volume.geometry)
