@@ -16,7 +16,8 @@ MOSnet trains through the CLI with the recipe measured best for short CPU budget
 correction round and bioimage.io export can take (axial slices): ``--batch-size 4 --sampling
 organs --exclusion-weight 1``, spelled out though they are ``train mosnet``'s CPU defaults since
 2026-12-04, and the defaults' two HU windows (weights shipped before then read the paper's one
-window). The plain U-Net is experiments/heldout_anatomy.py's (width 16,
+window). On a CPU the run also takes the default ``--variant bm_cm`` since 2026-12-04; the weights
+shipped are the ``full`` model. The plain U-Net is experiments/heldout_anatomy.py's (width 16,
 Adam at 1e-3, Dice + BCE, batches of 8, threshold 0.5, the condition as a second channel). The
 table (per organ and condition, and the big-organ mean per anatomy) goes to OUT/ship_mosnet.json.
 

@@ -90,9 +90,11 @@ def test_train_mosnet_defaults_are_the_measured_recipe_and_the_paper_s_stays_rea
     settings = meta["training"]["settings"]
     assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (0, 2000, [[40, 400]])
     assert (settings["batch_size"], settings["sampling"], settings["exclusion_weight"]) == (4, "organs", 1.0)
+    assert meta["variant"] == "bm_cm"  # on a CPU: no reconstruction decoder
     _, meta = _train_and_predict(root, tmp_path / "paper", "--window", "400,1000", "--batch-size", "16",
-                                 "--sampling", "uniform", "--exclusion-weight", "0")
+                                 "--sampling", "uniform", "--exclusion-weight", "0", "--variant", "full")
     settings = meta["training"]["settings"]
+    assert meta["variant"] == "full"
     assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (400, 1000, [])
     assert (settings["batch_size"], settings["sampling"], settings["exclusion_weight"]) == (16, "uniform", 0.0)
 
