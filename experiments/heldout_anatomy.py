@@ -25,6 +25,9 @@ with the condition as a second input channel, for the same minutes; no flips, si
 right differ in a mouse. Both are scored on the test phantoms' own grid: per-organ DSC, mean over
 scans. The table is printed and written to OUT/heldout_anatomy.json.
 
+``--variation X`` draws the training phantoms' organs with X times the usual spread (test
+phantoms keep the usual one): domain randomization toward anatomy no map in the pool has.
+
 Variants train in the same run, on the same data, for the same minutes: ``--context-slices K``
 makes the main MOSnet 2.5D, ``--mosnet-flags="FLAGS"`` gives it other train flags (a recipe in
 place of the contract command's defaults), and ``--also NAME=FLAGS`` adds a MOSnet trained with extra flags, e.g.
@@ -91,7 +94,7 @@ def make_data(args: argparse.Namespace) -> dict[str, Path]:
         if not (out / "dataset.json").is_file():
             run("mousesegment", "synth", "ct", "--out", str(out), "--count", str(args.train), "--seed",
                 str(SEEDS[condition]), "--condition", condition, "--shape", shape, "--atlas", "ellipsoids", *atlas,
-                "--hold-out", args.hold_out)
+                "--hold-out", args.hold_out, "--variation", str(args.variation))
         sets[condition] = out
     return sets
 
@@ -233,6 +236,9 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variation", type=float, default=1.0,
+                        help="the training phantoms' shape variation (`synth ct --variation`; default 1); "
+                             "test phantoms keep 1")
     parser.add_argument("--context-slices", type=int, default=0,
                         help="train MOSnet on 2.5D input: neighbouring slices each side (default 0: 2D)")
     parser.add_argument("--mosnet-flags", default="", metavar="FLAGS",

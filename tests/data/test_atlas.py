@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage as ndi
 
 from napari_mousesegment.cli import main
@@ -113,6 +114,42 @@ def test_each_organ_of_the_map_varies_on_its_own(maps):
     ratios = [s.organ_volumes()["kidneys"] / s.organ_volumes()["liver"] for s in scans]
     assert offsets.std(0).max() > 0.7  # voxels: more than the whole map's warp alone moves them apart
     assert max(ratios) / min(ratios) > 1.3
+
+
+def test_variation_widens_the_maps_anatomy_only(maps, tmp_path, capsys):
+    """``variation`` scales how far each organ moves and grows; 1 is the default, bit for bit,
+    and the ellipsoid organs, the body and the noise stay the seed's."""
+    atlas = read_atlas(maps["a"])
+
+    def spread(variation):
+        scans = [ct_phantom(seed, "native", shape=SHAPE, atlas=atlas, variation=variation) for seed in range(6)]
+        offsets = np.array([_centre(s.labels, "heart") - _centre(s.labels, "liver") for s in scans])
+        ratios = [s.organ_volumes()["kidneys"] / s.organ_volumes()["liver"] for s in scans]
+        return offsets.std(0).max(), max(ratios) / min(ratios)
+
+    (move0, grow0), (move1, grow1), (move2, grow2) = spread(0.0), spread(1.0), spread(2.0)
+    assert move0 < move1 < move2 and grow0 < grow1 < grow2
+    default = ct_phantom(3, "native", shape=SHAPE, atlas=atlas)
+    assert ct_phantom(3, "native", shape=SHAPE, atlas=atlas, variation=1.0).image.tobytes() == default.image.tobytes()
+    wide = ct_phantom(3, "native", shape=SHAPE, atlas=atlas, variation=2.0)
+    assert not np.array_equal(wide.labels, default.labels)
+    bladder = CT_ORGANS["bladder"]  # not in the map: the ellipsoid model's, whatever the variation
+    assert dice(wide.labels == bladder, default.labels == bladder) > 0.7
+    plain = ct_phantom(3, "native", shape=SHAPE)
+    assert ct_phantom(3, "native", shape=SHAPE, variation=2.0).image.tobytes() == plain.image.tobytes()
+    for bad in (-0.1, 3.5, float("nan")):
+        with pytest.raises(ValueError, match="variation must be between 0 and 3"):
+            ct_phantom(3, "native", shape=SHAPE, atlas=atlas, variation=bad)
+    out = tmp_path / "wide"
+    assert main(["synth", "ct", "--out", str(out), "--count", "1", "--seed", "3", "--shape", ",".join(map(str, SHAPE)),
+                 "--atlas", str(maps["a"]), "--variation", "2", "--condition", "contrast"]) == 0
+    labels = tifffile.imread(out / "labels" / "phantom_0003.tif")  # contrast: all 9 organs labelled
+    assert np.array_equal(labels, wide.labels)
+    assert main(["synth", "ultrasound", "--out", str(tmp_path / "us"), "--variation", "2"]) == 2
+    assert "--variation are for `synth ct` only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's own one-line usage error
+        main(["synth", "ct", "--out", str(tmp_path / "bad"), "--atlas", str(maps["a"]), "--variation", "4"])
+    assert "expected a number from 0 to 3, got '4'" in capsys.readouterr().err
 
 
 def test_replaced_organs_leave_no_fat_capsule(maps):

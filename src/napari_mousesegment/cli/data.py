@@ -36,8 +36,8 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; choose another --out or pass --overwrite")
-    if args.kind != "ct" and (args.atlas or args.hold_out or args.shape):
-        raise ValueError("--atlas, --hold-out and --shape are for `synth ct` only")
+    if args.kind != "ct" and (args.atlas or args.hold_out or args.shape or args.variation is not None):
+        raise ValueError("--atlas, --hold-out, --shape and --variation are for `synth ct` only")
     if args.hold_out and not args.atlas:
         raise ValueError("--hold-out names a map among --atlas; give --atlas too")
     pool = [None]
@@ -53,7 +53,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
             drop = tuple(o for o in (args.unannotated or "").split(",") if o)
             scan = ct_phantom(seed=seed, condition=args.condition, shape=args.shape or DEFAULT_SHAPE,
-                              atlas=pool[k % len(pool)])  # round robin: each anatomy as often
+                              atlas=pool[k % len(pool)],  # round robin: each anatomy as often
+                              variation=1.0 if args.variation is None else args.variation)
             write_ct_case(args.out, f"phantom_{seed:04d}", scan, unannotated=drop)
             print(f"  {k + 1}/{args.count} seed {seed} ({scan.anatomy})", flush=True)
         else:
@@ -125,6 +126,10 @@ def add_commands(sub) -> None:
                        help="ct only: leave the map NAME (file name without extensions) out of --atlas")
     synth.add_argument("--shape", type=options.shape, default=None, metavar="Z,Y,X",
                        help="ct only: phantom grid in voxels (default 200,110,150)")
+    synth.add_argument("--variation", type=options.number(0.0, 3.0), default=None, metavar="X",
+                       help="ct only: how far the --atlas maps' organs are warped, 0 to 3 (default 1; 2 doubles "
+                            "the elastic field, organ turns and shifts, and squares the volume and stretch "
+                            "ranges: training data with shapes wider than any one map's)")
     synth.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     synth.set_defaults(func=_cmd_synth)
 

@@ -334,14 +334,20 @@ _FAT_MARGINS = {"heart": 1.5, "kidneys": 2.5, "bladder": 2.0}
 # voxels) about its own centre. Bone spans the body and keeps the map's frame.
 ORGAN_VOLUME = {"stomach": (0.5, 2.5), "bladder": (0.4, 2.5), "intestine": (0.7, 1.5)}
 ORGAN_VOLUME_DEFAULT, ORGAN_STRETCH, ORGAN_ROTATION, ORGAN_SHIFT = (0.7, 1.4), (0.88, 1.14), 10.0, 4.0
+#: ``variation`` scales those warps (elastic field, organ rotations and shifts) and raises the
+#: organs' volume and stretch ranges to its power: 1 is the ranges above, 0 the map's own shapes
+#: (still fitted, turned and scaled as a whole), 2 twice the spread. Training data may use more
+#: than 1 so that a network meets shapes wider than any one map's; test phantoms keep 1.
+MAX_VARIATION = 3.0
 #: Painting order of the varied organs: the larger first, so a smaller one is never buried.
 _ORGAN_ORDER = ("liver", "intestine", "lungs", "stomach", "kidneys", "spleen", "heart", "bladder")
 
 
-def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float, rng: np.random.Generator
-                     ) -> np.ndarray:
+def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float, rng: np.random.Generator,
+                     variation: float = 1.0) -> np.ndarray:
     """The map's labels at ``coords`` (map voxels, (3, z, y, x)), each organ moved on its own.
-    ``voxels_per_mm``: the fit's scale, default-scan voxels per mm of the map.
+    ``voxels_per_mm``: the fit's scale, default-scan voxels per mm of the map; ``variation``: see
+    :data:`MAX_VARIATION` (the random draws are the same at any value).
 
     Each organ's points are mapped by the inverse of a random similarity-plus-stretch about the
     organ's centre in the map, so the organ grows, turns and shifts in place; organs are painted
@@ -353,10 +359,10 @@ def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float
     out[np.isin(out, [CT_ORGANS[o] for o in moving])] = 0
     for organ in moving:
         low, high = ORGAN_VOLUME.get(organ, ORGAN_VOLUME_DEFAULT)
-        volume = np.exp(rng.uniform(np.log(low), np.log(high)))
-        stretch = rng.uniform(*ORGAN_STRETCH, 3)
-        local = _rotation(rng, ORGAN_ROTATION) @ np.diag(np.cbrt(volume / np.prod(stretch)) * stretch)
-        shift = rng.uniform(-ORGAN_SHIFT, ORGAN_SHIFT, 3) / voxels_per_mm  # mm of the map
+        volume = np.exp(rng.uniform(variation * np.log(low), variation * np.log(high)))
+        stretch = rng.uniform(*(np.power(ORGAN_STRETCH, variation)), 3)
+        local = _rotation(rng, variation * ORGAN_ROTATION) @ np.diag(np.cbrt(volume / np.prod(stretch)) * stretch)
+        shift = rng.uniform(-ORGAN_SHIFT, ORGAN_SHIFT, 3) * variation / voxels_per_mm  # mm of the map
         centre = atlas.centroids[organ]  # mm in the map
         inverse = (np.linalg.inv(local) * (1 / spacing)[:, None] * spacing[None, :]).astype(np.float32)
         centre_vox = (centre / spacing).astype(np.float32)
@@ -369,13 +375,14 @@ def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float
     return out
 
 
-def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> np.ndarray:
+def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator, variation: float = 1.0) -> np.ndarray:
     """The map's labels on the canvas grid: fitted to the phantom's own organs, then warped.
 
     The fit matches the centre and total volume of the organs the map has (bone aside, whose
     extent depends on the scan's field of view) with the same organs of the ellipsoid model, so
     the map's shapes and proportions land where the phantom's body holds them. A random affine
     and elastic field warp the whole map; :func:`_organ_variation` then varies each organ.
+    ``variation`` scales the elastic field and each organ's variation (:data:`MAX_VARIATION`).
     """
     fit = [o for o in atlas.organs if o != "bone"] or list(atlas.organs)
     values = [CT_ORGANS[o] for o in fit]
@@ -388,11 +395,11 @@ def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> np.
     matrix = per_mm * _rotation(rng, ATLAS_ROTATION) @ np.diag(rng.uniform(*ATLAS_SCALE, 3))
     to_atlas = np.linalg.inv(matrix) / np.asarray(atlas.spacing)[:, None]  # default voxels -> map voxels
     points = np.indices(cv.shape, dtype=np.float32)
-    for axis, field in enumerate(_displacement(cv.shape, rng, ATLAS_ELASTIC, np.ones(3))):
+    for axis, field in enumerate(_displacement(cv.shape, rng, variation * ATLAS_ELASTIC, np.ones(3))):
         points[axis] = points[axis] / cv.scale[axis] + field - target[axis]
     coords = np.tensordot(to_atlas.astype(np.float32), points, axes=1)
     coords += (source / np.asarray(atlas.spacing)).astype(np.float32)[:, None, None, None]
-    return _organ_variation(coords, atlas, per_mm, rng)
+    return _organ_variation(coords, atlas, per_mm, rng, variation)
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
@@ -525,6 +532,7 @@ def ct_phantom(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: float = DEFAULT_SPACING,
     atlas: LabelAtlas | None = None,
+    variation: float = 1.0,
 ) -> CTPhantom:
     """Make one synthetic whole-body mouse micro-CT scan with organ labels.
 
@@ -542,6 +550,11 @@ def ct_phantom(
         A real label map (:func:`~.atlas.read_atlas`): its organs are drawn from its warped
         shapes, the others from the ellipsoid model. The ellipsoid parts, the body and the noise
         are those of the same seed without a map.
+    variation : float
+        How far a map's organs are warped, 0 to :data:`MAX_VARIATION`: 1 (the default) is the
+        spread of one mouse to the next as drawn so far, 2 twice that, for training data that
+        should cover shapes no single map has. The same seed gives the same draws at any value;
+        without ``atlas`` it changes nothing.
 
     Returns
     -------
@@ -555,6 +568,8 @@ def ct_phantom(
     ((200, 110, 150), (0.28, 0.28, 0.28))
     """
     shape = _check_args(shape, spacing, condition, seed)
+    if not 0.0 <= float(variation) <= MAX_VARIATION:  # NaN fails too
+        raise ValueError(f"variation must be between 0 and {MAX_VARIATION:g}, got {variation!r}")
     rng = np.random.default_rng([int(seed), 20181105])
     cv = _Canvas(shape, rng)
     size = rng.uniform(0.93, 1.07)
@@ -563,7 +578,7 @@ def ct_phantom(
     _paint_organs(cv, yc, xc, ry, rx, size, np.random.default_rng([int(seed), 20181105, 3]))
     if atlas is not None:  # its own random stream: the rest of the animal stays the seed's
         atlas_rng = np.random.default_rng([int(seed), 20181105, 2])
-        _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng), atlas, atlas_rng)
+        _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng, float(variation)), atlas, atlas_rng)
     _deform(cv, amplitude=2.5)
     # Noise depends on the condition too, but anatomy does not: reseed from (seed, condition).
     cv.rng = np.random.default_rng([int(seed), CONDITIONS.index(condition), 7])
