@@ -147,6 +147,8 @@ def test_variation_widens_the_maps_anatomy_only(maps, tmp_path, capsys):
     assert np.array_equal(labels, wide.labels)
     assert main(["synth", "ultrasound", "--out", str(tmp_path / "us"), "--variation", "2"]) == 2
     assert "--variation are for `synth ct` only" in capsys.readouterr().err
+    assert main(["synth", "ct", "--out", str(tmp_path / "none"), "--variation", "2"]) == 2  # ellipsoids alone
+    assert "give --atlas too" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own one-line usage error
         main(["synth", "ct", "--out", str(tmp_path / "bad"), "--atlas", str(maps["a"]), "--variation", "4"])
     assert "expected a number from 0 to 3, got '4'" in capsys.readouterr().err

@@ -40,6 +40,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise ValueError("--atlas, --hold-out, --shape and --variation are for `synth ct` only")
     if args.hold_out and not args.atlas:
         raise ValueError("--hold-out names a map among --atlas; give --atlas too")
+    if args.variation is not None and not args.atlas:
+        raise ValueError("--variation warps the organs of the --atlas maps; give --atlas too")
     pool = [None]
     if args.kind == "ct" and args.atlas:
         from ..data.atlas import load_atlases
