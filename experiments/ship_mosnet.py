@@ -14,8 +14,9 @@ the same anatomies, with all 9 organs in their truth, written to OUT/test.
 
 MOSnet trains through the CLI with the recipe measured best for short CPU budgets among those a
 correction round and bioimage.io export can take (axial slices): ``--batch-size 4 --sampling
-organs --exclusion-weight 1``, spelled out though they are ``train mosnet``'s CPU defaults since
-2026-12-04, and the defaults' two HU windows (weights shipped before then read the paper's one
+organs --exclusion-weight 1 --dice-weight 1``, spelled out though they are ``train mosnet``'s CPU
+defaults since 2026-12-04 (the weights shipped now were trained before the Dice term was, with
+``--dice-weight 0``), and the defaults' two HU windows (weights shipped before then read the paper's one
 window). On a CPU the run also takes the default ``--variant bm_cm`` since 2026-12-04; the weights
 shipped are the ``full`` model. The plain U-Net is experiments/heldout_anatomy.py's (width 16,
 Adam at 1e-3, Dice + BCE, batches of 8, threshold 0.5, the condition as a second channel). The
@@ -52,7 +53,7 @@ from napari_mousesegment.store.load import load_mosnet
 
 SEEDS = {"native": 0, "contrast": 100}
 TEST_SEEDS = {"native": 200, "contrast": 300}
-RECIPE = ("--batch-size", "4", "--sampling", "organs", "--exclusion-weight", "1")
+RECIPE = ("--batch-size", "4", "--sampling", "organs", "--exclusion-weight", "1", "--dice-weight", "1")
 CREDIT = ("Rosenhain S. et al., Sci Data 5:180294 (2018), CC-BY-SA 4.0, via the slicevis example data: "
           "CT280_organs, mouse_b_organs, mouse_c_organs")
 NOTE = ("MOSnet trained on synthetic micro-CT phantoms whose organs are drawn from the ellipsoid model and "
