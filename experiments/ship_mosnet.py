@@ -15,10 +15,10 @@ the same anatomies, with all 9 organs in their truth, written to OUT/test.
 MOSnet trains through the CLI with the recipe measured best for short CPU budgets among those a
 correction round and bioimage.io export can take (axial slices): ``--batch-size 4 --sampling
 organs --exclusion-weight 1 --dice-weight 1``, spelled out though they are ``train mosnet``'s CPU
-defaults since 2026-12-04 (the weights shipped now were trained before the Dice term was, with
-``--dice-weight 0``), and the defaults' two HU windows (weights shipped before then read the paper's one
-window). On a CPU the run also takes the default ``--variant bm_cm`` since 2026-12-04; the weights
-shipped are the ``full`` model. The plain U-Net is experiments/heldout_anatomy.py's (width 16,
+defaults since 2026-12-04, with the defaults' two HU windows and, on a CPU, ``--variant bm_cm``
+(no reconstruction decoder). Version 3 of the built-in (2026-12-04) was trained so; version 2 was
+the ``full`` model on the paper's one window without the Dice term. The built-in being replaced is
+scored on the same test phantoms. The plain U-Net is experiments/heldout_anatomy.py's (width 16,
 Adam at 1e-3, Dice + BCE, batches of 8, threshold 0.5, the condition as a second channel). The
 table (per organ and condition, and the big-organ mean per anatomy) goes to OUT/ship_mosnet.json.
 
@@ -112,9 +112,13 @@ def evaluate(tests: dict[str, list], predict) -> dict:
     return {"dsc": table, **summary(table), "big_by_anatomy": by_anatomy}
 
 
-def _drew_maps(folder: Path) -> bool:
-    """Whether a MOSnet was trained on map-drawn phantoms (as installed by this script)."""
-    return "scans_per_anatomy" in load_mosnet(folder)[2].get("training", {}).get("data", {})
+def _steps(model: Path) -> int:
+    """Training steps of a model folder, from its history.csv (epochs x batches)."""
+    import csv
+
+    with open(model / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return sum(int(float(r.get("steps") or 0)) for r in rows)
 
 
 def install(args: argparse.Namespace, model: Path, result: dict) -> None:
@@ -134,7 +138,11 @@ def install(args: argparse.Namespace, model: Path, result: dict) -> None:
             anatomy[info["anatomy"]] = anatomy.get(info["anatomy"], 0) + 1
     meta["training"]["data"] = {"phantoms": "mousesegment synth ct --atlas ellipsoids --atlas MAPS (round robin)",
                                 "scans_per_anatomy": anatomy, "label_maps": CREDIT,
-                                "recipe": " ".join(RECIPE)}
+                                "recipe": f"{' '.join(RECIPE)}; defaults: variant {meta['variant']}, window "
+                                          f"{meta['window_level']:g},{meta['window_width']:g}, extra windows "
+                                          f"{meta['extra_windows']}",
+                                "budget": f"--max-minutes {args.minutes:g} on a 2-core CPU, "
+                                          f"{_steps(model)} steps of batch 4"}
     (dest / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -167,8 +175,9 @@ def main() -> int:
                     "width": args.width, "recipe": list(RECIPE)}
     result["mosnet"] = evaluate(tests, mosnet_predict(model))
     previous = BUILTIN / "mosnet-synthetic"
-    if (previous / "weights.safetensors").is_file() and not _drew_maps(previous):
-        result["previous_builtin"] = evaluate(tests, mosnet_predict(previous))  # the ellipsoid-only model
+    if (previous / "weights.safetensors").is_file():  # the model this run would replace
+        result["previous_builtin"] = evaluate(tests, mosnet_predict(previous))
+        result["previous_builtin_version"] = load_mosnet(previous)[2].get("version")
     for name in ("mosnet", "previous_builtin"):
         if name in result:
             print(f"{name}: native {result[name]['native_big_mean']:.3f}, contrast {result[name]['contrast_big_mean']:.3f}, "

@@ -74,7 +74,7 @@ def test_a_micro_ct_correction_goes_to_the_local_queue_with_its_spacing_and_cond
     item = widget.send()
     assert item is not None and item.kind == "ct" and item.condition == "contrast" and item.organ is None
     assert item.spacing == pytest.approx(scan.spacing) and item.touched == touched
-    assert (item.model, item.model_version) == ("mosnet-synthetic", "2") and np.array_equal(item.labels(), scan.labels)
+    assert (item.model, item.model_version) == ("mosnet-synthetic", "3") and np.array_equal(item.labels(), scan.labels)
     assert np.array_equal(item.image(), scan.image)
     assert widget._items.data.to_list() == [[1, "pending", "contrast", "mosnet-synthetic", 4]]
 

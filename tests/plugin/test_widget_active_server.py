@@ -87,7 +87,7 @@ def test_a_micro_ct_correction_goes_to_the_server_with_its_spacing_and_condition
     item = result["answer"]["item"]
     assert (item["kind"], item["condition"], item["organ"], item["model"]) == ("ct", "contrast", None,
                                                                                "mosnet-synthetic")
-    assert item["model_version"] == "2" and item["author"] == "ann2"  # mosnet-synthetic v2; who sent it, recorded by the server
+    assert item["model_version"] == "3" and item["author"] == "ann2"  # mosnet-synthetic v3; who sent it, recorded by the server
     assert item["spacing"] == pytest.approx(list(scan.spacing)) and item["touched"] == touched
     assert [i["id"] for i in _client(lab_server).items()] == [item["id"]]
 
