@@ -102,10 +102,12 @@ def test_train_mosnet_defaults_are_the_measured_recipe_and_the_paper_s_stays_rea
 def test_train_mosnet_reads_through_the_windows_it_is_given(trained, tmp_path, capsys):
     root, _ = trained
     _, meta = _train_and_predict(root, tmp_path / "windows", "--window", "100,3000", "--extra-window", "40,400",
-                                 "--extra-window", "60,200")
-    assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (100, 3000, [[40, 400], [60, 200]])
+                                 "--extra-window", "60,200,1.5")
+    assert (meta["window_level"], meta["window_width"], meta["extra_windows"]) == (100, 3000,
+                                                                                  [[40, 400], [60, 200, 1.5]])
     capsys.readouterr()
-    for bad in (["--window", "40"], ["--window", "40,5"], ["--extra-window", "a,b"]):
+    for bad in (["--window", "40"], ["--window", "40,5"], ["--extra-window", "a,b"], ["--window", "40,400,2"],
+                ["--extra-window", "40,400,9"], ["--extra-window", "40,400,nan"], ["--extra-window", "40,400,2,2"]):
         with pytest.raises(SystemExit):
             main(["train", "mosnet", "--data", str(root / "native"), "--out", str(tmp_path / "x"), *bad])
         err = capsys.readouterr().err

@@ -139,8 +139,9 @@ def _mosnet_round_trip(tmp_path, name: str, **fields):
 def test_a_mosnet_with_extra_windows_exports_and_imports_back_the_same(tmp_path, home):
     """The extra windows are cut inside the network, so the package's one clip-and-scale step and its
     weights give our predictor's labels once imported back."""
-    _, restored = _mosnet_round_trip(tmp_path, "mw", window_level=0, window_width=2000, extra_windows=[[40, 400]])
-    assert restored.config.extra_windows == [[40.0, 400.0]]
+    _, restored = _mosnet_round_trip(tmp_path, "mw", window_level=0, window_width=2000,
+                                     extra_windows=[[40, 400], [45, 100, 2]])
+    assert restored.config.extra_windows == [[40.0, 400.0], [45.0, 100.0, 2.0]]
 
 
 def test_a_multi_planar_mosnet_exports_its_axial_reading_and_imports_back_whole(tmp_path, home):

@@ -145,9 +145,12 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                              "--extra-window 40,400: lungs, fat and bone on one channel, soft organs a few HU apart "
                              "on the other; given alone, the network reads this one window; 400,1000 is the "
                              "paper's: -100 to 900 HU, where lungs, fat and air all read 0)")
-    mosnet.add_argument("--extra-window", type=options.window, action="append", default=None, metavar="LEVEL,WIDTH",
+    mosnet.add_argument("--extra-window", type=options.extra_window, action="append", default=None,
+                        metavar="LEVEL,WIDTH[,SIGMA]",
                         help="a further HU window the network cuts from --window, as more input channels "
-                             "(repeat for several, up to 4)")
+                             "(repeat for several, up to 4); SIGMA cuts it from the slice smoothed by a "
+                             "Gaussian of that many model pixels, which lifts soft organs a few HU apart "
+                             "out of the scanner noise")
     mosnet.add_argument("--context-slices", type=options.count(0, 8), default=0,
                         help="2.5D input: neighbouring slices on each side, every --context-step voxels, "
                              "given to the network as channels (default 0: 2D slices)")

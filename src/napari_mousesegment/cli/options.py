@@ -48,6 +48,19 @@ def window(text: str) -> tuple[float, float]:
     return values  # type: ignore[return-value]
 
 
+def extra_window(text: str) -> tuple[float, ...]:
+    """``--extra-window``: LEVEL,WIDTH as ``--window``, or LEVEL,WIDTH,SIGMA to cut it from the slice
+    smoothed by a Gaussian of SIGMA model pixels (0 to 8)."""
+    head, _, sigma = text.rpartition(",") if text.count(",") == 2 else (text, "", "")
+    values = window(head)
+    if not sigma:
+        return values
+    smooth = numbers(sigma, float, "extra window sigma", "40,400,1.5")[0]
+    if not 0 <= smooth <= 8:  # also NaN
+        raise argparse.ArgumentTypeError(f"extra window sigma must be 0 to 8 model pixels, got {text!r}")
+    return (*values, smooth)
+
+
 def hu(text: str) -> str | tuple[float, float]:
     """``--hu``: ``auto``, or AIR,WATER raw grey values that become -1000 and 0 HU."""
     from ..io.hu import parse_hu

@@ -115,15 +115,17 @@ def _table(check_value: Callable[[Any], str | None]) -> Callable[[Any], str | No
 
 
 def _windows(value: Any) -> str | None:
-    """Extra HU windows: at most 4 [level, width] pairs, width from 10 HU."""
+    """Extra HU windows: at most 4 [level, width] or [level, width, sigma], width from 10 HU, sigma
+    (model pixels of smoothing) from 0 to 8."""
     if not isinstance(value, list) or len(value) > 4:
         return f"must be a list of at most 4 [level, width] pairs, got {value!r}"
     for pair in value:
-        if not isinstance(pair, list) or len(pair) != 2:
-            return f"must hold [level, width] pairs, got {pair!r}"
-        problem = _number(-10000, 100000)(pair[0]) or _number(10, 100000)(pair[1])
+        if not isinstance(pair, list) or len(pair) not in (2, 3):
+            return f"must hold [level, width] or [level, width, sigma], got {pair!r}"
+        problem = (_number(-10000, 100000)(pair[0]) or _number(10, 100000)(pair[1])
+                   or (_number(0, 8)(pair[2]) if len(pair) == 3 else None))
         if problem:
-            return f"has a window {pair!r} whose level or width {problem}"
+            return f"has a window {pair!r} whose level, width or sigma {problem}"
     return None
 
 
