@@ -51,15 +51,13 @@ def window(text: str) -> tuple[float, float]:
 def extra_window(text: str) -> tuple[float, ...]:
     """``--extra-window``: LEVEL,WIDTH as ``--window``, or LEVEL,WIDTH,SIGMA to cut it from the slice
     smoothed by a Gaussian of SIGMA model pixels (0 to 8)."""
-    from ..models.schema import MAX_SIGMA
-
     head, _, sigma = text.rpartition(",") if text.count(",") == 2 else (text, "", "")
     values = window(head)
     if not sigma:
         return values
     smooth = numbers(sigma, float, "extra window sigma", "40,400,1.5")[0]
-    if not 0 <= smooth <= MAX_SIGMA:  # also NaN
-        raise argparse.ArgumentTypeError(f"extra window sigma must be 0 to {MAX_SIGMA:g} model pixels, got {text!r}")
+    if not 0 <= smooth <= 8:  # also NaN
+        raise argparse.ArgumentTypeError(f"extra window sigma must be 0 to 8 model pixels, got {text!r}")
     return (*values, smooth)
 
 

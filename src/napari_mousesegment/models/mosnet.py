@@ -25,9 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .schema import MAX_SIGMA
-
 VARIANTS = ("full", "bm", "bm_cm", "bm_rb")
+MAX_SIGMA = 8.0  #: the widest smoothing an extra window may ask for, in model pixels
 #: The plane of a config: one, or several in this order joined by "+" (as models.schema.PLANE_CHOICES).
 PLANE_CHOICES = ("axial", "coronal", "sagittal", "axial+coronal", "axial+sagittal", "coronal+sagittal",
                  "axial+coronal+sagittal")

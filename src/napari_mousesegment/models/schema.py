@@ -32,7 +32,6 @@ PLANE_CHOICES = tuple("+".join(c) for k in (1, 2, 3) for c in itertools.combinat
 WIDTH_RANGE = (1, 512)
 DEPTH_RANGE = (1, 8)
 IMAGE_SIZE_RANGE = (8, 4096)
-MAX_SIGMA = 8.0  #: the widest smoothing an extra HU window may ask for, in model pixels
 #: Voxel size (mm) a MOSnet may resample to: 1 µm to 10 mm, as a scan's (io.readers.SPACING_RANGE_MM).
 SPACING_RANGE_MM = (1e-3, 10.0)
 
@@ -117,14 +116,14 @@ def _table(check_value: Callable[[Any], str | None]) -> Callable[[Any], str | No
 
 def _windows(value: Any) -> str | None:
     """Extra HU windows: at most 4 [level, width] or [level, width, sigma], width from 10 HU, sigma
-    (model pixels of smoothing) from 0 to :data:`MAX_SIGMA`."""
+    (model pixels of smoothing) from 0 to 8."""
     if not isinstance(value, list) or len(value) > 4:
         return f"must be a list of at most 4 [level, width] pairs, got {value!r}"
     for pair in value:
         if not isinstance(pair, list) or len(pair) not in (2, 3):
             return f"must hold [level, width] or [level, width, sigma], got {pair!r}"
         problem = (_number(-10000, 100000)(pair[0]) or _number(10, 100000)(pair[1])
-                   or (_number(0, MAX_SIGMA)(pair[2]) if len(pair) == 3 else None))
+                   or (_number(0, 8)(pair[2]) if len(pair) == 3 else None))
         if problem:
             return f"has a window {pair!r} whose level, width or sigma {problem}"
     return None
