@@ -38,6 +38,7 @@ docs/results-mosnet.md).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -129,6 +130,12 @@ def train_mosnet(args: argparse.Namespace, sets: dict[str, Path], name: str = "m
             "--out", str(out), "--width", str(args.width), "--image-size", str(args.image_size),
             "--max-minutes", str(args.minutes), "--device", "cpu", "--seed", str(args.seed), *extra)
     return out
+
+
+def train_steps(folder: Path) -> int:
+    """Optimisation steps a model folder's run took: the sum of its history.csv's ``steps`` column."""
+    with open(folder / "history.csv", newline="") as f:
+        return sum(int(float(row.get("steps") or 0)) for row in csv.DictReader(f))
 
 
 def score_mosnet(folder: Path, tests: dict[str, list]) -> dict[str, dict[str, float]]:

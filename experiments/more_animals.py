@@ -48,13 +48,6 @@ def train(data: Path, out: Path, minutes: float, seed: int, extra: list[str]) ->
     return out
 
 
-def steps(folder: Path) -> int:
-    """Optimisation steps the run took, from its history."""
-    rows = (folder / "history.csv").read_text().splitlines()
-    column = rows[0].split(",").index("steps")
-    return sum(int(row.split(",")[column]) for row in rows[1:])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--few", type=Path, required=True, help="data folder of the fewer phantoms (all slices)")
@@ -77,7 +70,7 @@ def main() -> int:
     tests = heldout.make_tests(argparse.Namespace(atlas=[args.atlas], hold_out=args.hold_out,
                                                   shape=heldout.DEFAULT_SHAPE, test=args.test, out=args.out))
     tables = {name: heldout.score_mosnet(folder, tests) for name, folder in runs.items()}
-    counts = {name: steps(folder) for name, folder in runs.items()}
+    counts = {name: heldout.train_steps(folder) for name, folder in runs.items()}
     if not args.no_plain:
         config = MOSnetConfig(organs=list(CT_ORGANS), image_size=128)
         plain, counts["plain_unet"] = heldout.train_plain(

@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.heldout_anatomy import BIG, plain_labels, print_table, summary, train_plain
+from experiments.heldout_anatomy import BIG, plain_labels, print_table, summary, train_plain, train_steps
 from experiments.ship_weights import BUILTIN, ship
 
 from napari_mousesegment.data.atlas import load_atlases
@@ -112,15 +112,6 @@ def evaluate(tests: dict[str, list], predict) -> dict:
     return {"dsc": table, **summary(table), "big_by_anatomy": by_anatomy}
 
 
-def _steps(model: Path) -> int:
-    """Training steps of a model folder, from its history.csv (epochs x batches)."""
-    import csv
-
-    with open(model / "history.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return sum(int(float(r.get("steps") or 0)) for r in rows)
-
-
 def install(args: argparse.Namespace, model: Path, result: dict) -> None:
     """Ship ``model`` as mosnet-synthetic, with its test scores and the data it saw."""
     mine = result["mosnet"]
@@ -142,7 +133,7 @@ def install(args: argparse.Namespace, model: Path, result: dict) -> None:
                                           f"{meta['window_level']:g},{meta['window_width']:g}, extra windows "
                                           f"{meta['extra_windows']}",
                                 "budget": f"--max-minutes {args.minutes:g} on a 2-core CPU, "
-                                          f"{_steps(model)} steps of batch 4"}
+                                          f"{train_steps(model)} steps of batch 4"}
     (dest / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
