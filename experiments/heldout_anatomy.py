@@ -91,7 +91,7 @@ def run(*cmd: str) -> None:
 
 
 def make_data(args: argparse.Namespace) -> dict[str, Path]:
-    """The two training sets, through `synth ct` (skipped when already written)."""
+    """The two training sets, through `synth ct` (kept when already written for the same question)."""
     shape = ",".join(map(str, args.shape))
     if args.train_on_held_out:  # the ceiling: the held-out map's own anatomy, other seeds than the tests'
         atlas = ["--atlas", str(held_out_path(args))]
@@ -105,8 +105,19 @@ def make_data(args: argparse.Namespace) -> dict[str, Path]:
             run("mousesegment", "synth", "ct", "--out", str(out), "--count", str(args.train), "--seed",
                 str(SEEDS[condition]), "--condition", condition, "--shape", shape, *atlas,
                 "--variation", str(args.variation))
+        check_anatomy(out, args)
         sets[condition] = out
     return sets
+
+
+def check_anatomy(folder: Path, args: argparse.Namespace) -> None:
+    """Refuse a training set written earlier for the other question (unseen map, or its own anatomy)."""
+    anatomy = {case["anatomy"] for case in json.loads((folder / "dataset.json").read_text())["phantoms"].values()}
+    fits = anatomy == {args.hold_out} if args.train_on_held_out else args.hold_out not in anatomy
+    if not fits:
+        want = "only" if args.train_on_held_out else "no"
+        raise SystemExit(f"{folder}: its phantoms come from {', '.join(sorted(anatomy))}; this run wants {want} "
+                         f"{args.hold_out} phantoms: choose another --out")
 
 
 def held_out_path(args: argparse.Namespace) -> Path:
