@@ -28,6 +28,10 @@ scans. The table is printed and written to OUT/heldout_anatomy.json.
 ``--variation X`` draws the training phantoms' organs with X times the usual spread (test
 phantoms keep the usual one): domain randomization toward anatomy no map in the pool has.
 
+``--mix-organs P`` gives each organ of a training phantom drawn from a map the chance P of
+another kept map's shape of that organ (one mouse's heart in another's layout); the test phantoms
+keep one map's.
+
 ``--train-on-held-out`` draws the training phantoms from the held-out map alone, with the same
 seeds as usual (the tests' seeds differ), so the anatomy is no longer unseen: what the same budget
 and recipe reach on that map when generalisation is not asked of them, the ceiling the unseen-map
@@ -104,7 +108,8 @@ def make_data(args: argparse.Namespace) -> dict[str, Path]:
         if not (out / "dataset.json").is_file():
             run("mousesegment", "synth", "ct", "--out", str(out), "--count", str(args.train), "--seed",
                 str(SEEDS[condition]), "--condition", condition, "--shape", shape, *atlas,
-                "--variation", str(args.variation))
+                "--variation", str(args.variation),
+                *(("--mix-organs", str(args.mix_organs)) if args.mix_organs else ()))
         check_anatomy(out, args)
         sets[condition] = out
     return sets
@@ -112,12 +117,16 @@ def make_data(args: argparse.Namespace) -> dict[str, Path]:
 
 def check_anatomy(folder: Path, args: argparse.Namespace) -> None:
     """Refuse a training set written earlier for the other question (unseen map, or its own anatomy)."""
-    anatomy = {case["anatomy"] for case in json.loads((folder / "dataset.json").read_text())["phantoms"].values()}
+    phantoms = json.loads((folder / "dataset.json").read_text())["phantoms"].values()
+    anatomy = {case["anatomy"] for case in phantoms}
     fits = anatomy == {args.hold_out} if args.train_on_held_out else args.hold_out not in anatomy
     if not fits:
         want = "only" if args.train_on_held_out else "no"
         raise SystemExit(f"{folder}: its phantoms come from {', '.join(sorted(anatomy))}; this run wants {want} "
                          f"{args.hold_out} phantoms: choose another --out")
+    if any("borrowed" in case for case in phantoms) != bool(args.mix_organs):
+        raise SystemExit(f"{folder}: its phantoms were drawn {'without' if args.mix_organs else 'with'} "
+                         "--mix-organs; choose another --out")
 
 
 def held_out_path(args: argparse.Namespace) -> Path:
@@ -271,6 +280,9 @@ def main() -> int:
     parser.add_argument("--variation", type=float, default=1.0,
                         help="the training phantoms' shape variation (`synth ct --variation`; default 1); "
                              "test phantoms keep 1")
+    parser.add_argument("--mix-organs", type=float, default=0.0, metavar="P",
+                        help="the training phantoms' organs each take another map's shape with chance P "
+                             "(`synth ct --mix-organs`; default 0); test phantoms keep one map's")
     parser.add_argument("--train-on-held-out", action="store_true",
                         help="draw the training phantoms from the held-out map alone (other seeds than the "
                              "tests'): what the same budget reaches when the anatomy is not unseen")
@@ -324,6 +336,7 @@ def main() -> int:
               "shape": list(args.shape), "train_per_condition": args.train, "test_per_condition": args.test,
               "width": args.width, "image_size": args.image_size, "context_slices": args.context_slices,
               "mosnet_flags": args.mosnet_flags, "train_on_held_out": args.train_on_held_out,
+              "variation": args.variation, "mix_organs": args.mix_organs,
               "plain_unet_steps": steps, "plain_unet_trajectory": trajectory,
               **{name: {"dsc": table, **summary(table)} for name, table in tables.items()}}
     path = args.out / "heldout_anatomy.json"

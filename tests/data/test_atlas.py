@@ -146,7 +146,7 @@ def test_variation_widens_the_maps_anatomy_only(maps, tmp_path, capsys):
     labels = tifffile.imread(out / "labels" / "phantom_0003.tif")  # contrast: all 9 organs labelled
     assert np.array_equal(labels, wide.labels)
     assert main(["synth", "ultrasound", "--out", str(tmp_path / "us"), "--variation", "2"]) == 2
-    assert "--variation are for `synth ct` only" in capsys.readouterr().err
+    assert "--variation and --mix-organs are for `synth ct` only" in capsys.readouterr().err
     assert main(["synth", "ct", "--out", str(tmp_path / "none"), "--variation", "2"]) == 2  # ellipsoids alone
     assert "give --atlas too" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own one-line usage error
@@ -189,6 +189,60 @@ def test_pool_round_robin_and_hold_out(maps, tmp_path):
     assert {c: p["anatomy"] for c, p in meta["phantoms"].items()} == {
         "phantom_0005": "ellipsoids", "phantom_0006": "mouse_a", "phantom_0007": "ellipsoids"}
     assert "stomach" not in meta["organs"]  # the native dataset's organs, as without --atlas
+
+
+def _wide_heart_mouse() -> np.ndarray:
+    """The same mouse with a heart 1.7 times as large, long across the body instead of round."""
+    labels = _mouse()
+    labels[labels == CLASSES["Heart"]] = 0
+    _blob(labels, (22, 24, 27), (5, 6, 14), CLASSES["Heart"])
+    return labels
+
+
+def _spread(labels, organ):
+    """How far an organ reaches across the body (x) against along it (z): coordinate SDs."""
+    zyx = np.argwhere(labels == CT_ORGANS[organ])
+    return zyx[:, 2].std() / zyx[:, 0].std()
+
+
+def test_mixed_organs_take_another_maps_shape_in_this_maps_layout(maps, tmp_path, capsys):
+    """``mix`` gives each organ of a map another map's shape, scaled to this map's volume and put
+    where this map has it; ``mix=0`` is the phantom without donors, bit for bit."""
+    atlas = read_atlas(maps["a"])
+    wide = read_atlas(_write_map(tmp_path / "other", "mouse_wide", _wide_heart_mouse()))
+    plain = ct_phantom(4, "contrast", shape=SHAPE, atlas=atlas)
+    assert ct_phantom(4, "contrast", shape=SHAPE, atlas=atlas, donors=[atlas, wide]).image.tobytes() == \
+        plain.image.tobytes() and plain.borrowed == {}
+    mixed = ct_phantom(4, "contrast", shape=SHAPE, atlas=atlas, donors=[atlas, wide], mix=1.0)
+    assert mixed.anatomy == "mouse_a"
+    assert mixed.borrowed == {o: "mouse_wide" for o in ("liver", "lungs", "kidneys", "heart")}
+    assert _spread(mixed.labels, "heart") > 1.6 * _spread(plain.labels, "heart")  # the donor's wide heart
+    ratio = mixed.organ_volumes()["heart"] / plain.organ_volumes()["heart"]
+    assert 0.8 < ratio < 1.25  # this map's heart volume, not the donor's 1.7 times
+    assert np.linalg.norm(_centre(mixed.labels, "heart") - _centre(plain.labels, "heart")) < 2.0  # voxels
+    for organ in ("bladder", "intestine"):  # not in the map: the ellipsoid model's, as without donors
+        assert dice(mixed.labels == CT_ORGANS[organ], plain.labels == CT_ORGANS[organ]) > 0.7, organ
+    halves = [ct_phantom(seed, "native", shape=SHAPE, atlas=atlas, donors=[wide], mix=0.5).borrowed
+              for seed in range(8)]
+    assert 0 < sum(map(len, halves)) < 4 * len(halves)  # some organs borrowed, not every one
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="mix must be between 0 and 1"):
+            ct_phantom(4, "native", shape=SHAPE, atlas=atlas, donors=[wide], mix=bad)
+
+    out = tmp_path / "mixed"
+    assert main(["synth", "ct", "--out", str(out), "--count", "1", "--seed", "4", "--shape", ",".join(map(str, SHAPE)),
+                 "--atlas", str(maps["a"]), "--atlas", str(wide_path := tmp_path / "other" / "mouse_wide.nii.gz"),
+                 "--mix-organs", "1", "--condition", "contrast"]) == 0
+    assert "1/1 seed 4 (mouse_a, liver of mouse_wide" in capsys.readouterr().out
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["phantoms"]["phantom_0004"] == {"seed": 4, "anatomy": "mouse_a", "borrowed": mixed.borrowed}
+    assert np.array_equal(tifffile.imread(out / "labels" / "phantom_0004.tif"), mixed.labels)
+    lone = ["synth", "ct", "--out", str(tmp_path / "lone"), "--atlas", "ellipsoids", "--atlas", str(maps["a"]),
+            "--atlas", str(wide_path), "--hold-out", "mouse_wide", "--mix-organs", "0.5"]
+    assert main(lone) == 2
+    assert "give at least two maps (after --hold-out), got 1" in capsys.readouterr().err
+    assert main(["synth", "ultrasound", "--out", str(tmp_path / "us"), "--mix-organs", "0.5"]) == 2
+    assert "--mix-organs are for `synth ct` only" in capsys.readouterr().err
 
 
 def test_rosenhain_maps_when_present():

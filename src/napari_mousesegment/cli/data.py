@@ -36,8 +36,9 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; choose another --out or pass --overwrite")
-    if args.kind != "ct" and (args.atlas or args.hold_out or args.shape or args.variation is not None):
-        raise ValueError("--atlas, --hold-out, --shape and --variation are for `synth ct` only")
+    if args.kind != "ct" and (args.atlas or args.hold_out or args.shape or args.variation is not None
+                              or args.mix_organs is not None):
+        raise ValueError("--atlas, --hold-out, --shape, --variation and --mix-organs are for `synth ct` only")
     if args.hold_out and not args.atlas:
         raise ValueError("--hold-out names a map among --atlas; give --atlas too")
     if args.variation is not None and not args.atlas:
@@ -47,6 +48,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         from ..data.atlas import load_atlases
 
         pool = load_atlases(args.atlas, args.hold_out)
+    maps = [a for a in pool if a is not None]
+    if args.mix_organs is not None and len(maps) < 2:
+        raise ValueError("--mix-organs swaps organs between the --atlas label maps; give at least two maps "
+                         f"(after --hold-out), got {len(maps)}")
     for k in range(args.count):
         seed = args.seed + k
         if args.kind == "ct":
@@ -56,9 +61,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             drop = tuple(o for o in (args.unannotated or "").split(",") if o)
             scan = ct_phantom(seed=seed, condition=args.condition, shape=args.shape or DEFAULT_SHAPE,
                               atlas=pool[k % len(pool)],  # round robin: each anatomy as often
-                              variation=1.0 if args.variation is None else args.variation)
+                              variation=1.0 if args.variation is None else args.variation,
+                              donors=maps, mix=args.mix_organs or 0.0)
             write_ct_case(args.out, f"phantom_{seed:04d}", scan, unannotated=drop)
-            print(f"  {k + 1}/{args.count} seed {seed} ({scan.anatomy})", flush=True)
+            borrowed = "".join(f", {o} of {m}" for o, m in scan.borrowed.items())
+            print(f"  {k + 1}/{args.count} seed {seed} ({scan.anatomy}{borrowed})", flush=True)
         else:
             from ..data.phantom_us import ultrasound_series, write_us_series
 
@@ -132,6 +139,10 @@ def add_commands(sub) -> None:
                        help="ct only: how far the --atlas maps' organs are warped, 0 to 3 (default 1; 2 doubles "
                             "the elastic field, organ turns and shifts, and squares the volume and stretch "
                             "ranges: training data with shapes wider than any one map's)")
+    synth.add_argument("--mix-organs", type=options.number(0.0, 1.0), default=None, metavar="P",
+                       help="ct only: the chance (0 to 1) that each organ of a --atlas map's phantom takes its shape "
+                            "from another map of the pool that has it, keeping the map's layout and volumes "
+                            "(default 0: each phantom's organs come from one map)")
     synth.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     synth.set_defaults(func=_cmd_synth)
 

@@ -126,13 +126,14 @@ def write_ct_case(dataset: str | os.PathLike, case: str, scan: CTPhantom, name: 
         if organ not in organs:
             labels[labels == value] = 0
     write_case(root, case, scan.image, labels, scan.spacing)
-    record_phantom(root, case, {"seed": scan.seed, "anatomy": scan.anatomy})
+    record_phantom(root, case, {"seed": scan.seed, "anatomy": scan.anatomy,
+                                **({"borrowed": scan.borrowed} if scan.borrowed else {})})
     return root
 
 
 def record_phantom(root: str | os.PathLike, case: str, info: dict) -> None:
-    """Note in dataset.json where a phantom case came from (``"phantoms": {case: {seed, anatomy}}``),
-    so a held-out anatomy experiment can show which label map each scan was drawn from."""
+    """Note in dataset.json where a phantom case came from (``"phantoms": {case: {seed, anatomy}}``,
+    with ``borrowed``: {organ: map} when organs took another map's shape), so a held-out anatomy experiment can show which label map each scan was drawn from."""
     path = Path(root) / META
     meta = read_object(path, "a dataset description")
     phantoms = meta.get("phantoms") if isinstance(meta.get("phantoms"), dict) else {}

@@ -17,6 +17,8 @@ The organs the map lacks keep the ellipsoid model's shapes, so every phantom hol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,7 @@ class CTPhantom:
     condition: str  #: "native" or "contrast"
     seed: int
     anatomy: str = "ellipsoids"  #: the label map the organs came from, or "ellipsoids"
+    borrowed: dict[str, str] = dataclasses.field(default_factory=dict)  #: organ -> the map its shape came from, if not ``anatomy``
 
     def organ_volumes(self) -> dict[str, float]:
         """Volume in mm³ of each organ in the truth labels."""
@@ -344,7 +347,7 @@ _ORGAN_ORDER = ("liver", "intestine", "lungs", "stomach", "kidneys", "spleen", "
 
 
 def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float, rng: np.random.Generator,
-                     variation: float = 1.0) -> np.ndarray:
+                     variation: float = 1.0, borrowed: dict[str, LabelAtlas] | None = None) -> np.ndarray:
     """The map's labels at ``coords`` (map voxels, (3, z, y, x)), each organ moved on its own.
     ``voxels_per_mm``: the fit's scale, default-scan voxels per mm of the map; ``variation``: see
     :data:`MAX_VARIATION` (the random draws are the same at any value).
@@ -352,6 +355,8 @@ def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float
     Each organ's points are mapped by the inverse of a random similarity-plus-stretch about the
     organ's centre in the map, so the organ grows, turns and shifts in place; organs are painted
     larger first. Bone (and any organ not in ``_ORGAN_ORDER``) is sampled unmoved.
+    ``borrowed``: organs whose shape comes from another map (:func:`borrowed_organs`), scaled to this
+    map's volume of the organ and centred where this map has it; the same draws move it.
     """
     spacing = np.asarray(atlas.spacing, np.float32)
     out = ndi.map_coordinates(atlas.labels, coords, order=0, mode="constant", cval=0)
@@ -364,25 +369,30 @@ def _organ_variation(coords: np.ndarray, atlas: LabelAtlas, voxels_per_mm: float
         local = _rotation(rng, variation * ORGAN_ROTATION) @ np.diag(np.cbrt(volume / np.prod(stretch)) * stretch)
         shift = rng.uniform(-ORGAN_SHIFT, ORGAN_SHIFT, 3) * variation / voxels_per_mm  # mm of the map
         centre = atlas.centroids[organ]  # mm in the map
-        inverse = (np.linalg.inv(local) * (1 / spacing)[:, None] * spacing[None, :]).astype(np.float32)
+        source = (borrowed or {}).get(organ, atlas)  # the map whose shape is drawn
+        size = np.cbrt(atlas.volumes[organ] / source.volumes[organ])  # its organ to this map's volume
+        source_spacing = np.asarray(source.spacing, np.float32)
+        inverse = (np.linalg.inv(local) / size * (1 / source_spacing)[:, None] * spacing[None, :]).astype(np.float32)
         centre_vox = (centre / spacing).astype(np.float32)
         shift_vox = (shift / spacing).astype(np.float32)
         moved = np.tensordot(inverse, coords - (centre_vox + shift_vox)[:, None, None, None], axes=1)
-        moved += centre_vox[:, None, None, None]
-        mask = ndi.map_coordinates((atlas.labels == CT_ORGANS[organ]).astype(np.uint8), moved, order=0,
+        moved += (source.centroids[organ] / source_spacing).astype(np.float32)[:, None, None, None]
+        mask = ndi.map_coordinates((source.labels == CT_ORGANS[organ]).astype(np.uint8), moved, order=0,
                                    mode="constant", cval=0)
         out[mask > 0] = CT_ORGANS[organ]
     return out
 
 
-def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator, variation: float = 1.0) -> np.ndarray:
+def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator, variation: float = 1.0,
+                borrowed: dict[str, LabelAtlas] | None = None) -> np.ndarray:
     """The map's labels on the canvas grid: fitted to the phantom's own organs, then warped.
 
     The fit matches the centre and total volume of the organs the map has (bone aside, whose
     extent depends on the scan's field of view) with the same organs of the ellipsoid model, so
     the map's shapes and proportions land where the phantom's body holds them. A random affine
     and elastic field warp the whole map; :func:`_organ_variation` then varies each organ.
-    ``variation`` scales the elastic field and each organ's variation (:data:`MAX_VARIATION`).
+    ``variation`` scales the elastic field and each organ's variation (:data:`MAX_VARIATION`);
+    ``borrowed`` organs take another map's shape (:func:`_organ_variation`).
     """
     fit = [o for o in atlas.organs if o != "bone"] or list(atlas.organs)
     values = [CT_ORGANS[o] for o in fit]
@@ -399,7 +409,26 @@ def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator, variat
         points[axis] = points[axis] / cv.scale[axis] + field - target[axis]
     coords = np.tensordot(to_atlas.astype(np.float32), points, axes=1)
     coords += (source / np.asarray(atlas.spacing)).astype(np.float32)[:, None, None, None]
-    return _organ_variation(coords, atlas, per_mm, rng, variation)
+    return _organ_variation(coords, atlas, per_mm, rng, variation, borrowed)
+
+
+def borrowed_organs(atlas: LabelAtlas, donors: Sequence[LabelAtlas], mix: float, rng: np.random.Generator
+               ) -> dict[str, LabelAtlas]:
+    """Which of the map's organs take their shape from another map: each varied organ, with
+    probability ``mix``, from one of the ``donors`` (other maps) that has it, drawn uniformly.
+
+    Two maps give an animal's organs in more combinations than either alone: one mouse's heart
+    with another's lungs and liver. The map keeps its layout (where each organ sits, and its
+    volume); only the shape is borrowed. Bone spans the body and is never borrowed.
+    """
+    borrowed = {}
+    for organ in _ORGAN_ORDER:
+        if organ not in atlas.organs:
+            continue
+        others = [d for d in donors if d.name != atlas.name and organ in d.organs]
+        if rng.random() < mix and others:
+            borrowed[organ] = others[int(rng.integers(len(others)))]
+    return borrowed
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
@@ -533,6 +562,8 @@ def ct_phantom(
     spacing: float = DEFAULT_SPACING,
     atlas: LabelAtlas | None = None,
     variation: float = 1.0,
+    donors: Sequence[LabelAtlas] = (),
+    mix: float = 0.0,
 ) -> CTPhantom:
     """Make one synthetic whole-body mouse micro-CT scan with organ labels.
 
@@ -555,6 +586,10 @@ def ct_phantom(
         spread of one mouse to the next as drawn so far, 2 twice that, for training data that
         should cover shapes no single map has. The same seed gives the same draws at any value;
         without ``atlas`` it changes nothing.
+    donors, mix : sequence of LabelAtlas, float
+        Other maps, and the chance (0 to 1) that each organ of ``atlas`` takes its shape from one of
+        them that has it (:func:`borrowed_organs`), keeping ``atlas``'s layout and volumes. The draws
+        have their own random stream: ``mix=0`` is the phantom without donors, bit for bit.
 
     Returns
     -------
@@ -576,12 +611,17 @@ def ct_phantom(
     yc, xc, ry, rx = _paint_body(cv, size)
     _paint_bone(cv, yc, xc, ry, rx, size)
     _paint_organs(cv, yc, xc, ry, rx, size, np.random.default_rng([int(seed), 20181105, 3]))
+    if not 0.0 <= float(mix) <= 1.0:
+        raise ValueError(f"mix must be between 0 and 1, got {mix!r}")
+    borrowed: dict[str, LabelAtlas] = {}
     if atlas is not None:  # its own random stream: the rest of the animal stays the seed's
+        if mix > 0:
+            borrowed = borrowed_organs(atlas, donors, float(mix), np.random.default_rng([int(seed), 20181105, 4]))
         atlas_rng = np.random.default_rng([int(seed), 20181105, 2])
-        _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng, float(variation)), atlas, atlas_rng)
+        _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng, float(variation), borrowed), atlas, atlas_rng)
     _deform(cv, amplitude=2.5)
     # Noise depends on the condition too, but anatomy does not: reseed from (seed, condition).
     cv.rng = np.random.default_rng([int(seed), CONDITIONS.index(condition), 7])
     image = _render(cv, condition)
     return CTPhantom(image, cv.labels, (float(spacing),) * 3, dict(CT_ORGANS), condition, int(seed),
-                     atlas.name if atlas is not None else "ellipsoids")
+                     atlas.name if atlas is not None else "ellipsoids", {o: d.name for o, d in borrowed.items()})
