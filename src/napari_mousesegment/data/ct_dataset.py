@@ -133,7 +133,8 @@ def write_ct_case(dataset: str | os.PathLike, case: str, scan: CTPhantom, name: 
 
 def record_phantom(root: str | os.PathLike, case: str, info: dict) -> None:
     """Note in dataset.json where a phantom case came from (``"phantoms": {case: {seed, anatomy}}``,
-    with ``borrowed``: {organ: map} when organs took another map's shape), so a held-out anatomy experiment can show which label map each scan was drawn from."""
+    and ``borrowed``: {organ: map} when organs took another map's shape), so a held-out anatomy
+    experiment can show which label maps each scan was drawn from."""
     path = Path(root) / META
     meta = read_object(path, "a dataset description")
     phantoms = meta.get("phantoms") if isinstance(meta.get("phantoms"), dict) else {}

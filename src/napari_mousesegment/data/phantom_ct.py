@@ -17,8 +17,8 @@ The organs the map lacks keep the ellipsoid model's shapes, so every phantom hol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,7 +64,8 @@ class CTPhantom:
     condition: str  #: "native" or "contrast"
     seed: int
     anatomy: str = "ellipsoids"  #: the label map the organs came from, or "ellipsoids"
-    borrowed: dict[str, str] = dataclasses.field(default_factory=dict)  #: organ -> the map its shape came from, if not ``anatomy``
+    #: organ -> the map its shape came from, where that is not ``anatomy`` (``mix``)
+    borrowed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def organ_volumes(self) -> dict[str, float]:
         """Volume in mm³ of each organ in the truth labels."""
@@ -413,7 +414,7 @@ def _warp_atlas(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator, variat
 
 
 def borrowed_organs(atlas: LabelAtlas, donors: Sequence[LabelAtlas], mix: float, rng: np.random.Generator
-               ) -> dict[str, LabelAtlas]:
+                    ) -> dict[str, LabelAtlas]:
     """Which of the map's organs take their shape from another map: each varied organ, with
     probability ``mix``, from one of the ``donors`` (other maps) that has it, drawn uniformly.
 
