@@ -26,6 +26,7 @@ import heldout_anatomy as h
 
 from napari_mousesegment.data.phantom_ct import ct_phantom
 from napari_mousesegment.inference.ct import predict_volume
+from napari_mousesegment.metrics import dice
 from napari_mousesegment.organs import CT_ORGANS
 from napari_mousesegment.store.load import load_mosnet
 
@@ -42,21 +43,25 @@ def main() -> int:
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
     args.shape = h.DEFAULT_SHAPE
     tests = h.make_tests(args)
+    voids = {}  # per test phantom, drawn once for every model
+    for condition, scans in tests.items():
+        for scan in scans:
+            plain = ct_phantom(scan.seed, condition, shape=tuple(args.shape)).labels
+            voids[condition, scan.seed] = (plain > 0) & (plain != CT_ORGANS["bone"]) & (scan.labels == 0)
     for folder in args.model:
         model = load_mosnet(folder)[0]
         for condition, scans in tests.items():
             means: dict[str, list[float]] = {"as scored": [], "voids left out": []}
             for scan in scans:
-                plain = ct_phantom(scan.seed, condition, shape=tuple(args.shape)).labels
-                void = (plain > 0) & (plain != CT_ORGANS["bone"]) & (scan.labels == 0)
+                void = voids[condition, scan.seed]
                 pred = predict_volume(model, scan.image, scan.spacing, scan.condition).labels
                 cells, plain_dsc, void_free = [], [], []
                 for organ in h.BIG:
                     truth, found = scan.labels == CT_ORGANS[organ], pred == CT_ORGANS[organ]
                     wrong = found & ~truth
-                    dsc = 2 * (truth & found).sum() / max(truth.sum() + found.sum(), 1)
+                    dsc = dice(found, truth)
                     plain_dsc.append(dsc)
-                    void_free.append(2 * (truth & found).sum() / max(truth.sum() + (found & ~void).sum(), 1))
+                    void_free.append(dice(found & ~void, truth))  # the truth never lies in a void
                     cells.append(f"{organ} {dsc:.2f}, false positives {wrong.sum() / max(truth.sum(), 1):.2f} "
                                  f"of its volume, {(wrong & void).sum() / max(wrong.sum(), 1):.2f} in voids")
                 print(f"{folder.name} {condition} seed {scan.seed}: voids {void.sum() / (scan.labels > 0).sum():.2f} "
