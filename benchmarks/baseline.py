@@ -18,9 +18,11 @@ from napari_mousesegment.models.preprocess import (
     fit_square,
     from_slices,
     resample,
+    slice_positions,
     to_slices,
     unfit_square,
     window,
+    with_position,
 )
 
 
@@ -43,9 +45,11 @@ def naive_predict_volume(model: MOSnet, image: np.ndarray, spacing: tuple[float,
     cond = torch.tensor([config.conditions.index(condition)], device=device)
     outputs = []
     with torch.no_grad():
-        for near in context_index(len(slices), config.slice_offsets()):  # the slice, and 2.5D neighbours
+        for k, near in enumerate(context_index(len(slices), config.slice_offsets())):  # with 2.5D neighbours
             x = torch.from_numpy(np.ascontiguousarray(slices[near]))[None].to(device)
             x = fit_square(x, config.image_size, "bilinear")
+            if config.position:  # where along the scan the slice lies
+                x = with_position(x, slice_positions(np.array([k]), len(slices)))
             logits, _ = model(x, cond)
             for other, organs in config.borrowed_organs(condition):  # the predictor's rule, recomputed whole
                 logits[:, organs] = model(x, torch.full_like(cond, other))[0][:, organs]

@@ -67,7 +67,7 @@ def ct(args: argparse.Namespace, device: torch.device, scratch: Path) -> dict:
         predict()
     n_model = model_grid(image.shape, spacing, config.spacing_mm)[PLANE_AXIS[config.plane]]  # slices the network sees
     net = inference_copy(model)
-    one = torch.zeros(1, config.channels, config.image_size, config.image_size, device=device)
+    one = torch.zeros(1, config.input_channels, config.image_size, config.image_size, device=device)
     cond = torch.zeros(1, dtype=torch.long, device=device)
     borrowed = config.borrowed_organs("native")  # organs the native datasets never annotated: a second decoder pass
     with torch.inference_mode():
@@ -75,7 +75,7 @@ def ct(args: argparse.Namespace, device: torch.device, scratch: Path) -> dict:
     rates = matmul_rate(device, 1024 if args.quick else 2048)
     # The network alone on one default batch: its share of the scan's time, and its working memory
     # (with the weights, that is "the model" at run time).
-    batch = torch.rand(32 if device.type == "cuda" else 4, config.channels, config.image_size, config.image_size,
+    batch = torch.rand(32 if device.type == "cuda" else 4, config.input_channels, config.image_size, config.image_size,
                        device=device).contiguous(memory_format=torch.channels_last)
     conds = cond.expand(len(batch))
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -62,6 +62,22 @@ def test_a_2_5d_model_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp
               "--context-slices", "9"])
 
 
+def test_a_model_that_reads_slice_positions_trains_predicts_and_is_kept_out_of_bioimageio(trained, tmp_path,
+                                                                                         capsys):
+    root, _ = trained
+    model, meta = _train_and_predict(root, tmp_path / "pos", "--slice-position")
+    assert meta["position"] is True and meta["training"]["settings"]["augment"]["position"] == 0.05
+    pytest.importorskip("bioimageio.spec")
+    capsys.readouterr()
+    assert main(["models", "export", str(model), str(tmp_path / "zoo"), "--format", "bioimageio"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--slice-position" in err[0] and "Traceback" not in err[0]
+    assert main(["train", "mosnet", "--data", str(root / "native"), "--out", str(tmp_path / "x"),
+                 "--slice-position", "--plane", "coronal", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "axial slices only" in err[0]
+
+
 def test_predict_ct_streams_a_multi_planar_model_s_fused_labels(trained, tmp_path, monkeypatch):
     """predict ct writes a multi-planar model's labels slab by slab (never through the whole-volume
     predict_volume), its planes' sums on disk in the staging folder meanwhile: the labels are

@@ -69,6 +69,22 @@ def test_streaming_a_2_5d_model_matches_the_baseline(scan, spacing, batch):
     assert np.abs(other.probabilities.astype(np.float32) - probabilities).max() > 0.01  # neighbours count
 
 
+@pytest.mark.parametrize("spacing, batch", [((0.28, 0.28, 0.28), 3), ((0.5, 0.3, 0.22), 2)])
+def test_streaming_a_model_that_reads_slice_positions_matches_the_baseline(scan, spacing, batch):
+    """Each slab's slices get their own place along the scan's model grid, as in training."""
+    torch.manual_seed(0)
+    model = MOSnet(MOSnetConfig(organs=list(CT_ORGANS), width=4, depth=2, image_size=32, position=True)).eval()
+    with torch.no_grad():  # make the output follow the position channel strongly
+        model.encoder[0][0].weight[:, -1].mul_(300)
+    pred = predict_volume(model, scan.image, spacing, "native", batch_size=batch, keep_probabilities=True)
+    _, probabilities = naive_predict_volume(model, scan.image, spacing, "native")
+    assert np.abs(pred.probabilities.astype(np.float32) - probabilities).max() < 2e-3
+    blind = MOSnet(replace(model.config, position=False))  # the same image weights, no position
+    blind.load_state_dict({k: v[:, :1] if k == "encoder.0.0.weight" else v for k, v in model.state_dict().items()})
+    other = predict_volume(blind.eval(), scan.image, spacing, "native", batch_size=batch, keep_probabilities=True)
+    assert np.abs(other.probabilities.astype(np.float32) - probabilities).max() > 0.01  # the position counts
+
+
 def test_organ_thresholds_decide_the_vote_as_in_the_baseline(shipped, scan):
     model = MOSnet(replace(shipped.config, thresholds={"liver": 0.97, "intestine": 0.3, "lungs": 0.8}))
     model.load_state_dict(shipped.state_dict())

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from napari_mousesegment.data.ct_dataset import read_ct_dataset, write_ct_case
 from napari_mousesegment.data.phantom_ct import ct_phantom
@@ -39,6 +40,36 @@ def test_slices_carry_condition_and_alpha(datasets):
     assert not slices.annotated[native][:, organs.index("kidneys")].any()
     assert slices.annotated[~native][:, organs.index("kidneys")].all()
     assert slices.organ_masks[:, organs.index("liver")].any()
+
+
+def test_slice_positions_follow_the_scan_in_training_and_in_corrected_slices(datasets):
+    """The last channel is each slice's place along the scan (0 first, 1 last), the same for a
+    whole scan's slices and for the touched slices of a correction."""
+    from napari_mousesegment.training.slices import corrected_slices
+
+    config = replace(_config(), position=True)
+    slices = build_slices([read_ct_dataset(datasets[0])], config, stride=4)
+    first = [i for i, s in enumerate(slices.scan) if s == slices.scan[0]]
+    place = slices.images[first, 1].float()
+    assert slices.images.shape[1] == 2 and torch.equal(place.amin((1, 2)), place.amax((1, 2)))
+    assert np.allclose(place[:, 0, 0].numpy(), np.arange(0, SHAPE[0], 4) / (SHAPE[0] - 1), atol=1e-3)
+    scan = ct_phantom(0, "native", shape=SHAPE)
+    images, _ = corrected_slices(scan.image, scan.labels, scan.spacing, [0, 13, SHAPE[0] - 1], config)
+    assert np.allclose(images[:, -1, 0, 0].numpy(), [0, 13 / (SHAPE[0] - 1), 1], atol=1e-3)
+    assert torch.equal(images[:, :1].half(), build_slices([read_ct_dataset(datasets[0])], _config(),
+                                                          {str(datasets[0]): ["n0"]}).images[[0, 13, 39]])
+    with pytest.raises(ValueError, match="axial slices only"):
+        replace(config, plane="coronal")
+
+
+def test_position_jitter_keeps_each_slice_s_channel_constant_and_in_range():
+    from napari_mousesegment.training.augment import jitter_positions
+
+    position = torch.linspace(0, 1, 64).view(64, 1, 1, 1).expand(64, 1, 8, 8)
+    moved = jitter_positions(position, 0.05, torch.Generator().manual_seed(0))
+    assert torch.equal(moved.amin((2, 3)), moved.amax((2, 3))) and float(moved.min()) >= 0 and float(moved.max()) <= 1
+    shift = (moved - position)[:, 0, 0, 0].abs()
+    assert float(shift.max()) > 0.02 and float(shift.max()) <= 0.05 + 0.1 * 0.5 + 1e-6
 
 
 def test_split_is_by_scan_and_per_dataset():

@@ -38,7 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = MOSnetConfig(organs=organs, conditions=conditions, variant=variant, width=args.width,
                           image_size=args.image_size, spacing_mm=args.voxel_mm,
                           context=args.context_slices, context_step=args.context_step, plane=args.plane,
-                          window_level=window[0], window_width=window[1], extra_windows=[list(w) for w in extra])
+                          window_level=window[0], window_width=window[1], extra_windows=[list(w) for w in extra],
+                          position=args.slice_position)
     settings = TrainSettings(epochs=args.epochs, batch_size=batch_size, lr=args.lr,
                              max_minutes=args.max_minutes, val_fraction=args.val_fraction, device=args.device,
                              seed=args.seed, slice_stride=args.slice_stride, resume=args.resume,
@@ -156,6 +157,10 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                              "given to the network as channels (default 0: 2D slices)")
     mosnet.add_argument("--context-step", type=options.count(1, 16), default=2,
                         help="model voxels between those neighbours (default 2: 0.56 mm at 0.28 mm voxels)")
+    mosnet.add_argument("--slice-position", action="store_true",
+                        help="give the network each axial slice's place along the scan (0 at its first slice, 1 "
+                             "at its last) as one more input channel, so it knows where along the body a slice "
+                             "lies; for whole-body scans, head first, as the training scans (default off)")
     mosnet.add_argument("--epochs", type=options.count(0), default=100)
     mosnet.add_argument("--max-minutes", type=options.MINUTES, default=None,
                         help="stop cleanly after this long, keeping the best weights")
@@ -186,7 +191,8 @@ def add_commands(train_sub, predict_sub, evaluate_sub) -> None:
                              "is within D of its best (default 0.002: robust to anatomy the validation scans "
                              "lack; 0: the best, as before 2026-12-03)")
     options.add_augment(mosnet, "rotation (degrees, 10), scale (0.15), translation (0.05), hflip (false), "
-                                "vflip (false), noise (0), brightness (0.01), contrast (0.05), elastic (0.02), crop (0)")
+                                "vflip (false), noise (0), brightness (0.01), contrast (0.05), elastic (0.02), "
+                                "crop (0), position (0.05: the --slice-position channel's shift)")
     options.add_device(mosnet)
     mosnet.add_argument("--seed", type=int, default=0)
     mosnet.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

@@ -106,9 +106,10 @@ def grid(text: str) -> tuple[int, int]:
     return value
 
 
-def augment_settings(args: argparse.Namespace, defaults):
+def augment_settings(args: argparse.Namespace, defaults, unused: tuple[str, ...] = ()):
     """AugmentSettings from ``--augment NAME=VALUE,...`` over ``defaults`` (0 or false switches one
-    off), or every augmentation off with ``--no-augment``."""
+    off), or every augmentation off with ``--no-augment``; ``unused`` names what this model has no
+    use for, refused rather than silently ignored."""
     from dataclasses import fields, replace
 
     from ..training.augment import AugmentSettings
@@ -116,7 +117,7 @@ def augment_settings(args: argparse.Namespace, defaults):
     if args.no_augment:
         return AugmentSettings.off()
     settings = replace(defaults)
-    names = {f.name: f.type for f in fields(AugmentSettings)}
+    names = {f.name: f.type for f in fields(AugmentSettings) if f.name not in unused}
     for item in (args.augment or "").split(","):
         if not item.strip():
             continue

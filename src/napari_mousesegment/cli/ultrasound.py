@@ -26,7 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                             test_series=args.test, max_minutes=args.max_minutes, device=args.device,
                             seed=args.seed, resume=args.resume, precision_target=args.precision_target,
                             threshold_rule=args.threshold_rule,
-                            augment=options.augment_settings(args, AugmentSettings()))
+                            augment=options.augment_settings(args, AugmentSettings(), unused=("position",)))
     summary = options.run_training(train_unet, args.data, args.out, config, settings)
     if summary is not None:
         print(f"model -> {summary['out']} (best validation Dice {summary['best_val_dice']:.3f}, "

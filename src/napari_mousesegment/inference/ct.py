@@ -30,9 +30,11 @@ from ..models.preprocess import (
     context_index,
     fit_square,
     model_grid,
+    slice_positions,
     to_slices,
     unfit_square,
     window,
+    with_position,
 )
 
 #: Bytes of full-resolution probabilities turned into labels at once (a 1024 x 1024 scan with 9
@@ -93,7 +95,10 @@ def _model_slabs(net: MOSnet, stack: np.ndarray, grid: tuple[int, int, int], con
         slab = torch.from_numpy(window(raw, config.window_level, config.window_width))
         mixed = torch.lerp(slab[lo - first], slab[hi - first], torch.from_numpy(wt)[:, None, None])
         x = _resize(mixed[torch.from_numpy(channels - need[0])].to(device), plane)
-        x = fit_square(x, config.image_size, "bilinear").contiguous(memory_format=torch.channels_last)
+        x = fit_square(x, config.image_size, "bilinear")
+        if config.position:
+            x = with_position(x, slice_positions(np.arange(start, start + len(x)), len(low)))
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = net.segment(x, cond.expand(len(x)), borrowed)
         del x, mixed, slab, raw  # nothing of this slab outlives its probabilities (bounded memory)
@@ -182,7 +187,8 @@ def iter_labels(
     # One slab at the model's voxel size in plane, then its probabilities of every organ: refused
     # before allocating when a voxel size in the wrong unit makes a model slice absurdly large.
     # A 2.5D slab also reads its neighbours and holds each slice's channels before resizing.
-    slab_slices = batch_size * (1 + config.channels + len(config.organs)) + 2 * config.context * config.context_step
+    slab_slices = (batch_size * (1 + config.input_channels + len(config.organs))
+                   + 2 * config.context * config.context_step)
     check_allocation(nbytes((slab_slices, *grid[1:]), 4),
                      f"a slab of {batch_size} slices at the model's {config.spacing_mm} mm voxels "
                      f"({grid[1]}x{grid[2]} each, from {tuple(float(s) for s in spacing)} mm)")

@@ -159,6 +159,9 @@ def _mosnet_description(model, meta: dict, name: str, folder: Path, work: Path, 
     from ..models.preprocess import fit_square, to_slices, window
 
     config = model.config
+    if config.position:  # a package's consumers feed the slice alone, not where it lies in the scan
+        raise ValueError(f"{folder}: a MOSnet that reads each slice's position (--slice-position) cannot be "
+                         "exported to bioimage.io yet; export one trained without it")
     if config.context:  # a package's consumers feed one slice; a 2.5D model needs its neighbours
         raise ValueError(f"{folder}: a 2.5D MOSnet ({config.context} neighbouring slices each side) cannot be "
                          "exported to bioimage.io yet; export a 2D one (trained with --context-slices 0)")

@@ -59,6 +59,10 @@ class MOSnetConfig:
     #: value, sigma, cuts the window from the slice smoothed by a Gaussian of sigma model pixels
     #: (native soft organs a few HU apart under 38 HU of scanner noise); 0 or absent: unsmoothed
     extra_windows: list[list[float]] = field(default_factory=list)
+    #: give the network each slice's place along the scan's z axis (0 at its first model slice, 1 at
+    #: its last) as one more input channel: a 2D axial slice does not show where along the body it
+    #: lies. Axial slices only; the scans are taken to be whole-body and head first, as in training
+    position: bool = False
     #: condition -> organs its training datasets annotate (empty: unknown, read every organ as is)
     annotated: dict[str, list[str]] = field(default_factory=dict)
     #: organ -> probability above which the label vote may pick it (missing: 0.5); chosen on the
@@ -93,6 +97,8 @@ class MOSnetConfig:
                                                   for w in self.extra_windows):
             raise ValueError(f"extra_windows must be at most 4 (level, width[, sigma]) in HU, width from 10, "
                              f"sigma 0 to {MAX_SIGMA:g} pixels, got {self.extra_windows}")
+        if self.position and self.plane != "axial":
+            raise ValueError(f"position is given to axial slices only, not {self.plane!r} ones")
 
     @property
     def planes(self) -> list[str]:
@@ -105,9 +111,15 @@ class MOSnetConfig:
         return 1 + 2 * self.context
 
     @property
+    def input_channels(self) -> int:
+        """Channels of the tensor the network takes: :attr:`channels`, then the slice's position."""
+        return self.channels + int(self.position)
+
+    @property
     def network_channels(self) -> int:
-        """Channels of the first convolution: the input's, once per window (input and extra)."""
-        return self.channels * (1 + len(self.extra_windows))
+        """Channels of the first convolution: the image's, once per window (input and extra), and
+        the slice's position."""
+        return self.channels * (1 + len(self.extra_windows)) + int(self.position)
 
     def slice_offsets(self) -> list[int]:
         """Model-grid offsets of the input channels along the slice axis, centre in the middle."""
@@ -244,10 +256,11 @@ class ReconLevel(nn.Module):
 class MOSnet(nn.Module):
     """MOSnet, built from its config alone.
 
-    ``forward(image, condition)`` takes (B, C, S, S) windowed slices in [0, 1] (C = ``config.channels``:
-    the slice, with its neighbours when 2.5D) and (B,) condition indices into ``config.conditions``;
-    it returns per-organ logits (B, M, S, S) and the reconstruction (B, C, S, S) in [0, 1], or None
-    when the variant has no reconstruction.
+    ``forward(image, condition)`` takes (B, C, S, S) windowed slices in [0, 1] (C =
+    ``config.input_channels``: the slice, with its neighbours when 2.5D, and its position along the
+    scan when the config has one) and (B,) condition indices into ``config.conditions``; it returns
+    per-organ logits (B, M, S, S) and the reconstruction of the slices (B, ``config.channels``, S, S)
+    in [0, 1], or None when the variant has no reconstruction.
     """
 
     def __init__(self, config: MOSnetConfig) -> None:
@@ -268,12 +281,19 @@ class MOSnet(nn.Module):
 
     def windows(self, image: torch.Tensor) -> torch.Tensor:
         """The input (B, C, S, S), in [0, 1] over the config's window, and each extra window cut
-        from it, as channels: (B, C·(1 + extra), S, S). Float32 arithmetic, so a soft-tissue
-        window keeps the few-HU steps that a bf16 first convolution would round away (a smoothed
-        window's blur excepted: see :func:`gaussian_blur`)."""
+        from it, as channels: (B, C·(1 + extra), S, S), then the position channel when the config
+        has one (passed through). Float32 arithmetic, so a soft-tissue window keeps the few-HU
+        steps that a bf16 first convolution would round away (a smoothed window's blur excepted:
+        see :func:`gaussian_blur`)."""
         config = self.config
-        if not config.extra_windows:
+        if image.shape[1] != config.input_channels:
+            raise ValueError(f"expected {config.input_channels} input channels, got {image.shape[1]}")
+        if not config.extra_windows and not config.position:
             return image
+        position = image[:, config.channels:]
+        image = image[:, :config.channels]
+        if not config.extra_windows:
+            return torch.cat([image.float(), position.float()], 1)
         hu = image.float() * config.window_width + (config.window_level - config.window_width / 2)
         smoothed = {0.0: hu}
         cuts = []
@@ -282,7 +302,7 @@ class MOSnet(nn.Module):
             if sigma not in smoothed:
                 smoothed[sigma] = gaussian_blur(hu, sigma)
             cuts.append(((smoothed[sigma] - (level - width / 2)) / width).clamp(0.0, 1.0))
-        return torch.cat([image.float(), *cuts], 1)
+        return torch.cat([image.float(), *cuts, position.float()], 1)
 
     def _encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         skips = []

@@ -69,6 +69,19 @@ def context_index(n: int, offsets: list[int], start: int = 0, stop: int | None =
     return np.clip(centre[:, None] + np.asarray(offsets, int)[None, :], 0, n - 1)
 
 
+def slice_positions(index: np.ndarray, n: int) -> np.ndarray:
+    """Places of model-grid slices ``index`` (fractional ones too) along a stack of ``n``, from 0
+    at the first to 1 at the last (0.5 for a single slice), clipped to that range."""
+    return np.clip(np.asarray(index, np.float32) / max(n - 1, 1), 0.0, 1.0) if n > 1 else np.full(len(index), 0.5,
+                                                                                                    np.float32)
+
+
+def with_position(slices: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """(N, C, S, S) square slices with each one's place along the scan (N,) as a last, constant channel."""
+    place = torch.as_tensor(np.asarray(positions, np.float32), device=slices.device).to(slices.dtype)
+    return torch.cat([slices, place.view(-1, 1, 1, 1).expand(-1, 1, *slices.shape[-2:])], 1)
+
+
 def square_size(h: int, w: int) -> int:
     return max(h, w)
 

@@ -129,6 +129,10 @@ def _windows(value: Any) -> str | None:
     return None
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+
+
 _COMMON = {"kind": _choice(KINDS), "version": _text, "sha256": _text}
 #: kind -> (required keys, key -> check).
 SCHEMAS: dict[str, tuple[tuple[str, ...], dict[str, Callable[[Any], str | None]]]] = {
@@ -136,7 +140,7 @@ SCHEMAS: dict[str, tuple[tuple[str, ...], dict[str, Callable[[Any], str | None]]
         **_COMMON, "organs": _names, "conditions": _names, "variant": _choice(VARIANTS),
         "width": _integer(2, WIDTH_RANGE[1]), "depth": _integer(*DEPTH_RANGE), "embed_dim": _integer(1, 1024),
         "reduction": _integer(1, 1024), "image_size": _integer(*IMAGE_SIZE_RANGE), "plane": _choice(PLANE_CHOICES),
-        "context": _integer(0, 8), "context_step": _integer(1, 16),
+        "context": _integer(0, 8), "context_step": _integer(1, 16), "position": _boolean,
         "spacing_mm": _number(*SPACING_RANGE_MM), "window_level": _number(-10000, 100000),
         "window_width": _number(0, 100000, positive=True), "extra_windows": _windows, "annotated": _table(lambda v: None if v == [] else _names(v)),
         "thresholds": _table(_probability),

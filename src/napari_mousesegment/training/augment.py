@@ -28,10 +28,13 @@ class AugmentSettings:
     contrast: float = 0.2  #: ± relative contrast
     elastic: float = 0.02  #: largest elastic displacement, as a fraction of the frame
     crop: float = 0.15  #: up to this fraction of each border cropped away and padded back with black
+    #: ± shift of a MOSnet's slice-position channel, as a fraction of the scan, with up to twice
+    #: that relative stretch about its middle: mice lie a little further in or out, and differ in length
+    position: float = 0.0
 
     @classmethod
     def off(cls) -> AugmentSettings:
-        return cls(0.0, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
     @classmethod
     def for_ct(cls) -> AugmentSettings:
@@ -39,11 +42,21 @@ class AugmentSettings:
         axial slices; never flip (left and right differ), add no noise and barely touch the
         intensities (native soft organs differ by a few HU, ~0.005 in the window)."""
         return cls(rotation=10.0, scale=0.15, translation=0.05, hflip=False, vflip=False, noise=0.0,
-                   brightness=0.01, contrast=0.05, elastic=0.02, crop=0.0)
+                   brightness=0.01, contrast=0.05, elastic=0.02, crop=0.0, position=0.05)
 
 
 def _uniform(n: int, spread: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
     return (torch.rand(n, device=device, generator=generator) * 2 - 1) * spread
+
+
+def jitter_positions(position: torch.Tensor, spread: float, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """(B, 1, S, S) constant position channels, each slice's stretched about the middle by up to
+    ± 2·spread and shifted by up to ± spread, within [0, 1]."""
+    b, dev = len(position), position.device
+    stretch = (1 + _uniform(b, 2 * spread, dev, generator)).view(b, 1, 1, 1)
+    shift = _uniform(b, spread, dev, generator).view(b, 1, 1, 1)
+    return (0.5 + (position - 0.5) * stretch + shift).clamp(0.0, 1.0)
 
 
 def augment(image: torch.Tensor, mask: torch.Tensor, settings: AugmentSettings,

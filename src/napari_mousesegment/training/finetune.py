@@ -160,7 +160,8 @@ def fine_tune_mosnet(model: MOSnet, images: torch.Tensor, masks: torch.Tensor, a
                 x, y = x.flip(-1), y.flip(-1)
             with autocast(device):
                 logits, recon = tuned(x.contiguous(memory_format=torch.channels_last), conditions[idx].to(device))
-            loss, parts = mosnet_loss(logits.float(), y, annotated[idx].to(device), beta.to(device), recon, x,
+            loss, parts = mosnet_loss(logits.float(), y, annotated[idx].to(device), beta.to(device), recon,
+                                      x[:, :model.config.channels],
                                       dice_weight=dice_weight, exclusion_weight=exclusion_weight)
             return Step(loss, len(x), parts)
         return batch_loss

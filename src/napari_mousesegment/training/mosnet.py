@@ -29,7 +29,7 @@ from ..models.folder import WEIGHTS, load_folder, update_config
 from ..models.mosnet import MOSnet, MOSnetConfig, annotated_by_condition, count_parameters
 from . import distributed
 from .appearance import Swap, appearance_shifts, describe, swap_appearance
-from .augment import AugmentSettings, augment
+from .augment import AugmentSettings, augment, jitter_positions
 from .checkpoint import TrainingError, last_done, load_checkpoint, prepare_run, record_epoch
 from .distributed import Ranks
 from .loop import Step, autocast, fit
@@ -113,18 +113,26 @@ def _to_device(data: SliceSet, idx: np.ndarray, device: torch.device):
 def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: torch.Tensor,
                recon_weight: float, augmentation: AugmentSettings | None = None,
                generator: torch.Generator | None = None, dice_weight: float = 0.0,
-               exclusion_weight: float = 0.0, swap: Swap | None = None) -> Step:
+               exclusion_weight: float = 0.0, swap: Swap | None = None, channels: int | None = None) -> Step:
     """MOSnet's loss (eqs. 6-9) of a batch from :func:`_to_device`, augmented first when asked.
-    ``swap``: the appearance swap (:mod:`.appearance`), before augmentation.
+    ``swap``: the appearance swap (:mod:`.appearance`), before augmentation. ``channels``: the
+    image channels (``config.channels``); a position channel after them is jittered, not warped.
     The reconstruction target is the augmented slice, the one the network sees."""
     image, masks, annotated, condition = batch
+    image, position = image[:, :channels], image[:, image.shape[1] if channels is None else channels:]
     if swap is not None and swap.probability > 0:
         image = swap_appearance(image, masks, condition, swap, generator)
-    if augmentation is not None and augmentation != AugmentSettings.off():
+    augmenting = augmentation is not None and augmentation != AugmentSettings.off()
+    if augmenting:
         image, masks = augment(image, masks, augmentation, generator)
-        image = image.contiguous(memory_format=torch.channels_last)
+    net_input = image
+    if position.shape[1]:
+        if augmenting and augmentation.position:
+            position = jitter_positions(position, augmentation.position, generator)
+        net_input = torch.cat([image, position], 1)
+    net_input = net_input.contiguous(memory_format=torch.channels_last)
     with autocast(image.device):
-        logits, recon = model(image, condition)
+        logits, recon = model(net_input, condition)
     loss, parts = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, recon_weight, dice_weight,
                               exclusion_weight)
     return Step(loss, len(image), parts)
@@ -143,7 +151,8 @@ def evaluate_slices(model: MOSnet, data: SliceSet, beta: torch.Tensor, settings:
             image, masks, annotated, condition = _to_device(data, idx, device)
             with autocast(device):
                 logits, recon = model(image, condition)
-            loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image, settings.recon_weight,
+            loss, _ = mosnet_loss(logits.float(), masks, annotated, beta, recon, image[:, :model.config.channels],
+                                  settings.recon_weight,
                                   settings.dice_weight, settings.exclusion_weight)
             losses.append(float(loss) * len(idx))
             pred = (logits.float() > 0).double()
@@ -204,7 +213,7 @@ class MOSnetRecipe:
     def step(self, idx: np.ndarray) -> Step:
         return batch_loss(self.net, _to_device(self.train, idx, self.device), self.beta, self.settings.recon_weight,
                           self.settings.augment, self.generator, self.settings.dice_weight,
-                          self.settings.exclusion_weight, self.swap)
+                          self.settings.exclusion_weight, self.swap, self.model.config.channels)
 
     def validate(self) -> dict[str, float]:
         return evaluate_slices(self.model, self.val, self.beta, self.settings, self.device)
@@ -269,7 +278,8 @@ def train_mosnet(
     # the best weights: both are recorded in the model folder alone, so older checkpoints resume.
     # A 2D run's config is written without the 2.5D fields, as before they existed, so its older
     # checkpoints resume; a 2.5D checkpoint never resumes as 2D, nor the other way round.
-    derived = ("annotated", "thresholds") + (("context", "context_step") if not config.context else ())
+    derived = (("annotated", "thresholds") + (("context", "context_step") if not config.context else ())
+               + (("position",) if not config.position else ()))
     asked = json.dumps({k: v for k, v in asdict(config).items() if k not in derived}, indent=2)
     checkpoint_dir = prepare_run(out, asked, settings.resume) if ranks.main else out / "checkpoint"
     config = replace(config, annotated=annotated_by_condition(

@@ -10,14 +10,23 @@ import torch
 
 from ..data.ct_dataset import CTDataset, load_case
 from ..models.mosnet import MOSnetConfig
-from ..models.preprocess import context_index, fit_square, resample, to_slices, window
+from ..models.preprocess import (
+    context_index,
+    fit_square,
+    model_grid,
+    resample,
+    slice_positions,
+    to_slices,
+    window,
+    with_position,
+)
 
 
 @dataclass
 class SliceSet:
     """Preprocessed training slices of many scans, kept compact in memory."""
 
-    images: torch.Tensor  #: (N, C, S, S) float16 in [0, 1]; C = config.channels (1, or 2.5D)
+    images: torch.Tensor  #: (N, C, S, S) float16 in [0, 1]; C = config.input_channels (1, 2.5D, + position)
     organ_masks: torch.Tensor  #: (N, M, S, S) bool, model organ order
     annotated: torch.Tensor  #: (N, M) bool: α of each slice's dataset
     condition: torch.Tensor  #: (N,) long
@@ -34,15 +43,20 @@ def model_slices(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float
     """A scan (or some of its slices) as the model sees it: windowed, resampled to its voxel size, cut
     on its plane (every ``stride``-th slice; a multi-planar model's planes one after another) and
     fitted to its square; images (N, C, S, S) float32 (each slice with its 2.5D neighbours,
-    :meth:`MOSnetConfig.slice_offsets`), labels (N, S, S) long, aligned pixel for pixel."""
+    :meth:`MOSnetConfig.slice_offsets`, and its position when the config has one), labels (N, S, S)
+    long, aligned pixel for pixel."""
     volume = resample(window(hu, config.window_level, config.window_width), spacing, config.spacing_mm, order=1)
     truth = resample(labels, spacing, config.spacing_mm, order=0)
     images, masks = [], []
     for plane in config.planes:
         img = to_slices(volume, plane)
-        img = img[context_index(len(img), config.slice_offsets())[::stride]]  # (N, C, h, w)
+        n = len(img)
+        img = img[context_index(n, config.slice_offsets())[::stride]]  # (N, C, h, w)
         lab = to_slices(truth, plane)[::stride]
-        images.append(fit_square(torch.from_numpy(np.ascontiguousarray(img)), config.image_size, "bilinear"))
+        square = fit_square(torch.from_numpy(np.ascontiguousarray(img)), config.image_size, "bilinear")
+        if config.position:
+            square = with_position(square, slice_positions(np.arange(n)[::stride], n))
+        images.append(square)
         masks.append(fit_square(torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))[:, None].float(),
                                 config.image_size, "nearest-exact").long()[:, 0])
     return torch.cat(images), torch.cat(masks)
@@ -109,14 +123,18 @@ def corrected_slices(image: np.ndarray, labels: np.ndarray, spacing: tuple[float
     # Each corrected axial slice becomes one model slice: resampled in plane only, so its labels
     # are the corrected ones whatever the scan's z spacing (a z resample would mix in neighbours).
     in_plane = (config.spacing_mm, *spacing[1:])
-    flat = replace(config, context=0, plane="axial")
+    flat = replace(config, context=0, plane="axial", position=False)
     touched = np.asarray(touched, int)
     channels = []
     for offset in config.slice_offsets():
         img_t, lab_t = model_slices(_slices_at(image, touched + offset * config.spacing_mm / spacing[0], config),
                                     labels[touched], in_plane, flat)
         channels.append(img_t)
-    return torch.cat(channels, 1), organ_masks(lab_t, list(range(1, len(config.organs) + 1)))
+    images = torch.cat(channels, 1)
+    if config.position:  # each input slice's place on the model grid, as predict_volume gives it
+        n, n_model = len(image), model_grid(image.shape, spacing, config.spacing_mm)[0]
+        images = with_position(images, slice_positions((touched + 0.5) * n_model / n - 0.5, n_model))
+    return images, organ_masks(lab_t, list(range(1, len(config.organs) + 1)))
 
 
 def _slices_at(image: np.ndarray, positions: np.ndarray, config: MOSnetConfig) -> np.ndarray:
