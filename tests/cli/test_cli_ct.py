@@ -76,6 +76,10 @@ def test_a_model_that_reads_slice_positions_trains_predicts_and_is_kept_out_of_b
                  "--slice-position", "--plane", "coronal", "--device", "cpu"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "axial slices only" in err[0]
+    assert main(["train", "mosnet", "--data", str(root / "native"), "--out", str(tmp_path / "y"),
+                 "--augment", "position=0.1", "--device", "cpu"]) != 0  # nothing to shift without the channel
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--augment takes NAME=VALUE" in err[0]
 
 
 def test_predict_ct_streams_a_multi_planar_model_s_fused_labels(trained, tmp_path, monkeypatch):

@@ -58,8 +58,45 @@ def test_slice_positions_follow_the_scan_in_training_and_in_corrected_slices(dat
     assert np.allclose(images[:, -1, 0, 0].numpy(), [0, 13 / (SHAPE[0] - 1), 1], atol=1e-3)
     assert torch.equal(images[:, :1].half(), build_slices([read_ct_dataset(datasets[0])], _config(),
                                                           {str(datasets[0]): ["n0"]}).images[[0, 13, 39]])
+    # Slices twice the model's voxel apart: input slice t is model slice 2t + 0.5 of 2n, as the predictor reads it.
+    images, _ = corrected_slices(scan.image, scan.labels, (0.56, 0.28, 0.28), [0, 13, SHAPE[0] - 1], config)
+    expected = np.clip((np.array([0, 13, SHAPE[0] - 1]) * 2 + 0.5) / (2 * SHAPE[0] - 1), 0, 1)
+    assert np.allclose(images[:, -1, 0, 0].numpy(), expected, atol=1e-3)
     with pytest.raises(ValueError, match="axial slices only"):
         replace(config, plane="coronal")
+
+
+def test_the_position_channel_is_jittered_never_warped_swapped_or_rebuilt():
+    """batch_loss keeps the position out of the geometric and intensity augmentation and the
+    appearance swap (the channel stays one value per slice, near its own), and the reconstruction
+    target is the image alone."""
+    from napari_mousesegment.training.appearance import Swap
+    from napari_mousesegment.training.augment import AugmentSettings
+    from napari_mousesegment.training.mosnet import batch_loss
+
+    class Capture(torch.nn.Module):
+        def forward(self, image, condition):
+            self.seen = image
+            return torch.zeros(len(image), 2, *image.shape[2:], requires_grad=True), torch.zeros(len(image), 1,
+                                                                                                  *image.shape[2:])
+
+    image = torch.rand(6, 2, 16, 16)
+    image[:, 1] = torch.linspace(0, 1, 6).view(6, 1, 1)
+    masks = torch.zeros(6, 2, 16, 16)
+    masks[:, 0, 4:12, 4:12] = 1
+    batch = (image, masks, torch.ones(6, 2, dtype=torch.bool), torch.zeros(6, dtype=torch.long))
+    settings = AugmentSettings(rotation=30, scale=0.3, translation=0.2, elastic=0.05, brightness=0.2, contrast=0.3,
+                               noise=0.1, crop=0.2, position=0.05)
+    swap = Swap(torch.tensor([[0.3, 0.0]]), 1.0)
+    net = Capture()
+    step = batch_loss(net, batch, torch.ones(2), 1.0, settings, torch.Generator().manual_seed(0), swap=swap,
+                      channels=1)
+    place = net.seen[:, 1]
+    assert torch.equal(place.amin((1, 2)), place.amax((1, 2)))  # not warped, cropped or noised
+    assert float((place[:, 0, 0] - image[:, 1, 0, 0]).abs().max()) <= 0.1 + 1e-6
+    assert not torch.equal(net.seen[:, :1], image[:, :1])  # while the image was augmented
+    # the reconstruction target is the augmented image's one channel, not the position with it
+    assert step.parts["recon"] == pytest.approx(float(net.seen[:, :1].square().mean()), rel=1e-5)
 
 
 def test_position_jitter_keeps_each_slice_s_channel_constant_and_in_range():

@@ -46,7 +46,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              sampling=args.sampling, dice_weight=args.dice_weight,
                              exclusion_weight=args.exclusion_weight, appearance_swap=args.appearance_swap,
                              threshold_tolerance=args.threshold_tolerance,
-                             augment=options.augment_settings(args, AugmentSettings.for_ct()))
+                             augment=options.augment_settings(args, AugmentSettings.for_ct(),
+                                                              unused=() if args.slice_position else ("position",)))
     result = options.run_training(train_mosnet, args.data, args.out, config, settings)
     if result is not None:
         print(f"best validation Dice {result['best_val_dice']:.3f} after {result['epochs_run']} epoch(s); "

@@ -122,12 +122,12 @@ def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: to
     image, position = image[:, :channels], image[:, image.shape[1] if channels is None else channels:]
     if swap is not None and swap.probability > 0:
         image = swap_appearance(image, masks, condition, swap, generator)
-    augmenting = augmentation is not None and augmentation != AugmentSettings.off()
-    if augmenting:
+    # The position jitter alone is no reason to resample the slices (a model without the channel ignores it).
+    if augmentation is not None and replace(augmentation, position=0.0) != AugmentSettings.off():
         image, masks = augment(image, masks, augmentation, generator)
     net_input = image
     if position.shape[1]:
-        if augmenting and augmentation.position:
+        if augmentation is not None and augmentation.position:
             position = jitter_positions(position, augmentation.position, generator)
         net_input = torch.cat([image, position], 1)
     net_input = net_input.contiguous(memory_format=torch.channels_last)
