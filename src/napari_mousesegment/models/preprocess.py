@@ -72,8 +72,10 @@ def context_index(n: int, offsets: list[int], start: int = 0, stop: int | None =
 def slice_positions(index: np.ndarray, n: int) -> np.ndarray:
     """Places of model-grid slices ``index`` (fractional ones too) along a stack of ``n``, from 0
     at the first to 1 at the last (0.5 for a single slice), clipped to that range."""
-    return np.clip(np.asarray(index, np.float32) / max(n - 1, 1), 0.0, 1.0) if n > 1 else np.full(len(index), 0.5,
-                                                                                                    np.float32)
+    index = np.asarray(index, np.float32)
+    if n < 2:
+        return np.full(len(index), 0.5, np.float32)
+    return np.clip(index / (n - 1), 0.0, 1.0)
 
 
 def with_position(slices: torch.Tensor, positions: np.ndarray) -> torch.Tensor:

@@ -119,7 +119,8 @@ def batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], beta: to
     image channels (``config.channels``); a position channel after them is jittered, not warped.
     The reconstruction target is the augmented slice, the one the network sees."""
     image, masks, annotated, condition = batch
-    image, position = image[:, :channels], image[:, image.shape[1] if channels is None else channels:]
+    channels = image.shape[1] if channels is None else channels
+    image, position = image[:, :channels], image[:, channels:]
     if swap is not None and swap.probability > 0:
         image = swap_appearance(image, masks, condition, swap, generator)
     # The position jitter alone is no reason to resample the slices (a model without the channel ignores it).
