@@ -32,6 +32,10 @@ phantoms keep the usual one): domain randomization toward anatomy no map in the 
 another kept map's shape of that organ (one mouse's heart in another's layout); the test phantoms
 keep one map's.
 
+``--voids muscle`` draws every phantom, training and test, as before 2026-12-05: the room a
+map's organs leave where the ellipsoid organs were stays solid muscle, not the default mesh of fat
+and soft tissue (``synth ct --voids``).
+
 ``--train-on-held-out`` draws the training phantoms from the held-out map alone, with the same
 seeds as usual (the tests' seeds differ), so the anatomy is no longer unseen: what the same budget
 and recipe reach on that map when generalisation is not asked of them, the ceiling the unseen-map
@@ -108,7 +112,7 @@ def make_data(args: argparse.Namespace) -> dict[str, Path]:
         if not (out / "dataset.json").is_file():
             run("mousesegment", "synth", "ct", "--out", str(out), "--count", str(args.train), "--seed",
                 str(SEEDS[condition]), "--condition", condition, "--shape", shape, *atlas,
-                "--variation", str(args.variation),
+                "--variation", str(args.variation), "--voids", args.voids,
                 *(("--mix-organs", str(args.mix_organs)) if args.mix_organs else ()))
         check_anatomy(out, args)
         sets[condition] = out
@@ -127,6 +131,10 @@ def check_anatomy(folder: Path, args: argparse.Namespace) -> None:
     if any("borrowed" in case for case in phantoms) != bool(args.mix_organs):
         raise SystemExit(f"{folder}: its phantoms were drawn {'without' if args.mix_organs else 'with'} "
                          "--mix-organs; choose another --out")
+    voids = {case.get("voids", "muscle") for case in phantoms if case["anatomy"] != "ellipsoids"}
+    if voids - {args.voids}:
+        raise SystemExit(f"{folder}: its phantoms were drawn with --voids {', '.join(sorted(voids))}, not "
+                         f"{args.voids}; choose another --out")
 
 
 def held_out_path(args: argparse.Namespace) -> Path:
@@ -147,7 +155,8 @@ def make_tests(args: argparse.Namespace) -> dict[str, list]:
     atlas = held_out_map(args)
     tests = {}
     for condition in CONDITIONS:
-        scans = [ct_phantom(TEST_SEEDS[condition] + k, condition, shape=tuple(args.shape), atlas=atlas)
+        scans = [ct_phantom(TEST_SEEDS[condition] + k, condition, shape=tuple(args.shape), atlas=atlas,
+                            voids=args.voids)
                  for k in range(args.test)]
         root = args.out / "test" / condition
         write_meta(root, f"test_{condition}", condition, dict(CT_ORGANS), scans[0].spacing)
@@ -283,6 +292,9 @@ def main() -> int:
     parser.add_argument("--mix-organs", type=float, default=0.0, metavar="P",
                         help="the training phantoms' organs each take another map's shape with chance P "
                              "(`synth ct --mix-organs`; default 0); test phantoms keep one map's")
+    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+                        help="what fills the room the maps' organs leave, in every phantom (`synth ct --voids`; "
+                             "default viscera; muscle: phantoms as drawn before 2026-12-05)")
     parser.add_argument("--train-on-held-out", action="store_true",
                         help="draw the training phantoms from the held-out map alone (other seeds than the "
                              "tests'): what the same budget reaches when the anatomy is not unseen")
@@ -336,7 +348,7 @@ def main() -> int:
               "shape": list(args.shape), "train_per_condition": args.train, "test_per_condition": args.test,
               "width": args.width, "image_size": args.image_size, "context_slices": args.context_slices,
               "mosnet_flags": args.mosnet_flags, "train_on_held_out": args.train_on_held_out,
-              "variation": args.variation, "mix_organs": args.mix_organs,
+              "variation": args.variation, "mix_organs": args.mix_organs, "voids": args.voids,
               "plain_unet_steps": steps, "plain_unet_trajectory": trajectory,
               **{name: {"dsc": table, **summary(table)} for name, table in tables.items()}}
     path = args.out / "heldout_anatomy.json"

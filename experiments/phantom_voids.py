@@ -1,8 +1,9 @@
 """Where a MOSnet's false positives lie on the held-out map's test phantoms: inside the voids or not.
 
 A void is a voxel an organ held in the same seed's ellipsoid phantom that the map's organs leave
-unlabelled: the ellipsoid organs the map replaces become muscle, and where the map has no organ
-that muscle stays (see docs/results-mosnet.md, "The tissue left where the ellipsoid organs were")::
+unlabelled. It was solid muscle in phantoms drawn before 2026-12-05 (``--voids muscle``; see
+docs/results-mosnet.md, "The tissue left where the ellipsoid organs were") and is a mesh of fat
+and soft tissue since (``--voids viscera``, the default)::
 
     python experiments/phantom_voids.py --hold-out CT280_organs --model /tmp/e/hxm/models/mosnet --test 2
 
@@ -39,6 +40,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, action="append", required=True, help="a MOSnet folder (repeat)")
     parser.add_argument("--test", type=int, default=2, help="test phantoms per condition (2)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/phantom_voids"), help="where the test phantoms go")
+    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+                        help="what fills the voids of the test phantoms (`synth ct --voids`; default viscera)")
     args = parser.parse_args()
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
     args.shape = h.DEFAULT_SHAPE

@@ -87,6 +87,9 @@ def main() -> int:
     parser.add_argument("--capped", type=float, nargs="*", default=[], help="caps of the capped rule to score")
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition")
     parser.add_argument("--ellipsoids", action="store_true", help="also score ellipsoid phantoms of the same seeds")
+    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+                        help="what fills the voids of the map's test phantoms (`synth ct --voids`; muscle: as "
+                             "drawn before 2026-12-05)")
     args = parser.parse_args()
 
     model, _, _ = load_mosnet(args.model)
@@ -101,7 +104,7 @@ def main() -> int:
 
     sets = {args.hold_out: make_tests(argparse.Namespace(atlas=args.atlas, hold_out=args.hold_out,
                                                          out=args.model / "tolerance_test", shape=DEFAULT_SHAPE,
-                                                         test=args.test))}
+                                                         test=args.test, voids=args.voids))}
     if args.ellipsoids:
         sets["ellipsoids"] = {c: [ct_phantom(TEST_SEEDS[c] + k, c, shape=DEFAULT_SHAPE) for k in range(args.test)]
                               for c in CONDITIONS}

@@ -146,7 +146,7 @@ def test_variation_widens_the_maps_anatomy_only(maps, tmp_path, capsys):
     labels = tifffile.imread(out / "labels" / "phantom_0003.tif")  # contrast: all 9 organs labelled
     assert np.array_equal(labels, wide.labels)
     assert main(["synth", "ultrasound", "--out", str(tmp_path / "us"), "--variation", "2"]) == 2
-    assert "--variation and --mix-organs are for `synth ct` only" in capsys.readouterr().err
+    assert "--variation, --mix-organs and --voids are for `synth ct` only" in capsys.readouterr().err
     assert main(["synth", "ct", "--out", str(tmp_path / "none"), "--variation", "2"]) == 2  # ellipsoids alone
     assert "give --atlas too" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own one-line usage error
@@ -156,11 +156,12 @@ def test_variation_widens_the_maps_anatomy_only(maps, tmp_path, capsys):
 
 def test_replaced_organs_leave_no_fat_capsule(maps):
     """Where the ellipsoid kidneys were, a map's phantom has tissue, not the empty fat ring of a
-    "ghost" kidney with no label."""
+    "ghost" kidney with no label. (The room inside, solid muscle here, is a mesh of fat and soft
+    tissue by default: see the test below.)"""
     atlas = read_atlas(maps["a"])
     for seed in range(3):
         plain = ct_phantom(seed, "native", atlas=None)
-        scan = ct_phantom(seed, "native", atlas=atlas)
+        scan = ct_phantom(seed, "native", atlas=atlas, voids="muscle")
         kidneys = plain.labels == CT_ORGANS["kidneys"]
         ring = ndi.binary_dilation(kidneys, iterations=2) & ~kidneys
         far = ~ndi.binary_dilation(scan.labels > 0, iterations=5)  # away from the map's organs and their fat
@@ -235,14 +236,48 @@ def test_mixed_organs_take_another_maps_shape_in_this_maps_layout(maps, tmp_path
                  "--mix-organs", "1", "--condition", "contrast"]) == 0
     assert "1/1 seed 4 (mouse_a, liver of mouse_wide" in capsys.readouterr().out
     meta = json.loads((out / "dataset.json").read_text())
-    assert meta["phantoms"]["phantom_0004"] == {"seed": 4, "anatomy": "mouse_a", "borrowed": mixed.borrowed}
+    assert meta["phantoms"]["phantom_0004"] == {"seed": 4, "anatomy": "mouse_a", "borrowed": mixed.borrowed,
+                                                "voids": "viscera"}
     assert np.array_equal(tifffile.imread(out / "labels" / "phantom_0004.tif"), mixed.labels)
     lone = ["synth", "ct", "--out", str(tmp_path / "lone"), "--atlas", "ellipsoids", "--atlas", str(maps["a"]),
             "--atlas", str(wide_path), "--hold-out", "mouse_wide", "--mix-organs", "0.5"]
     assert main(lone) == 2
     assert "give at least two maps (after --hold-out), got 1" in capsys.readouterr().err
     assert main(["synth", "ultrasound", "--out", str(tmp_path / "us"), "--mix-organs", "0.5"]) == 2
-    assert "--mix-organs are for `synth ct` only" in capsys.readouterr().err
+    assert "--variation, --mix-organs and --voids are for `synth ct` only" in capsys.readouterr().err
+
+
+def test_room_the_maps_organs_leave_is_fat_and_soft_tissue(maps, tmp_path, capsys):
+    """Where the ellipsoid organs were and the map's are not, a phantom's body cavity holds a mesh
+    of fat and soft tissue, not a block of muscle shaped like the replaced organ; ``voids="muscle"``
+    keeps the earlier phantoms bit for bit, and changes nothing but those places."""
+    atlas = read_atlas(maps["a"])
+    mine = [CT_ORGANS[o] for o in atlas.organs]
+    for seed in range(2):
+        plain = ct_phantom(seed, "native", atlas=None)
+        mesh = ct_phantom(seed, "native", atlas=atlas)
+        block = ct_phantom(seed, "native", atlas=atlas, voids="muscle")
+        assert (mesh.voids, block.voids) == ("viscera", "muscle")
+        assert np.array_equal(mesh.labels, block.labels)  # the same anatomy and truth
+        room = np.isin(plain.labels, mine) & (mesh.labels == 0)
+        room &= ~ndi.binary_dilation(mesh.labels > 0, iterations=3)  # away from the organs' edges and fat
+        assert room.sum() > 500, seed
+        assert np.mean(block.image[room] < -40) < 0.1  # solid soft tissue
+        assert 0.3 < np.mean(mesh.image[room] < -40) < 0.7, seed  # about half fat
+        assert np.mean(mesh.image[room] > 0) > 0.25, seed  # and the rest soft tissue
+        elsewhere = ~ndi.binary_dilation(np.isin(plain.labels, mine) & (mesh.labels == 0), iterations=3)
+        assert np.mean(mesh.image[elsewhere] == block.image[elsewhere]) > 0.99  # the render's noise is the same
+    with pytest.raises(ValueError, match="voids must be one of"):
+        ct_phantom(0, "native", shape=SHAPE, atlas=atlas, voids="fat")
+
+    out = tmp_path / "block"
+    assert main(["synth", "ct", "--out", str(out), "--seed", "3", "--shape", ",".join(map(str, SHAPE)),
+                 "--atlas", str(maps["a"]), "--voids", "muscle"]) == 0
+    assert np.array_equal(tifffile.imread(out / "images" / "phantom_0003.tif"),
+                          ct_phantom(3, "native", shape=SHAPE, atlas=atlas, voids="muscle").image)
+    assert json.loads((out / "dataset.json").read_text())["phantoms"]["phantom_0003"]["voids"] == "muscle"
+    assert main(["synth", "ct", "--out", str(tmp_path / "plain"), "--voids", "muscle"]) == 2  # ellipsoids alone
+    assert "--voids fills the room the --atlas maps' organs leave; give --atlas too" in capsys.readouterr().err
 
 
 def test_rosenhain_maps_when_present():

@@ -37,12 +37,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; choose another --out or pass --overwrite")
     if args.kind != "ct" and (args.atlas or args.hold_out or args.shape or args.variation is not None
-                              or args.mix_organs is not None):
-        raise ValueError("--atlas, --hold-out, --shape, --variation and --mix-organs are for `synth ct` only")
+                              or args.mix_organs is not None or args.voids is not None):
+        raise ValueError("--atlas, --hold-out, --shape, --variation, --mix-organs and --voids are for `synth ct` "
+                         "only")
     if args.hold_out and not args.atlas:
         raise ValueError("--hold-out names a map among --atlas; give --atlas too")
     if args.variation is not None and not args.atlas:
         raise ValueError("--variation warps the organs of the --atlas maps; give --atlas too")
+    if args.voids is not None and not args.atlas:
+        raise ValueError("--voids fills the room the --atlas maps' organs leave; give --atlas too")
     pool = [None]
     if args.kind == "ct" and args.atlas:
         from ..data.atlas import load_atlases
@@ -62,7 +65,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             scan = ct_phantom(seed=seed, condition=args.condition, shape=args.shape or DEFAULT_SHAPE,
                               atlas=pool[k % len(pool)],  # round robin: each anatomy as often
                               variation=1.0 if args.variation is None else args.variation,
-                              donors=maps, mix=args.mix_organs or 0.0)
+                              donors=maps, mix=args.mix_organs or 0.0, voids=args.voids or "viscera")
             write_ct_case(args.out, f"phantom_{seed:04d}", scan, unannotated=drop)
             borrowed = "".join(f", {o} of {m}" for o, m in scan.borrowed.items())
             print(f"  {k + 1}/{args.count} seed {seed} ({scan.anatomy}{borrowed})", flush=True)
@@ -143,6 +146,10 @@ def add_commands(sub) -> None:
                        help="ct only: the chance (0 to 1) that each organ of a --atlas map's phantom takes its shape "
                             "from another map of the pool that has it, keeping the map's layout and volumes "
                             "(default 0: each phantom's organs come from one map)")
+    synth.add_argument("--voids", choices=["viscera", "muscle"], default=None,
+                       help="ct only: what fills the room a --atlas map's organs leave where the ellipsoid organs "
+                            "were: viscera, a mesh of fat and soft tissue (the default), or muscle, as phantoms "
+                            "drawn before 2026-12-05")
     synth.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     synth.set_defaults(func=_cmd_synth)
 

@@ -127,14 +127,16 @@ def write_ct_case(dataset: str | os.PathLike, case: str, scan: CTPhantom, name: 
             labels[labels == value] = 0
     write_case(root, case, scan.image, labels, scan.spacing)
     record_phantom(root, case, {"seed": scan.seed, "anatomy": scan.anatomy,
-                                **({"borrowed": scan.borrowed} if scan.borrowed else {})})
+                                **({"borrowed": scan.borrowed} if scan.borrowed else {}),
+                                **({"voids": scan.voids} if scan.anatomy != "ellipsoids" else {})})
     return root
 
 
 def record_phantom(root: str | os.PathLike, case: str, info: dict) -> None:
     """Note in dataset.json where a phantom case came from (``"phantoms": {case: {seed, anatomy}}``,
-    and ``borrowed``: {organ: map} when organs took another map's shape), so a held-out anatomy
-    experiment can show which label maps each scan was drawn from."""
+    ``borrowed``: {organ: map} when organs took another map's shape, and ``voids`` for a map's
+    phantom: what fills the room its organs leave, absent before 2026-12-05, when it was muscle), so
+    a held-out anatomy experiment can show which label maps each scan was drawn from, and how."""
     path = Path(root) / META
     meta = read_object(path, "a dataset description")
     phantoms = meta.get("phantoms") if isinstance(meta.get("phantoms"), dict) else {}

@@ -66,6 +66,8 @@ class CTPhantom:
     anatomy: str = "ellipsoids"  #: the label map the organs came from, or "ellipsoids"
     #: organ -> the map its shape came from, where that is not ``anatomy`` (``mix``)
     borrowed: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: what fills the room the map's organs leave (:data:`VOIDS`); phantoms without a map have none
+    voids: str = "viscera"
 
     def organ_volumes(self) -> dict[str, float]:
         """Volume in mm³ of each organ in the truth labels."""
@@ -480,12 +482,15 @@ def _clear_capsules(cv: _Canvas, labels_before: np.ndarray, atlas: LabelAtlas) -
             cv.material[sl][capsule] = MUSCLE
 
 
-def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.random.Generator) -> None:
+def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.random.Generator,
+                 voids: str = "viscera", void_rng: np.random.Generator | None = None) -> None:
     """Replace the ellipsoid organs the map has by the map's warped ones.
 
     The map's organs take their place over soft tissue and the other organs, not over the
     phantom's skeleton unless the map brings its own bone. An organ the map lacks keeps its
     ellipsoid shape; where the map's organs would cover more than half of it, it is drawn back.
+    ``voids``: what fills the places the replaced ellipsoid organs held and the map's do not
+    (:data:`VOIDS`); ``void_rng`` draws the ``viscera`` pattern.
     """
     o = CT_ORGANS
     mine = [o[n] for n in atlas.organs]
@@ -503,6 +508,8 @@ def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.ran
     for value in mine:
         inside = (warped == value) & free
         cv.material[inside], cv.labels[inside] = value, value
+    if voids == "viscera":
+        _fill_voids(cv, old & (cv.labels == 0) & (cv.material == MUSCLE), void_rng or rng)
     _fill_hollow_organs(cv, atlas, rng)
     before = np.bincount(labels_before.ravel(), minlength=256)
     after = np.bincount(cv.labels.ravel(), minlength=256)
@@ -510,6 +517,27 @@ def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.ran
         if organ not in atlas.organs and after[value] < 0.5 * before[value]:
             back = labels_before == value
             cv.material[back], cv.labels[back] = material_before[back], value
+
+
+#: What fills a void, a place a replaced ellipsoid organ held and the map's organs do not:
+#: ``viscera`` (the default since 2026-12-05), a fine mesh of fat and unlabelled soft tissue, as
+#: mesentery, fat and gut loops fill a mouse's body cavity; ``muscle``, the solid block of soft
+#: tissue shaped like the ellipsoid organ that earlier phantoms left there.
+VOIDS = ("viscera", "muscle")
+#: Share of a void that becomes fat, and the scale of its pattern (default-scan voxels, 0.28 mm).
+VOID_FAT, VOID_SCALE = 0.5, 2.0
+
+
+def _fill_voids(cv: _Canvas, voids: np.ndarray, rng: np.random.Generator) -> None:
+    """Turn about :data:`VOID_FAT` of the ``voids`` into fat, in blobs about 1-2 mm across: a
+    smoothed random field cut at its quantile inside the voids. The rest stays soft tissue."""
+    sl = _box(voids, 0)
+    if sl is None:
+        return
+    inside = voids[sl]
+    field = ndi.gaussian_filter(rng.standard_normal(inside.shape).astype(np.float32), VOID_SCALE * cv.scale)
+    fat = inside & (field < np.quantile(field[inside], VOID_FAT))
+    cv.material[sl][fat] = FAT
 
 
 def _fill_hollow_organs(cv: _Canvas, atlas: LabelAtlas, rng: np.random.Generator) -> None:
@@ -565,6 +593,7 @@ def ct_phantom(
     variation: float = 1.0,
     donors: Sequence[LabelAtlas] = (),
     mix: float = 0.0,
+    voids: str = "viscera",
 ) -> CTPhantom:
     """Make one synthetic whole-body mouse micro-CT scan with organ labels.
 
@@ -591,6 +620,10 @@ def ct_phantom(
         Other maps, and the chance (0 to 1) that each organ of ``atlas`` takes its shape from one of
         them that has it (:func:`borrowed_organs`), keeping ``atlas``'s layout and volumes. The draws
         have their own random stream: ``mix=0`` is the phantom without donors, bit for bit.
+    voids : {"viscera", "muscle"}
+        What fills the places where ``atlas``'s organs leave the ellipsoid organs' room empty
+        (:data:`VOIDS`): a mesh of fat and soft tissue (the default), or the solid muscle of
+        phantoms drawn before 2026-12-05, bit for bit. Its draws have their own random stream.
 
     Returns
     -------
@@ -614,15 +647,19 @@ def ct_phantom(
     _paint_organs(cv, yc, xc, ry, rx, size, np.random.default_rng([int(seed), 20181105, 3]))
     if not 0.0 <= float(mix) <= 1.0:
         raise ValueError(f"mix must be between 0 and 1, got {mix!r}")
+    if voids not in VOIDS:
+        raise ValueError(f"voids must be one of {VOIDS}, got {voids!r}")
     borrowed: dict[str, LabelAtlas] = {}
     if atlas is not None:  # its own random stream: the rest of the animal stays the seed's
         if mix > 0:
             borrowed = borrowed_organs(atlas, donors, float(mix), np.random.default_rng([int(seed), 20181105, 4]))
         atlas_rng = np.random.default_rng([int(seed), 20181105, 2])
-        _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng, float(variation), borrowed), atlas, atlas_rng)
+        _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng, float(variation), borrowed), atlas, atlas_rng,
+                     voids, np.random.default_rng([int(seed), 20181105, 5]))
     _deform(cv, amplitude=2.5)
     # Noise depends on the condition too, but anatomy does not: reseed from (seed, condition).
     cv.rng = np.random.default_rng([int(seed), CONDITIONS.index(condition), 7])
     image = _render(cv, condition)
     return CTPhantom(image, cv.labels, (float(spacing),) * 3, dict(CT_ORGANS), condition, int(seed),
-                     atlas.name if atlas is not None else "ellipsoids", {o: d.name for o, d in borrowed.items()})
+                     atlas.name if atlas is not None else "ellipsoids", {o: d.name for o, d in borrowed.items()},
+                     voids)
