@@ -59,6 +59,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition (4)")
+    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+                        help="what fills the voids of the test phantoms (`synth ct --voids`; muscle: as drawn "
+                             "before 2026-12-05; --few and --many should match it)")
     parser.add_argument("--no-plain", action="store_true",
                         help="skip the plain U-Net (trained on the fewer phantoms for the same minutes, seed 0)")
     args = parser.parse_args()
@@ -67,7 +70,7 @@ def main() -> int:
         runs[f"few_s{seed}"] = train(args.few, args.out / "models" / f"few_s{seed}", args.minutes, seed, [])
         runs[f"many_s{seed}"] = train(args.many, args.out / "models" / f"many_s{seed}", args.minutes, seed,
                                       ["--slice-stride", str(args.stride)])
-    tests = heldout.make_tests(argparse.Namespace(atlas=[args.atlas], hold_out=args.hold_out,
+    tests = heldout.make_tests(argparse.Namespace(atlas=[args.atlas], hold_out=args.hold_out, voids=args.voids,
                                                   shape=heldout.DEFAULT_SHAPE, test=args.test, out=args.out))
     tables = {name: heldout.score_mosnet(folder, tests) for name, folder in runs.items()}
     counts = {name: heldout.train_steps(folder) for name, folder in runs.items()}

@@ -5,7 +5,7 @@ unlabelled. It was solid muscle in phantoms drawn before 2026-12-05 (``--voids m
 docs/results-mosnet.md, "The tissue left where the ellipsoid organs were") and is a mesh of fat
 and soft tissue since (``--voids viscera``, the default)::
 
-    python experiments/phantom_voids.py --hold-out CT280_organs --model /tmp/e/hxm/models/mosnet --test 2
+    python experiments/phantom_voids.py --hold-out CT280_organs --model /tmp/e/hxm/models/mosnet --test 2 --voids muscle
 
 Prints, per test phantom: the voids' volume against the labelled organs', and per big organ its
 Dice, its false positives against its true volume and the share of those inside the voids; then,

@@ -75,7 +75,7 @@ def make_data(args: argparse.Namespace) -> dict[str, Path]:
         out = args.out / "data" / condition
         if not (out / "dataset.json").is_file():
             run("mousesegment", "synth", "ct", "--out", str(out), "--count", str(args.train), "--seed",
-                str(SEEDS[condition]), "--condition", condition, *atlas)
+                str(SEEDS[condition]), "--condition", condition, *atlas, "--voids", args.voids)
         sets[condition] = out
     return sets
 
@@ -86,8 +86,8 @@ def make_tests(args: argparse.Namespace) -> dict[str, list]:
     tests = {}
     for condition in CONDITIONS:
         root = args.out / "test" / condition
-        scans = [ct_phantom(TEST_SEEDS[condition] + k, condition, shape=DEFAULT_SHAPE, atlas=pool[k % len(pool)])
-                 for k in range(args.test)]
+        scans = [ct_phantom(TEST_SEEDS[condition] + k, condition, shape=DEFAULT_SHAPE, atlas=pool[k % len(pool)],
+                            voids=args.voids) for k in range(args.test)]
         write_meta(root, f"test_{condition}", condition, dict(CT_ORGANS), scans[0].spacing)
         for scan in scans:
             write_case(root, f"phantom_{scan.seed:04d}", scan.image, scan.labels, scan.spacing)
@@ -147,6 +147,9 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=8, help="test phantoms per condition (8)")
     parser.add_argument("--width", type=int, default=8, help="MOSnet width (8); the plain U-Net keeps 16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+                        help="what fills the room the maps' organs leave, in every phantom (`synth ct --voids`); "
+                             "versions 2 and 3 of mosnet-synthetic were trained and scored with muscle")
     parser.add_argument("--install", action="store_true", help="install the model as mosnet-synthetic")
     args = parser.parse_args()
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]

@@ -249,8 +249,10 @@ def test_mixed_organs_take_another_maps_shape_in_this_maps_layout(maps, tmp_path
 
 def test_room_the_maps_organs_leave_is_fat_and_soft_tissue(maps, tmp_path, capsys):
     """Where the ellipsoid organs were and the map's are not, a phantom's body cavity holds a mesh
-    of fat and soft tissue, not a block of muscle shaped like the replaced organ; ``voids="muscle"``
-    keeps the earlier phantoms bit for bit, and changes nothing but those places."""
+    of fat and soft tissue, not a block of muscle shaped like the replaced organ. ``voids="muscle"``
+    draws the earlier phantoms (the same code path; its images and labels matched the hashes of
+    the code before the change when this was written), and the two differ only in and near
+    those places."""
     atlas = read_atlas(maps["a"])
     mine = [CT_ORGANS[o] for o in atlas.organs]
     for seed in range(2):
@@ -265,8 +267,9 @@ def test_room_the_maps_organs_leave_is_fat_and_soft_tissue(maps, tmp_path, capsy
         assert np.mean(block.image[room] < -40) < 0.1  # solid soft tissue
         assert 0.3 < np.mean(mesh.image[room] < -40) < 0.7, seed  # about half fat
         assert np.mean(mesh.image[room] > 0) > 0.25, seed  # and the rest soft tissue
-        elsewhere = ~ndi.binary_dilation(np.isin(plain.labels, mine) & (mesh.labels == 0), iterations=3)
-        assert np.mean(mesh.image[elsewhere] == block.image[elsewhere]) > 0.99  # the render's noise is the same
+        # elsewhere the same voxels: beyond the render's blur, six voxels out, the images are equal
+        elsewhere = ~ndi.binary_dilation(np.isin(plain.labels, mine) & (mesh.labels == 0), np.ones((3, 3, 3)), 6)
+        assert elsewhere.mean() > 0.5 and np.array_equal(mesh.image[elsewhere], block.image[elsewhere])
     with pytest.raises(ValueError, match="voids must be one of"):
         ct_phantom(0, "native", shape=SHAPE, atlas=atlas, voids="fat")
 

@@ -66,7 +66,8 @@ class CTPhantom:
     anatomy: str = "ellipsoids"  #: the label map the organs came from, or "ellipsoids"
     #: organ -> the map its shape came from, where that is not ``anatomy`` (``mix``)
     borrowed: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: what fills the room the map's organs leave (:data:`VOIDS`); phantoms without a map have none
+    #: what fills the room the map's organs leave (:data:`VOIDS`); without a map nothing is replaced
+    #: and the value changes nothing
     voids: str = "viscera"
 
     def organ_volumes(self) -> dict[str, float]:
@@ -520,16 +521,17 @@ def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.ran
 
 
 #: What fills a void, a place a replaced ellipsoid organ held and the map's organs do not:
-#: ``viscera`` (the default since 2026-12-05), a fine mesh of fat and unlabelled soft tissue, as
+#: ``viscera`` (the default since 2026-12-05), a sponge of fat and unlabelled soft tissue, as
 #: mesentery, fat and gut loops fill a mouse's body cavity; ``muscle``, the solid block of soft
 #: tissue shaped like the ellipsoid organ that earlier phantoms left there.
 VOIDS = ("viscera", "muscle")
-#: Share of a void that becomes fat, and the scale of its pattern (default-scan voxels, 0.28 mm).
+#: Share of a void that becomes fat, and the Gaussian sigma of the random field that places it
+#: (default-scan voxels: 0.56 mm, which gives fat strands about 2 mm thick, 1-4 mm).
 VOID_FAT, VOID_SCALE = 0.5, 2.0
 
 
 def _fill_voids(cv: _Canvas, voids: np.ndarray, rng: np.random.Generator) -> None:
-    """Turn about :data:`VOID_FAT` of the ``voids`` into fat, in blobs about 1-2 mm across: a
+    """Turn about :data:`VOID_FAT` of the ``voids`` into fat, in strands about 2 mm thick: a
     smoothed random field cut at its quantile inside the voids. The rest stays soft tissue."""
     sl = _box(voids, 0)
     if sl is None:
@@ -622,7 +624,7 @@ def ct_phantom(
         have their own random stream: ``mix=0`` is the phantom without donors, bit for bit.
     voids : {"viscera", "muscle"}
         What fills the places where ``atlas``'s organs leave the ellipsoid organs' room empty
-        (:data:`VOIDS`): a mesh of fat and soft tissue (the default), or the solid muscle of
+        (:data:`VOIDS`): a sponge of fat and soft tissue (the default), or the solid muscle of
         phantoms drawn before 2026-12-05, bit for bit. Its draws have their own random stream.
 
     Returns
