@@ -56,6 +56,31 @@ def ct_figure() -> None:
     iio.imwrite(OUT / "ct_phantom.png", np.concatenate(panels, axis=1))
 
 
+def voids_figure() -> None:
+    """A native phantom of the real map CT280_organs, as drawn before 2026-12-05 (solid muscle where
+    the map's organs leave the ellipsoid organs' room, top) and since (fat and soft tissue, bottom),
+    on a soft-tissue window. Skipped without ../shared/data/rosenhain."""
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "rosenhain" / "CT280_organs.segff"
+    if not path.is_file():
+        print(f"skipped voids.png: no {path}")
+        return
+    from napari_mousesegment.data.atlas import read_atlas
+
+    atlas = read_atlas(path)
+    rows = []
+    for voids in ("muscle", "viscera"):
+        scan = ct_phantom(seed=200, condition="native", atlas=atlas, voids=voids)
+        tiles = []
+        for z in (95, 120):
+            rgb = np.repeat((np.clip((scan.image[z] + 200) / 400, 0, 1) * 255).astype(np.uint8)[..., None], 3, -1)
+            for organ, value in CT_ORGANS.items():
+                if organ != "bone":
+                    _outline(rgb, scan.labels[z] == value, _rgb(CT_COLORS[organ]))
+            tiles.append(np.pad(np.kron(rgb, np.ones((2, 2, 1), np.uint8)), ((0, 8), (0, 8), (0, 0))))
+        rows.append(np.concatenate(tiles, axis=1))
+    iio.imwrite(OUT / "voids.png", np.concatenate(rows, axis=0))
+
+
 def ultrasound_figures() -> None:
     """The 5x7 montage as the lab receives it, and three frames with their truth outlined."""
     series = ultrasound_series(seed=0)
@@ -88,6 +113,7 @@ def napari_figure() -> None:
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     ct_figure()
+    voids_figure()
     ultrasound_figures()
     napari_figure()
     print(f"figures written to {OUT}")
