@@ -70,7 +70,7 @@ from benchmarks.reference_unet import PlainUNet
 
 from napari_mousesegment.data.atlas import atlas_files, read_atlas
 from napari_mousesegment.data.ct_dataset import read_ct_dataset, write_case, write_meta
-from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, ct_phantom
+from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, VOIDS, ct_phantom
 from napari_mousesegment.inference.ct import predict_volume, vote
 from napari_mousesegment.io.scan import case_name
 from napari_mousesegment.metrics import organ_scores
@@ -292,7 +292,7 @@ def main() -> int:
     parser.add_argument("--mix-organs", type=float, default=0.0, metavar="P",
                         help="the training phantoms' organs each take another map's shape with chance P "
                              "(`synth ct --mix-organs`; default 0); test phantoms keep one map's")
-    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+    parser.add_argument("--voids", choices=VOIDS, default="viscera",
                         help="what fills the room the maps' organs leave, in every phantom (`synth ct --voids`; "
                              "default viscera; muscle: phantoms as drawn before 2026-12-05)")
     parser.add_argument("--train-on-held-out", action="store_true",

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import heldout_anatomy as heldout  # noqa: E402
 
-from napari_mousesegment.data.phantom_ct import CONDITIONS  # noqa: E402
+from napari_mousesegment.data.phantom_ct import CONDITIONS, VOIDS  # noqa: E402
 from napari_mousesegment.models.mosnet import MOSnetConfig  # noqa: E402
 from napari_mousesegment.organs import CT_ORGANS  # noqa: E402
 
@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition (4)")
-    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+    parser.add_argument("--voids", choices=VOIDS, default="viscera",
                         help="what fills the voids of the test phantoms (`synth ct --voids`; muscle: as drawn "
                              "before 2026-12-05; --few and --many should match it)")
     parser.add_argument("--no-plain", action="store_true",

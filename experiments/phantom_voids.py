@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import heldout_anatomy as h
 
-from napari_mousesegment.data.phantom_ct import ct_phantom
+from napari_mousesegment.data.phantom_ct import VOIDS, ct_phantom
 from napari_mousesegment.inference.ct import predict_volume
 from napari_mousesegment.metrics import dice
 from napari_mousesegment.organs import CT_ORGANS
@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, action="append", required=True, help="a MOSnet folder (repeat)")
     parser.add_argument("--test", type=int, default=2, help="test phantoms per condition (2)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/phantom_voids"), help="where the test phantoms go")
-    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+    parser.add_argument("--voids", choices=VOIDS, default="viscera",
                         help="what fills the voids of the test phantoms (`synth ct --voids`; default viscera)")
     args = parser.parse_args()
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]

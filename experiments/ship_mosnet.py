@@ -44,7 +44,7 @@ from experiments.ship_weights import BUILTIN, ship
 
 from napari_mousesegment.data.atlas import load_atlases
 from napari_mousesegment.data.ct_dataset import record_phantom, write_case, write_meta
-from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, ct_phantom
+from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, VOIDS, ct_phantom
 from napari_mousesegment.inference.ct import predict_volume
 from napari_mousesegment.metrics import organ_scores
 from napari_mousesegment.models.mosnet import MOSnetConfig
@@ -147,7 +147,7 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=8, help="test phantoms per condition (8)")
     parser.add_argument("--width", type=int, default=8, help="MOSnet width (8); the plain U-Net keeps 16")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+    parser.add_argument("--voids", choices=VOIDS, default="viscera",
                         help="what fills the room the maps' organs leave, in every phantom (`synth ct --voids`); "
                              "versions 2 and 3 of mosnet-synthetic were trained and scored with muscle")
     parser.add_argument("--install", action="store_true", help="install the model as mosnet-synthetic")

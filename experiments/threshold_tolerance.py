@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.heldout_anatomy import make_tests, score, summary  # noqa: E402
 from napari_mousesegment.data.ct_dataset import read_ct_dataset  # noqa: E402
 from experiments.heldout_anatomy import TEST_SEEDS  # noqa: E402
-from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, ct_phantom  # noqa: E402
+from napari_mousesegment.data.phantom_ct import CONDITIONS, DEFAULT_SHAPE, VOIDS, ct_phantom  # noqa: E402
 from napari_mousesegment.inference.ct import predict_volume, vote  # noqa: E402
 from napari_mousesegment.store.load import load_mosnet  # noqa: E402
 from napari_mousesegment.training.slices import build_slices  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> int:
     parser.add_argument("--capped", type=float, nargs="*", default=[], help="caps of the capped rule to score")
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition")
     parser.add_argument("--ellipsoids", action="store_true", help="also score ellipsoid phantoms of the same seeds")
-    parser.add_argument("--voids", choices=["viscera", "muscle"], default="viscera",
+    parser.add_argument("--voids", choices=VOIDS, default="viscera",
                         help="what fills the voids of the map's test phantoms (`synth ct --voids`; muscle: as "
                              "drawn before 2026-12-05)")
     args = parser.parse_args()

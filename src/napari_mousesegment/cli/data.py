@@ -148,7 +148,7 @@ def add_commands(sub) -> None:
                             "(default 0: each phantom's organs come from one map)")
     synth.add_argument("--voids", choices=["viscera", "muscle"], default=None,
                        help="ct only: what fills the room a --atlas map's organs leave where the ellipsoid organs "
-                            "were: viscera, a mesh of fat and soft tissue (the default), or muscle, as phantoms "
+                            "were: viscera, a sponge of fat and soft tissue (the default), or muscle, as phantoms "
                             "drawn before 2026-12-05")
     synth.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     synth.set_defaults(func=_cmd_synth)

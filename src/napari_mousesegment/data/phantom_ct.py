@@ -484,14 +484,14 @@ def _clear_capsules(cv: _Canvas, labels_before: np.ndarray, atlas: LabelAtlas) -
 
 
 def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.random.Generator,
-                 voids: str = "viscera", void_rng: np.random.Generator | None = None) -> None:
+                 void_rng: np.random.Generator | None) -> None:
     """Replace the ellipsoid organs the map has by the map's warped ones.
 
     The map's organs take their place over soft tissue and the other organs, not over the
     phantom's skeleton unless the map brings its own bone. An organ the map lacks keeps its
     ellipsoid shape; where the map's organs would cover more than half of it, it is drawn back.
-    ``voids``: what fills the places the replaced ellipsoid organs held and the map's do not
-    (:data:`VOIDS`); ``void_rng`` draws the ``viscera`` pattern.
+    ``void_rng`` draws the fat of the places the replaced ellipsoid organs held and the map's do
+    not (``viscera``, :data:`VOIDS`); None leaves them muscle.
     """
     o = CT_ORGANS
     mine = [o[n] for n in atlas.organs]
@@ -509,8 +509,8 @@ def _paint_atlas(cv: _Canvas, warped: np.ndarray, atlas: LabelAtlas, rng: np.ran
     for value in mine:
         inside = (warped == value) & free
         cv.material[inside], cv.labels[inside] = value, value
-    if voids == "viscera":
-        _fill_voids(cv, old & (cv.labels == 0) & (cv.material == MUSCLE), void_rng or rng)
+    if void_rng is not None:
+        _fill_voids(cv, old & (cv.labels == 0) & (cv.material == MUSCLE), void_rng)
     _fill_hollow_organs(cv, atlas, rng)
     before = np.bincount(labels_before.ravel(), minlength=256)
     after = np.bincount(cv.labels.ravel(), minlength=256)
@@ -657,7 +657,7 @@ def ct_phantom(
             borrowed = borrowed_organs(atlas, donors, float(mix), np.random.default_rng([int(seed), 20181105, 4]))
         atlas_rng = np.random.default_rng([int(seed), 20181105, 2])
         _paint_atlas(cv, _warp_atlas(cv, atlas, atlas_rng, float(variation), borrowed), atlas, atlas_rng,
-                     voids, np.random.default_rng([int(seed), 20181105, 5]))
+                     np.random.default_rng([int(seed), 20181105, 5]) if voids == "viscera" else None)
     _deform(cv, amplitude=2.5)
     # Noise depends on the condition too, but anatomy does not: reseed from (seed, condition).
     cv.rng = np.random.default_rng([int(seed), CONDITIONS.index(condition), 7])
