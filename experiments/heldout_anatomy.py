@@ -33,7 +33,7 @@ another kept map's shape of that organ (one mouse's heart in another's layout); 
 keep one map's.
 
 ``--voids muscle`` draws every phantom, training and test, as before 2026-12-05: the room a
-map's organs leave where the ellipsoid organs were stays solid muscle, not the default mesh of fat
+map's organs leave where the ellipsoid organs were stays solid muscle, not the default sponge of fat
 and soft tissue (``synth ct --voids``).
 
 ``--train-on-held-out`` draws the training phantoms from the held-out map alone, with the same

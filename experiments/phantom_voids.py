@@ -2,7 +2,7 @@
 
 A void is a voxel an organ held in the same seed's ellipsoid phantom that the map's organs leave
 unlabelled. It was solid muscle in phantoms drawn before 2026-12-05 (``--voids muscle``; see
-docs/results-mosnet.md, "The tissue left where the ellipsoid organs were") and is a mesh of fat
+docs/results-mosnet.md, "The tissue left where the ellipsoid organs were") and is a sponge of fat
 and soft tissue since (``--voids viscera``, the default)::
 
     python experiments/phantom_voids.py --hold-out CT280_organs --model /tmp/e/hxm/models/mosnet --test 2 --voids muscle

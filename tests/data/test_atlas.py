@@ -156,7 +156,7 @@ def test_variation_widens_the_maps_anatomy_only(maps, tmp_path, capsys):
 
 def test_replaced_organs_leave_no_fat_capsule(maps):
     """Where the ellipsoid kidneys were, a map's phantom has tissue, not the empty fat ring of a
-    "ghost" kidney with no label. (The room inside, solid muscle here, is a mesh of fat and soft
+    "ghost" kidney with no label. (The room inside, solid muscle here, is a sponge of fat and soft
     tissue by default: see the test below.)"""
     atlas = read_atlas(maps["a"])
     for seed in range(3):
