@@ -1,12 +1,12 @@
 """Score MOSnet models fused at prediction, on the held-out map's test phantoms.
 
-Two questions about the unseen-anatomy gap (docs/results-mosnet.md, "Averaging does not close
-it"): is a 12-minute model's error on an unseen map noise that averaging removes, or a confident
-misreading? ``--model`` repeated fuses several models (seeds): each organ's margin over its own
-model's threshold, in logits, is averaged over the models, then the usual vote. ``--views`` adds
-test-time augmentation within each model: its probabilities averaged over in-plane zooms of the
-scan (voxel sizes 0.9x and 1.1x, so organs look larger and smaller) and/or in-plane turns of
-±8 degrees, turned back before averaging::
+Two questions about the unseen-anatomy gap (docs/results-mosnet.md, "Fewer maps, no ellipsoids,
+and averaging at prediction"): does averaging remove a 12-minute model's error on an unseen map,
+over several seeds or over views of the scan? ``--model`` repeated fuses several models (seeds):
+each organ's margin over its own model's threshold, in logits, is averaged over the models, then
+the usual vote. ``--views`` adds test-time augmentation within each model: its probabilities
+averaged over in-plane zooms of the scan (voxel sizes 0.9x and 1.1x, so organs look larger and
+smaller) and/or in-plane turns of ±8 degrees, turned back before averaging::
 
     python experiments/fused_scoring.py --hold-out CT280_organs --model /tmp/e/hxv/models/def_s1 --views rotation
     python experiments/fused_scoring.py --hold-out CT280_organs --model M_SEED0 --model M_SEED1
