@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import heldout_anatomy as h
 
 from napari_mousesegment.data.phantom_ct import VOIDS
-from napari_mousesegment.inference.ct import predict_volume
+from napari_mousesegment.inference.ct import predict_volume, vote
 from napari_mousesegment.models.mosnet import MOSnet
 from napari_mousesegment.store.load import load_mosnet
 
@@ -62,8 +62,8 @@ def fused_labels(models: list[MOSnet], scan, views: list[tuple[float, float]]) -
         probs = np.mean([view_probabilities(model, scan, z, t) for z, t in views], 0)
         offsets = torch.logit(torch.tensor(model.config.organ_thresholds()))
         margins.append(torch.logit(torch.from_numpy(probs), eps=1e-6) - offsets[:, None, None, None])
-    top, best = torch.stack(margins).mean(0).max(0)
-    return torch.where(top > 0, best + 1, 0).numpy().astype(np.uint8)
+    margin = torch.stack(margins).mean(0).permute(1, 0, 2, 3)  # (z, M, y, x): slices, as vote takes them
+    return vote(margin, torch.zeros(margin.shape[1])).numpy().astype(np.uint8)
 
 
 def main() -> int:
