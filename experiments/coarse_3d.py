@@ -1,0 +1,236 @@
+"""A coarse 3D U-Net on whole phantoms, alone and fused with a 2D MOSnet, on an unseen map.
+
+The question (docs/results-mosnet.md, "A coarse 3D network beside the 2D one"): MOSnet reads one
+slice at a time, and in native scans soft organs differ by a few HU, so it must tell liver from
+gut by shape in a single plane. Does a network that sees the whole animal at once place the organs
+of a map it never saw better, and does adding its vote to MOSnet's close the unseen-anatomy gap?
+
+The 3D net: a U-Net of 4 levels (``--width`` channels at the top, doubling), instance norm, on the
+phantom at half resolution (0.56 mm, padded to 104 x 56 x 80), inputs a soft-tissue window, a wide
+window and the condition (+1 contrast, -1 native). Sigmoid per organ, Dice + BCE on the organs each
+dataset annotates (the native set lacks stomach and bone), AdamW at 2e-3 with a 50-step warm-up and
+a cosine over ``--minutes``, batches of ``--batch`` volumes (1) shifted by up to 4 voxels, bf16 autocast.
+Prediction: logits upsampled to the scan's grid, an organ where its logit is above 0; native stomach
+and bone are read under the contrast code, as MOSnet borrows them.
+
+Fused with ``--mosnet M``: each organ's margin is (1 - w) * MOSnet's margin over its own threshold
++ w * the 3D logit, then MOSnet's vote (inference.ct.vote), for each w in ``--weights``::
+
+    python experiments/coarse_3d.py --hold-out CT280_organs --data /tmp/e/hxv/data --minutes 12 --batch 1 \
+        --out /tmp/e/c3d/r12b1 --mosnet /tmp/e/hxv/models/mosnet
+
+``--data`` holds native/ and contrast/ dataset folders (experiments/heldout_anatomy.py's OUT/data).
+The test phantoms are heldout_anatomy.py's (seeds 200.. and 300.., drawn from the held-out map).
+The weights go to OUT/coarse_3d.safetensors and the scores to OUT/scores.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import heldout_anatomy as h
+
+from napari_mousesegment.data.ct_dataset import load_case, read_ct_dataset
+from napari_mousesegment.data.phantom_ct import CONDITIONS, VOIDS
+from napari_mousesegment.inference.ct import predict_volume, vote
+from napari_mousesegment.organs import CT_ORGANS
+from napari_mousesegment.store.load import load_mosnet
+
+ORGANS = list(CT_ORGANS)
+GRID = (104, 56, 80)  #: the half-resolution grid every phantom is padded to (a multiple of 8)
+BORROWED = ("stomach", "bone")  #: never labelled in native scans: read under the contrast code
+
+
+def inputs(hu: np.ndarray, condition: str) -> torch.Tensor:
+    """(1, 3, *GRID) network input: soft-tissue and wide windows and the condition, at half resolution."""
+    x = torch.from_numpy(hu.astype(np.float32))
+    soft = ((x - 40) / 200).clamp(-1, 1)
+    wide = ((x + 200) / 800).clamp(-1.5, 2.5)
+    code = torch.full_like(x, 1.0 if condition == "contrast" else -1.0)
+    return pad(F.avg_pool3d(torch.stack([soft, wide, code])[None], 2, ceil_mode=True))
+
+
+def targets(labels: np.ndarray) -> torch.Tensor:
+    """(1, 9, *GRID) organ fractions of each half-resolution voxel."""
+    lab = torch.from_numpy(labels.astype(np.int64))
+    onehot = torch.stack([(lab == CT_ORGANS[o]).float() for o in ORGANS])[None]
+    return pad(F.avg_pool3d(onehot, 2, ceil_mode=True))
+
+
+def pad(x: torch.Tensor) -> torch.Tensor:
+    short = [GRID[i] - x.shape[2 + i] for i in range(3)]
+    if min(short) < 0:
+        raise SystemExit(f"a phantom of {tuple(2 * s for s in x.shape[2:])} voxels does not fit {GRID} at half size")
+    return F.pad(x, (0, short[2], 0, short[1], 0, short[0]))
+
+
+def block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01),
+                         nn.Conv3d(cout, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01))
+
+
+class Coarse3D(nn.Module):
+    """A 4-level 3D U-Net: width, 2x, 4x, 8x channels; transposed-convolution upsampling."""
+
+    def __init__(self, width: int = 16, inputs: int = 3, outputs: int = len(ORGANS)):
+        super().__init__()
+        ch = [width * 2**k for k in range(4)]
+        self.down = nn.ModuleList([block(inputs, ch[0])] + [block(ch[k], ch[k + 1]) for k in range(3)])
+        self.up = nn.ModuleList([nn.ConvTranspose3d(ch[k + 1], ch[k], 2, 2) for k in range(3)])
+        self.merge = nn.ModuleList([block(2 * ch[k], ch[k]) for k in range(3)])
+        self.head = nn.Conv3d(ch[0], outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for k, down in enumerate(self.down):
+            x = down(x if k == 0 else F.max_pool3d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for k in (2, 1, 0):
+            x = self.merge[k](torch.cat([self.up[k](x), skips[k]], 1))
+        return self.head(x)
+
+
+def masked_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice over the organs each volume's dataset annotates."""
+    a = annotated[:, :, None, None, None].expand_as(logits)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * a).sum() / a.sum()
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * target).sum((2, 3, 4)) + 1) / ((p + target).sum((2, 3, 4)) + 1)
+    return bce + (dice * annotated).sum() / annotated.sum()
+
+
+def read_training(data: Path) -> tuple[list, list, list]:
+    """Inputs, targets and annotated-organ flags of every volume in DATA/native and DATA/contrast."""
+    xs, ts, flags = [], [], []
+    for condition in CONDITIONS:
+        dataset = read_ct_dataset(data / condition)
+        annotated = torch.tensor([float(o in dataset.organs) for o in ORGANS])
+        for case in dataset.cases:
+            image, labels, _ = load_case(dataset, case)
+            xs.append(inputs(image, dataset.condition))
+            ts.append(targets(labels))
+            flags.append(annotated)
+    return xs, ts, flags
+
+
+def train(args: argparse.Namespace) -> tuple[Coarse3D, int]:
+    xs, ts, flags = read_training(args.data)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = Coarse3D(args.width)
+    optimizer = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=1e-4)
+    budget, steps = args.minutes * 60, 0
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < budget:
+        pick = rng.choice(len(xs), args.batch, replace=False)
+        shift = [int(s) for s in rng.integers(-4, 5, 3)]
+        x = torch.roll(torch.cat([xs[i] for i in pick]), shift, (2, 3, 4))
+        t = torch.roll(torch.cat([ts[i] for i in pick]), shift, (2, 3, 4))
+        x[:, :2] = x[:, :2] * float(rng.uniform(0.9, 1.1)) + float(rng.normal(0, 0.05))
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (steps + 1) / 50) * 0.5 * (1 + np.cos(np.pi * elapsed / budget))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        loss = masked_loss(logits.float(), t, torch.stack([flags[i] for i in pick]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        if steps % 100 == 0:
+            print(f"step {steps}  loss {loss.item():.3f}  {elapsed:.0f} s", flush=True)
+    return model.eval(), steps
+
+
+@torch.inference_mode()
+def logits_3d(model: Coarse3D, scan) -> torch.Tensor:
+    """(9, z, y, x) logits on the scan's grid; native stomach and bone under the contrast code."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(inputs(scan.image, scan.condition)).float()
+        if scan.condition == "native":
+            lent = model(inputs(scan.image, "contrast")).float()
+            for organ in BORROWED:
+                out[:, ORGANS.index(organ)] = lent[:, ORGANS.index(organ)]
+    z, y, x = scan.image.shape
+    return F.interpolate(out, scale_factor=2, mode="trilinear", align_corners=False)[0, :, :z, :y, :x]
+
+
+def mosnet_margin(mosnet, scan) -> torch.Tensor:
+    """(9, z, y, x) MOSnet's margin over each organ's own threshold, in logits."""
+    probs = predict_volume(mosnet, scan.image, scan.spacing, scan.condition, keep_probabilities=True).probabilities
+    offsets = torch.logit(torch.tensor(mosnet.config.organ_thresholds()))
+    return torch.logit(torch.from_numpy(probs.astype(np.float32)), eps=1e-6) - offsets[:, None, None, None]
+
+
+def fused_labels(margins: dict, mosnet, model: Coarse3D, scan, weight: float) -> np.ndarray:
+    """Labels of (1 - weight) * MOSnet's margin + weight * the 3D logit, by MOSnet's vote.
+    ``margins`` keeps each scan's two margins for the other weights."""
+    key = (scan.condition, scan.seed)
+    if key not in margins:
+        margins[key] = (logits_3d(model, scan), mosnet_margin(mosnet, scan) if mosnet is not None else None)
+    coarse, flat = margins[key]
+    margin = coarse if weight == 1 else weight * coarse + (1 - weight) * flat
+    return vote(margin.permute(1, 0, 2, 3), torch.zeros(len(ORGANS))).numpy().astype(np.uint8)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--atlas", type=Path, action="append", default=None,
+                        help="label maps or a folder of them (default ../shared/data/rosenhain)")
+    parser.add_argument("--hold-out", required=True, help="the map the test phantoms are drawn from")
+    parser.add_argument("--data", type=Path, required=True, help="a folder with native/ and contrast/ training sets")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch", type=int, default=1, help="volumes per step (1; 2 learned less in 12 minutes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mosnet", type=Path, help="a MOSnet folder to fuse with")
+    parser.add_argument("--weights", default="0,0.3,0.5,1", help="3D weights of the fusion (0,0.3,0.5,1)")
+    parser.add_argument("--test", type=int, default=4, help="test phantoms per condition (4)")
+    parser.add_argument("--voids", choices=VOIDS, default="viscera")
+    args = parser.parse_args()
+    args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
+    args.shape = h.DEFAULT_SHAPE
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "coarse_3d.safetensors"
+    if path.is_file():
+        model = Coarse3D(args.width)
+        model.load_state_dict(load_file(path))
+        model.eval()
+        old = args.out / "scores.json"
+        steps = json.loads(old.read_text()).get("steps", 0) if old.is_file() else 0
+    else:
+        model, steps = train(args)
+        save_file(model.state_dict(), path)
+    print(f"3D net: {steps} steps in {args.minutes} min", flush=True)
+    tests = h.make_tests(argparse.Namespace(**{**vars(args), "out": args.out}))
+    mosnet = load_mosnet(args.mosnet)[0] if args.mosnet else None
+    if mosnet is not None and list(mosnet.config.organs) != ORGANS:
+        parser.error(f"--mosnet labels {mosnet.config.organs}, not {ORGANS}")
+    weights = [float(w) for w in args.weights.split(",")] if mosnet is not None else [1.0]
+    margins: dict = {}
+    tables = {f"w3d_{w:g}": h.score(tests, lambda scan, w=w: fused_labels(margins, mosnet, model, scan, w))
+              for w in weights}
+    h.print_table(tables)
+    scores = {"steps": steps, "minutes": args.minutes, "width": args.width,
+              **{name: {"dsc": t, **h.summary(t)} for name, t in tables.items()}}
+    (args.out / "scores.json").write_text(json.dumps(scores, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
