@@ -42,10 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import heldout_anatomy as h
+from fused_scoring import margin as mosnet_margin
 
 from napari_mousesegment.data.ct_dataset import load_case, read_ct_dataset
 from napari_mousesegment.data.phantom_ct import CONDITIONS, VOIDS
-from napari_mousesegment.inference.ct import predict_volume, vote
+from napari_mousesegment.inference.ct import vote
 from napari_mousesegment.organs import CT_ORGANS
 from napari_mousesegment.store.load import load_mosnet
 
@@ -166,13 +167,6 @@ def logits_3d(model: Coarse3D, scan) -> torch.Tensor:
                 out[:, ORGANS.index(organ)] = lent[:, ORGANS.index(organ)]
     z, y, x = scan.image.shape
     return F.interpolate(out, scale_factor=2, mode="trilinear", align_corners=False)[0, :, :z, :y, :x]
-
-
-def mosnet_margin(mosnet, scan) -> torch.Tensor:
-    """(9, z, y, x) MOSnet's margin over each organ's own threshold, in logits."""
-    probs = predict_volume(mosnet, scan.image, scan.spacing, scan.condition, keep_probabilities=True).probabilities
-    offsets = torch.logit(torch.tensor(mosnet.config.organ_thresholds()))
-    return torch.logit(torch.from_numpy(probs.astype(np.float32)), eps=1e-6) - offsets[:, None, None, None]
 
 
 def fused_labels(margins: dict, mosnet, model: Coarse3D, scan, weight: float) -> np.ndarray:

@@ -54,16 +54,20 @@ def view_probabilities(model: MOSnet, scan, zoom: float, turn: float) -> np.ndar
     return probs if turn == 0 else ndi.rotate(probs, -turn, axes=(2, 3), reshape=False, order=1, mode="constant")
 
 
+def margin(model: MOSnet, scan, views: list[tuple[float, float]] = VIEWS["none"]) -> torch.Tensor:
+    """(M, z, y, x) each organ's margin over the model's own threshold, in logits, of its
+    probabilities averaged over ``views``."""
+    probs = np.mean([view_probabilities(model, scan, z, t) for z, t in views], 0)
+    offsets = torch.logit(torch.tensor(model.config.organ_thresholds()))
+    return torch.logit(torch.from_numpy(probs), eps=1e-6) - offsets[:, None, None, None]
+
+
 def fused_labels(models: list[MOSnet], scan, views: list[tuple[float, float]]) -> np.ndarray:
     """Labels (numbered as the models' organs) of the mean margin over models; each model's
     probabilities are first averaged over ``views``."""
-    margins = []
-    for model in models:
-        probs = np.mean([view_probabilities(model, scan, z, t) for z, t in views], 0)
-        offsets = torch.logit(torch.tensor(model.config.organ_thresholds()))
-        margins.append(torch.logit(torch.from_numpy(probs), eps=1e-6) - offsets[:, None, None, None])
-    margin = torch.stack(margins).mean(0).permute(1, 0, 2, 3)  # (z, M, y, x): slices, as vote takes them
-    return vote(margin, torch.zeros(margin.shape[1])).numpy().astype(np.uint8)
+    mean = torch.stack([margin(model, scan, views) for model in models]).mean(0)
+    mean = mean.permute(1, 0, 2, 3)  # (z, M, y, x): slices, as vote takes them
+    return vote(mean, torch.zeros(mean.shape[1])).numpy().astype(np.uint8)
 
 
 def main() -> int:
