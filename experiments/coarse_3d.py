@@ -22,6 +22,10 @@ Fused with ``--mosnet M``: each organ's margin is (1 - w) * MOSnet's margin over
 ``--data`` holds native/ and contrast/ dataset folders (experiments/heldout_anatomy.py's OUT/data).
 The test phantoms are heldout_anatomy.py's (seeds 200.. and 300.., drawn from the held-out map).
 The weights go to OUT/coarse_3d.safetensors and the scores to OUT/scores.json.
+
+``--factor 4`` runs the net on a quarter-resolution grid (1.12 mm, 56 x 32 x 40) and ``--affine P``
+warps the volumes of a share P of the steps (measured in "The 3D net on the map's own anatomy, and a
+3D-then-2D cascade in one budget"; cascade_3d.py uses this net as its first stage).
 """
 
 from __future__ import annotations
@@ -51,30 +55,39 @@ from napari_mousesegment.organs import CT_ORGANS
 from napari_mousesegment.store.load import load_mosnet
 
 ORGANS = list(CT_ORGANS)
-GRID = (104, 56, 80)  #: the half-resolution grid every phantom is padded to (a multiple of 8)
+GRIDS = {2: (104, 56, 80), 4: (56, 32, 40)}  #: the grid every phantom is padded to (multiples of 8), by factor
+FACTOR = 2  #: the net's voxel is FACTOR x the scan's (2: 0.56 mm); --factor 4 sets 1.12 mm
+GRID = GRIDS[FACTOR]
+
+
+def set_factor(factor: int) -> None:
+    """Run the net at 1/factor of the scan's resolution (2 or 4)."""
+    global FACTOR, GRID
+    FACTOR, GRID = factor, GRIDS[factor]
 BORROWED = ("stomach", "bone")  #: never labelled in native scans: read under the contrast code
 
 
 def inputs(hu: np.ndarray, condition: str) -> torch.Tensor:
-    """(1, 3, *GRID) network input: soft-tissue and wide windows and the condition, at half resolution."""
+    """(1, 3, *GRID) network input: soft-tissue and wide windows and the condition, at 1/FACTOR resolution."""
     x = torch.from_numpy(hu.astype(np.float32))
     soft = ((x - 40) / 200).clamp(-1, 1)
     wide = ((x + 200) / 800).clamp(-1.5, 2.5)
     code = torch.full_like(x, 1.0 if condition == "contrast" else -1.0)
-    return pad(F.avg_pool3d(torch.stack([soft, wide, code])[None], 2, ceil_mode=True))
+    return pad(F.avg_pool3d(torch.stack([soft, wide, code])[None], FACTOR, ceil_mode=True))
 
 
 def targets(labels: np.ndarray) -> torch.Tensor:
-    """(1, 9, *GRID) organ fractions of each half-resolution voxel."""
+    """(1, 9, *GRID) organ fractions of each net voxel (FACTOR scan voxels a side)."""
     lab = torch.from_numpy(labels.astype(np.int64))
     onehot = torch.stack([(lab == CT_ORGANS[o]).float() for o in ORGANS])[None]
-    return pad(F.avg_pool3d(onehot, 2, ceil_mode=True))
+    return pad(F.avg_pool3d(onehot, FACTOR, ceil_mode=True))
 
 
 def pad(x: torch.Tensor) -> torch.Tensor:
     short = [GRID[i] - x.shape[2 + i] for i in range(3)]
     if min(short) < 0:
-        raise SystemExit(f"a phantom of {tuple(2 * s for s in x.shape[2:])} voxels does not fit {GRID} at half size")
+        raise SystemExit(f"a phantom of {tuple(FACTOR * s for s in x.shape[2:])} voxels does not fit {GRID} "
+                         f"at 1/{FACTOR} size")
     return F.pad(x, (0, short[2], 0, short[1], 0, short[0]))
 
 
@@ -128,6 +141,28 @@ def read_training(data: Path) -> tuple[list, list, list]:
     return xs, ts, flags
 
 
+def warp(x: torch.Tensor, t: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random affine warp of a batch of volumes and their organ fractions: each axis scaled by
+    0.85-1.15 and the volume turned by up to 10 degrees about each axis (in the grid's normalised
+    coordinates, so a slight shear on this non-cubic grid), so the net sees organs laid
+    out, sized and tilted otherwise than in the few training mice."""
+    angles = np.deg2rad(rng.uniform(-10, 10, 3))
+    turn = np.eye(3)
+    for axis, a in enumerate(angles):
+        i, j = [k for k in range(3) if k != axis]
+        r = np.eye(3)
+        r[i, i] = r[j, j] = np.cos(a)
+        r[i, j], r[j, i] = -np.sin(a), np.sin(a)
+        turn = turn @ r
+    matrix = turn @ np.diag(rng.uniform(0.85, 1.15, 3))
+    theta = torch.zeros(x.shape[0], 3, 4)
+    theta[:, :, :3] = torch.from_numpy(matrix.astype(np.float32))
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    t = F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return x, t
+
+
 def train(args: argparse.Namespace) -> tuple[Coarse3D, int]:
     xs, ts, flags = read_training(args.data)
     torch.manual_seed(args.seed)
@@ -141,6 +176,8 @@ def train(args: argparse.Namespace) -> tuple[Coarse3D, int]:
         shift = [int(s) for s in rng.integers(-4, 5, 3)]
         x = torch.roll(torch.cat([xs[i] for i in pick]), shift, (2, 3, 4))
         t = torch.roll(torch.cat([ts[i] for i in pick]), shift, (2, 3, 4))
+        if getattr(args, "affine", 0.0) and rng.random() < args.affine:
+            x, t = warp(x, t, rng)
         x[:, :2] = x[:, :2] * float(rng.uniform(0.9, 1.1)) + float(rng.normal(0, 0.05))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (steps + 1) / 50) * 0.5 * (1 + np.cos(np.pi * elapsed / budget))
@@ -166,7 +203,7 @@ def logits_3d(model: Coarse3D, scan) -> torch.Tensor:
             for organ in BORROWED:
                 out[:, ORGANS.index(organ)] = lent[:, ORGANS.index(organ)]
     z, y, x = scan.image.shape
-    return F.interpolate(out, scale_factor=2, mode="trilinear", align_corners=False)[0, :, :z, :y, :x]
+    return F.interpolate(out, scale_factor=FACTOR, mode="trilinear", align_corners=False)[0, :, :z, :y, :x]
 
 
 def fused_labels(margins: dict, mosnet, model: Coarse3D, scan, weight: float) -> np.ndarray:
@@ -196,7 +233,13 @@ def main() -> int:
     parser.add_argument("--weights", default="0,0.3,0.5,1", help="3D weights of the fusion (0,0.3,0.5,1)")
     parser.add_argument("--test", type=int, default=4, help="test phantoms per condition (4)")
     parser.add_argument("--voids", choices=VOIDS, default="viscera")
+    parser.add_argument("--factor", type=int, choices=sorted(GRIDS), default=2,
+                        help="the net's voxel in scan voxels (2: 0.56 mm, the default; 4: 1.12 mm)")
+    parser.add_argument("--affine", type=float, default=0.0, metavar="P",
+                        help="the share of steps whose volumes are warped (scaled 0.85-1.15 per axis, "
+                             "turned up to 10 degrees; default 0)")
     args = parser.parse_args()
+    set_factor(args.factor)
     args.atlas = args.atlas or [ROOT.parent / "shared" / "data" / "rosenhain"]
     args.shape = h.DEFAULT_SHAPE
     args.out.mkdir(parents=True, exist_ok=True)
