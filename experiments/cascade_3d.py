@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,32 +63,9 @@ def pad2(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, short[1], 0, short[0]))
 
 
-class Border2D(nn.Module):
-    """A 4-level 2D U-Net: width, 2x, 4x, 8x channels; transposed-convolution upsampling."""
-
-    def __init__(self, width: int = 16, inputs: int = 3 + len(ORGANS), outputs: int = len(ORGANS)):
-        super().__init__()
-        ch = [width * 2**k for k in range(4)]
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.InstanceNorm2d(cout, affine=True),
-                                 nn.LeakyReLU(0.01), nn.Conv2d(cout, cout, 3, padding=1),
-                                 nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.01))
-
-        self.down = nn.ModuleList([block(inputs, ch[0])] + [block(ch[k], ch[k + 1]) for k in range(3)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(ch[k + 1], ch[k], 2, 2) for k in range(3)])
-        self.merge = nn.ModuleList([block(2 * ch[k], ch[k]) for k in range(3)])
-        self.head = nn.Conv2d(ch[0], outputs, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for k, down in enumerate(self.down):
-            x = down(x if k == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()
-        for k in (2, 1, 0):
-            x = self.merge[k](torch.cat([self.up[k](x), skips[k]], 1))
-        return self.head(x)
+def border_2d(width: int) -> c3.UNet:
+    """The second stage: a 2D U-Net reading the two windows, the condition and the 9 probabilities."""
+    return c3.UNet(width, inputs=3 + len(ORGANS), dims=2)
 
 
 def masked_loss_2d(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
@@ -137,22 +113,16 @@ def slice_batch(volumes: list[Volume], rng: np.random.Generator, batch: int, shi
     return x, t, torch.stack(flags)
 
 
-def train_2d(volumes: list[Volume], args: argparse.Namespace, budget: float) -> tuple[Border2D, int]:
+def train_2d(volumes: list[Volume], args: argparse.Namespace, budget: float) -> tuple[c3.UNet, int]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed + 1)
-    model = Border2D(args.width)
+    model = border_2d(args.width)
     optimizer = torch.optim.AdamW(model.parameters(), args.lr_2d, weight_decay=1e-4)
     steps, start = 0, time.monotonic()
     while (elapsed := time.monotonic() - start) < budget:
         x, t, flags = slice_batch(volumes, rng, args.batch_2d, args.prior_shift, args.prior_drop)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr_2d * min(1.0, (steps + 1) / 100) * 0.5 * (1 + np.cos(np.pi * elapsed / budget))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(x)
-        loss = masked_loss_2d(logits.float(), t, flags)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        rate = args.lr_2d * min(1.0, (steps + 1) / 100) * 0.5 * (1 + np.cos(np.pi * elapsed / budget))
+        loss = c3.train_step(model, optimizer, rate, x, lambda logits: masked_loss_2d(logits, t, flags))
         steps += 1
         if steps % 200 == 0:
             print(f"2D step {steps}  loss {loss.item():.3f}  {elapsed:.0f} s", flush=True)
@@ -160,7 +130,7 @@ def train_2d(volumes: list[Volume], args: argparse.Namespace, budget: float) -> 
 
 
 @torch.inference_mode()
-def cascade_logits(model3: c3.Coarse3D, model2: Border2D, image: np.ndarray, condition: str) -> torch.Tensor:
+def cascade_logits(model3: c3.Coarse3D, model2: c3.UNet, image: np.ndarray, condition: str) -> torch.Tensor:
     """(9, z, y, x) stage-2 logits; native stomach and bone read under the contrast code."""
     prior = torch.sigmoid(c3.logits_3d(model3, _Scan(image, condition)))  # borrowed organs already lent
     z, y, x = image.shape

@@ -91,31 +91,42 @@ def pad(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, short[2], 0, short[1], 0, short[0]))
 
 
-def block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01),
-                         nn.Conv3d(cout, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01))
+LAYERS = {3: (nn.Conv3d, nn.InstanceNorm3d, nn.ConvTranspose3d, F.max_pool3d),
+          2: (nn.Conv2d, nn.InstanceNorm2d, nn.ConvTranspose2d, F.max_pool2d)}  #: by dimension
 
 
-class Coarse3D(nn.Module):
-    """A 4-level 3D U-Net: width, 2x, 4x, 8x channels; transposed-convolution upsampling."""
+def block(cin: int, cout: int, dims: int = 3) -> nn.Sequential:
+    conv, norm = LAYERS[dims][:2]
+    return nn.Sequential(conv(cin, cout, 3, padding=1), norm(cout, affine=True), nn.LeakyReLU(0.01),
+                         conv(cout, cout, 3, padding=1), norm(cout, affine=True), nn.LeakyReLU(0.01))
 
-    def __init__(self, width: int = 16, inputs: int = 3, outputs: int = len(ORGANS)):
+
+class UNet(nn.Module):
+    """A 4-level U-Net in ``dims`` dimensions (3: this script's net; 2: cascade_3d.py's second
+    stage): width, 2x, 4x, 8x channels; instance norm; transposed-convolution upsampling."""
+
+    def __init__(self, width: int = 16, inputs: int = 3, outputs: int = len(ORGANS), dims: int = 3):
         super().__init__()
         ch = [width * 2**k for k in range(4)]
-        self.down = nn.ModuleList([block(inputs, ch[0])] + [block(ch[k], ch[k + 1]) for k in range(3)])
-        self.up = nn.ModuleList([nn.ConvTranspose3d(ch[k + 1], ch[k], 2, 2) for k in range(3)])
-        self.merge = nn.ModuleList([block(2 * ch[k], ch[k]) for k in range(3)])
-        self.head = nn.Conv3d(ch[0], outputs, 1)
+        up = LAYERS[dims][2]
+        self.pool = LAYERS[dims][3]
+        self.down = nn.ModuleList([block(inputs, ch[0], dims)] + [block(ch[k], ch[k + 1], dims) for k in range(3)])
+        self.up = nn.ModuleList([up(ch[k + 1], ch[k], 2, 2) for k in range(3)])
+        self.merge = nn.ModuleList([block(2 * ch[k], ch[k], dims) for k in range(3)])
+        self.head = LAYERS[dims][0](ch[0], outputs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for k, down in enumerate(self.down):
-            x = down(x if k == 0 else F.max_pool3d(x, 2))
+            x = down(x if k == 0 else self.pool(x, 2))
             skips.append(x)
         x = skips.pop()
         for k in (2, 1, 0):
             x = self.merge[k](torch.cat([self.up[k](x), skips[k]], 1))
         return self.head(x)
+
+
+Coarse3D = UNet  #: the 3D net (dims 3 is the default)
 
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
@@ -163,6 +174,20 @@ def warp(x: torch.Tensor, t: torch.Tensor, rng: np.random.Generator) -> tuple[to
     return x, t
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, rate: float, x: torch.Tensor,
+               loss_of) -> torch.Tensor:
+    """One step at learning rate ``rate`` under bf16 autocast; ``loss_of(float logits)`` is the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    loss = loss_of(logits.float())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train(args: argparse.Namespace) -> tuple[Coarse3D, int]:
     xs, ts, flags = read_training(args.data)
     torch.manual_seed(args.seed)
@@ -179,14 +204,9 @@ def train(args: argparse.Namespace) -> tuple[Coarse3D, int]:
         if getattr(args, "affine", 0.0) and rng.random() < args.affine:
             x, t = warp(x, t, rng)
         x[:, :2] = x[:, :2] * float(rng.uniform(0.9, 1.1)) + float(rng.normal(0, 0.05))
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (steps + 1) / 50) * 0.5 * (1 + np.cos(np.pi * elapsed / budget))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(x)
-        loss = masked_loss(logits.float(), t, torch.stack([flags[i] for i in pick]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        annotated = torch.stack([flags[i] for i in pick])
+        rate = args.lr * min(1.0, (steps + 1) / 50) * 0.5 * (1 + np.cos(np.pi * elapsed / budget))
+        loss = train_step(model, optimizer, rate, x, lambda logits: masked_loss(logits, t, annotated))
         steps += 1
         if steps % 100 == 0:
             print(f"step {steps}  loss {loss.item():.3f}  {elapsed:.0f} s", flush=True)
