@@ -188,16 +188,13 @@ def main() -> int:
     args.shape = h.DEFAULT_SHAPE
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    model3, steps3 = c3.train(argparse.Namespace(**{**vars(args), "minutes": args.minutes_3d}))
+    cases = list(c3.training_cases(args.data))
+    stage1 = argparse.Namespace(**{**vars(args), "minutes": args.minutes_3d})
+    model3, steps3 = c3.train(stage1, c3.net_data(cases))
     save_file(model3.state_dict(), args.out / "coarse_3d.safetensors")
-    volumes = []
-    for condition in c3.CONDITIONS:
-        dataset = c3.read_ct_dataset(args.data / condition)
-        annotated = torch.tensor([float(o in dataset.organs) for o in ORGANS])
-        for case in dataset.cases:
-            image, labels, _ = c3.load_case(dataset, case)
-            prior = c3.logits_3d(model3, _Scan(image, dataset.condition))
-            volumes.append(Volume(image, labels, dataset.condition, annotated, prior))
+    volumes = [Volume(image, labels, condition, annotated, c3.logits_3d(model3, _Scan(image, condition)))
+               for image, labels, condition, annotated in cases]
+    del cases
     left = args.minutes * 60 - (time.monotonic() - start)
     print(f"3D net: {steps3} steps; priors in {time.monotonic() - start - args.minutes_3d * 60:.0f} s; "
           f"2D: {left:.0f} s left", flush=True)

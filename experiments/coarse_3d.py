@@ -34,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -138,18 +139,25 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Ten
     return bce + (dice * annotated).sum() / annotated.sum()
 
 
-def read_training(data: Path) -> tuple[list, list, list]:
-    """Inputs, targets and annotated-organ flags of every volume in DATA/native and DATA/contrast."""
-    xs, ts, flags = [], [], []
+def training_cases(data: Path) -> Iterator[tuple[np.ndarray, np.ndarray, str, torch.Tensor]]:
+    """(HU, labels, condition, annotated-organ flags) of every volume in DATA/native and DATA/contrast."""
     for condition in CONDITIONS:
         dataset = read_ct_dataset(data / condition)
         annotated = torch.tensor([float(o in dataset.organs) for o in ORGANS])
         for case in dataset.cases:
             image, labels, _ = load_case(dataset, case)
-            xs.append(inputs(image, dataset.condition))
-            ts.append(targets(labels))
-            flags.append(annotated)
-    return xs, ts, flags
+            yield image, labels, dataset.condition, annotated
+
+
+def read_training(data: Path) -> tuple[list, list, list]:
+    """Inputs, targets and annotated-organ flags of every training volume, on the net's grid."""
+    return net_data(list(training_cases(data)))
+
+
+def net_data(cases: list) -> tuple[list, list, list]:
+    """Inputs, targets and flags on the net's grid, of ``training_cases``' volumes."""
+    return ([inputs(image, condition) for image, _, condition, _ in cases],
+            [targets(labels) for _, labels, _, _ in cases], [flags for *_, flags in cases])
 
 
 def warp(x: torch.Tensor, t: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +196,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, rate: float, 
     return loss
 
 
-def train(args: argparse.Namespace) -> tuple[Coarse3D, int]:
-    xs, ts, flags = read_training(args.data)
+def train(args: argparse.Namespace, data: tuple[list, list, list] | None = None) -> tuple[Coarse3D, int]:
+    """The 3D net trained for ``args.minutes``, on ``data`` (read_training's) or on ``args.data``."""
+    xs, ts, flags = data or read_training(args.data)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = Coarse3D(args.width)
