@@ -48,12 +48,8 @@ PLANE = (112, 152)  #: axial slices are padded to this (a multiple of 8)
 
 
 def windows(hu: np.ndarray, condition: str) -> torch.Tensor:
-    """(z, 3, y, x) soft-tissue and wide windows and the condition code, at full resolution."""
-    x = torch.from_numpy(hu.astype(np.float32))
-    soft = ((x - 40) / 200).clamp(-1, 1)
-    wide = ((x + 200) / 800).clamp(-1.5, 2.5)
-    code = torch.full_like(x, 1.0 if condition == "contrast" else -1.0)
-    return torch.stack([soft, wide, code], 1)
+    """(z, 3, y, x) coarse_3d.channels, one axial slice per row."""
+    return c3.channels(hu, condition).permute(1, 0, 2, 3)
 
 
 def pad2(x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +100,7 @@ def slice_batch(volumes: list[Volume], rng: np.random.Generator, batch: int, shi
         x = v.x[k].clone()
         x[:2] = x[:2] * float(rng.uniform(0.9, 1.1)) + float(rng.normal(0, 0.05))
         xs.append(torch.cat([x, prior]))
-        lab = v.labels[k]
-        ts.append(torch.stack([(lab == c3.CT_ORGANS[o]).float() for o in ORGANS]))
+        ts.append(c3.onehot(v.labels[k]))
         flags.append(v.annotated)
     x, t = torch.stack(xs), torch.stack(ts)
     if rng.random() < 0.5:  # left-right mirror
@@ -132,7 +127,7 @@ def train_2d(volumes: list[Volume], args: argparse.Namespace, budget: float) -> 
 @torch.inference_mode()
 def cascade_logits(model3: c3.Coarse3D, model2: c3.UNet, image: np.ndarray, condition: str) -> torch.Tensor:
     """(9, z, y, x) stage-2 logits; native stomach and bone read under the contrast code."""
-    prior = torch.sigmoid(c3.logits_3d(model3, _Scan(image, condition)))  # borrowed organs already lent
+    prior = torch.sigmoid(c3.logits_3d(model3, image, condition))  # borrowed organs already lent
     z, y, x = image.shape
 
     def run(code: str) -> torch.Tensor:
@@ -143,17 +138,7 @@ def cascade_logits(model3: c3.Coarse3D, model2: c3.UNet, image: np.ndarray, cond
                 outs.append(model2(inp[s:s + 32]).float())
         return torch.cat(outs)[:, :, :y, :x]
 
-    out = run(condition)
-    if condition == "native":
-        lent = run("contrast")
-        for organ in c3.BORROWED:
-            out[:, ORGANS.index(organ)] = lent[:, ORGANS.index(organ)]
-    return out.permute(1, 0, 2, 3)
-
-
-class _Scan:
-    def __init__(self, image: np.ndarray, condition: str):
-        self.image, self.condition = image, condition
+    return c3.borrowed(run, condition).permute(1, 0, 2, 3)
 
 
 def labels_of(margin: torch.Tensor) -> np.ndarray:
@@ -192,7 +177,7 @@ def main() -> int:
     stage1 = argparse.Namespace(**{**vars(args), "minutes": args.minutes_3d})
     model3, steps3 = c3.train(stage1, c3.net_data(cases))
     save_file(model3.state_dict(), args.out / "coarse_3d.safetensors")
-    volumes = [Volume(image, labels, condition, annotated, c3.logits_3d(model3, _Scan(image, condition)))
+    volumes = [Volume(image, labels, condition, annotated, c3.logits_3d(model3, image, condition))
                for image, labels, condition, annotated in cases]
     del cases
     left = args.minutes * 60 - (time.monotonic() - start)
@@ -206,7 +191,8 @@ def main() -> int:
     def margins(scan):
         key = (scan.condition, scan.seed)
         if key not in cache:
-            cache[key] = (c3.logits_3d(model3, scan), cascade_logits(model3, model2, scan.image, scan.condition))
+            image, condition = scan.image, scan.condition
+            cache[key] = (c3.logits_3d(model3, image, condition), cascade_logits(model3, model2, image, condition))
         return cache[key]
 
     tables = {"coarse_3d": h.score(tests, lambda s: labels_of(margins(s)[0])),

@@ -68,20 +68,39 @@ def set_factor(factor: int) -> None:
 BORROWED = ("stomach", "bone")  #: never labelled in native scans: read under the contrast code
 
 
-def inputs(hu: np.ndarray, condition: str) -> torch.Tensor:
-    """(1, 3, *GRID) network input: soft-tissue and wide windows and the condition, at 1/FACTOR resolution."""
+def channels(hu: np.ndarray, condition: str) -> torch.Tensor:
+    """(3, z, y, x) soft-tissue and wide windows and the condition code, on the scan's grid."""
     x = torch.from_numpy(hu.astype(np.float32))
     soft = ((x - 40) / 200).clamp(-1, 1)
     wide = ((x + 200) / 800).clamp(-1.5, 2.5)
     code = torch.full_like(x, 1.0 if condition == "contrast" else -1.0)
-    return pad(F.avg_pool3d(torch.stack([soft, wide, code])[None], FACTOR, ceil_mode=True))
+    return torch.stack([soft, wide, code])
+
+
+def onehot(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(9, ...) float masks of the organs, in ORGANS order, of a label array of any shape."""
+    lab = torch.as_tensor(labels)
+    return torch.stack([(lab == CT_ORGANS[o]).float() for o in ORGANS])
+
+
+def borrowed(run, condition: str) -> torch.Tensor:
+    """``run(condition)`` (organs on axis 1), with native stomach and bone from ``run("contrast")``."""
+    out = run(condition)
+    if condition == "native":
+        lent = run("contrast")
+        for organ in BORROWED:
+            out[:, ORGANS.index(organ)] = lent[:, ORGANS.index(organ)]
+    return out
+
+
+def inputs(hu: np.ndarray, condition: str) -> torch.Tensor:
+    """(1, 3, *GRID) network input: channels() at 1/FACTOR resolution."""
+    return pad(F.avg_pool3d(channels(hu, condition)[None], FACTOR, ceil_mode=True))
 
 
 def targets(labels: np.ndarray) -> torch.Tensor:
     """(1, 9, *GRID) organ fractions of each net voxel (FACTOR scan voxels a side)."""
-    lab = torch.from_numpy(labels.astype(np.int64))
-    onehot = torch.stack([(lab == CT_ORGANS[o]).float() for o in ORGANS])[None]
-    return pad(F.avg_pool3d(onehot, FACTOR, ceil_mode=True))
+    return pad(F.avg_pool3d(onehot(labels.astype(np.int64))[None], FACTOR, ceil_mode=True))
 
 
 def pad(x: torch.Tensor) -> torch.Tensor:
@@ -223,15 +242,11 @@ def train(args: argparse.Namespace, data: tuple[list, list, list] | None = None)
 
 
 @torch.inference_mode()
-def logits_3d(model: Coarse3D, scan) -> torch.Tensor:
+def logits_3d(model: Coarse3D, image: np.ndarray, condition: str) -> torch.Tensor:
     """(9, z, y, x) logits on the scan's grid; native stomach and bone under the contrast code."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(inputs(scan.image, scan.condition)).float()
-        if scan.condition == "native":
-            lent = model(inputs(scan.image, "contrast")).float()
-            for organ in BORROWED:
-                out[:, ORGANS.index(organ)] = lent[:, ORGANS.index(organ)]
-    z, y, x = scan.image.shape
+        out = borrowed(lambda code: model(inputs(image, code)).float(), condition)
+    z, y, x = image.shape
     return F.interpolate(out, scale_factor=FACTOR, mode="trilinear", align_corners=False)[0, :, :z, :y, :x]
 
 
@@ -240,7 +255,8 @@ def fused_labels(margins: dict, mosnet, model: Coarse3D, scan, weight: float) ->
     ``margins`` keeps each scan's two margins for the other weights."""
     key = (scan.condition, scan.seed)
     if key not in margins:
-        margins[key] = (logits_3d(model, scan), mosnet_margin(mosnet, scan) if mosnet is not None else None)
+        flat = mosnet_margin(mosnet, scan) if mosnet is not None else None
+        margins[key] = (logits_3d(model, scan.image, scan.condition), flat)
     coarse, flat = margins[key]
     margin = coarse if weight == 1 else weight * coarse + (1 - weight) * flat
     return vote(margin.permute(1, 0, 2, 3), torch.zeros(len(ORGANS))).numpy().astype(np.uint8)
