@@ -18,6 +18,11 @@ them against the image. Native stomach and bone are read under the contrast code
 
     python experiments/cascade_3d.py --hold-out CT280_organs --data /tmp/e/hxv/data --out /tmp/e/cas/a
 
+``--data-3d DIR`` trains the 3D net on another (larger) pair of sets than the 2D net's ``--data``: the
+3D net's volumes are small, the 2D net's full-resolution ones are not. ``--nets-3d K`` trains K 3D
+nets of ``--minutes-3d`` each (seeds ``--seed``, ``--seed`` + 1000, ...) and uses the mean of their
+logits, to steady where an unseen map's organs are placed.
+
 Scores (OUT/scores.json): the 3D net alone and the cascade, on heldout_anatomy.py's test phantoms.
 """
 
@@ -150,9 +155,13 @@ def main() -> int:
     parser.add_argument("--atlas", type=Path, action="append", default=None)
     parser.add_argument("--hold-out", required=True)
     parser.add_argument("--data", type=Path, required=True, help="a folder with native/ and contrast/ training sets")
+    parser.add_argument("--data-3d", type=Path, help="the 3D net's training sets, when not --data's "
+                        "(read inside the budget; the 2D net keeps --data's)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=12.0, help="both stages together (12)")
     parser.add_argument("--minutes-3d", type=float, default=5.0, help="of which the 3D net (5)")
+    parser.add_argument("--nets-3d", type=int, default=1,
+                        help="3D nets of --minutes-3d each (seeds --seed, +1000, ...), their logits averaged (1)")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="the 3D net's")
     parser.add_argument("--lr-2d", type=float, default=2e-3)
@@ -174,14 +183,21 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     cases = list(c3.training_cases(args.data))
-    stage1 = argparse.Namespace(**{**vars(args), "minutes": args.minutes_3d})
-    model3, steps3 = c3.train(stage1, c3.net_data(cases))
+    data_3d = c3.net_data(c3.training_cases(args.data_3d) if args.data_3d else cases)
+    nets, steps3 = [], 0
+    for k in range(args.nets_3d):  # the first net's seed is --seed, so one net is the run it was
+        stage1 = argparse.Namespace(**{**vars(args), "minutes": args.minutes_3d, "seed": args.seed + 1000 * k})
+        net, steps = c3.train(stage1, data_3d)
+        nets.append(net)
+        steps3 += steps
+    model3 = nets[0] if len(nets) == 1 else c3.Mean(nets).eval()
+    del data_3d
     save_file(model3.state_dict(), args.out / "coarse_3d.safetensors")
     volumes = [Volume(image, labels, condition, annotated, c3.logits_3d(model3, image, condition))
                for image, labels, condition, annotated in cases]
     del cases
     left = args.minutes * 60 - (time.monotonic() - start)
-    print(f"3D net: {steps3} steps; priors in {time.monotonic() - start - args.minutes_3d * 60:.0f} s; "
+    print(f"3D net: {steps3} steps; priors in {time.monotonic() - start - args.nets_3d * args.minutes_3d * 60:.0f} s; "
           f"2D: {left:.0f} s left", flush=True)
     model2, steps2 = train_2d(volumes, args, left)
     save_file(model2.state_dict(), args.out / "border_2d.safetensors")

@@ -34,7 +34,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,17 @@ class UNet(nn.Module):
 Coarse3D = UNet  #: the 3D net (dims 3 is the default)
 
 
+class Mean(nn.Module):
+    """Several nets as one: the mean of their logits (cascade_3d.py --nets-3d)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
     """BCE + soft Dice over the organs each volume's dataset annotates."""
     a = annotated[:, :, None, None, None].expand_as(logits)
@@ -173,10 +184,15 @@ def read_training(data: Path) -> tuple[list, list, list]:
     return net_data(list(training_cases(data)))
 
 
-def net_data(cases: list) -> tuple[list, list, list]:
-    """Inputs, targets and flags on the net's grid, of ``training_cases``' volumes."""
-    return ([inputs(image, condition) for image, _, condition, _ in cases],
-            [targets(labels) for _, labels, _, _ in cases], [flags for *_, flags in cases])
+def net_data(cases: Iterable) -> tuple[list, list, list]:
+    """Inputs, targets and flags on the net's grid, of ``training_cases``' volumes (read once, so a
+    generator keeps no full-resolution volume)."""
+    xs, ts, fs = [], [], []
+    for image, labels, condition, flags in cases:
+        xs.append(inputs(image, condition))
+        ts.append(targets(labels))
+        fs.append(flags)
+    return xs, ts, fs
 
 
 def warp(x: torch.Tensor, t: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
