@@ -181,7 +181,7 @@ def training_cases(data: Path) -> Iterator[tuple[np.ndarray, np.ndarray, str, to
 
 def read_training(data: Path) -> tuple[list, list, list]:
     """Inputs, targets and annotated-organ flags of every training volume, on the net's grid."""
-    return net_data(list(training_cases(data)))
+    return net_data(training_cases(data))
 
 
 def net_data(cases: Iterable) -> tuple[list, list, list]:
