@@ -15,6 +15,7 @@ with a warm-up and a cosine over the rest of ``--minutes``, batches of 8 slices,
 stage 2 reads them shifted in-plane by up to ``--prior-shift`` voxels, each organ's logit scaled by
 0.5-1.5, and each organ's channel dropped with probability ``--prior-drop``, so it learns to check
 them against the image. Native stomach and bone are read under the contrast code in both stages.
+``--context N`` lets stage 2 read N neighbouring slices' windows on each side as well (2.5D input).
 
     python experiments/cascade_3d.py --hold-out CT280_organs --data /tmp/e/hxv/data --out /tmp/e/cas/a
 
@@ -23,7 +24,8 @@ them against the image. Native stomach and bone are read under the contrast code
 nets of ``--minutes-3d`` each (seeds ``--seed``, ``--seed`` + 1000, ...) and uses the mean of their
 logits, to steady where an unseen map's organs are placed.
 
-Scores (OUT/scores.json): the 3D net alone and the cascade, on heldout_anatomy.py's test phantoms.
+Scores (OUT/scores.json): the 3D net alone and the cascade, on heldout_anatomy.py's test phantoms, and
+the cascade after ``predict --cleanup``'s clean_labels (the largest piece of single-piece organs kept).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import heldout_anatomy as h
 
 from napari_mousesegment.data.phantom_ct import VOIDS
 from napari_mousesegment.inference.ct import vote
+from napari_mousesegment.inference.postprocess import clean_labels
 
 ORGANS = c3.ORGANS
 PLANE = (112, 152)  #: axial slices are padded to this (a multiple of 8)
@@ -64,9 +67,19 @@ def pad2(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, short[1], 0, short[0]))
 
 
-def border_2d(width: int) -> c3.UNet:
-    """The second stage: a 2D U-Net reading the two windows, the condition and the 9 probabilities."""
-    return c3.UNet(width, inputs=3 + len(ORGANS), dims=2)
+def neighbours(x: torch.Tensor, rows: torch.Tensor, context: int) -> torch.Tensor:
+    """(len(rows), 2 * (2 * context + 1) + 1, y, x): the two windows of each row's slice and of its
+    ``context`` neighbours on each side (repeated at the ends), then the condition code."""
+    offsets = torch.arange(-context, context + 1)
+    near = (rows[:, None] + offsets).clamp(0, len(x) - 1)  # (rows, 2 * context + 1)
+    win = x[near, :2].flatten(1, 2)
+    return torch.cat([win, x[rows, 2:]], 1)
+
+
+def border_2d(width: int, context: int = 0) -> c3.UNet:
+    """The second stage: a 2D U-Net reading the two windows (of the slice and of ``context``
+    neighbours on each side), the condition and the 9 probabilities."""
+    return c3.UNet(width, inputs=2 * (2 * context + 1) + 1 + len(ORGANS), dims=2)
 
 
 def masked_loss_2d(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
@@ -91,7 +104,8 @@ class Volume:
         self.annotated = annotated
 
 
-def slice_batch(volumes: list[Volume], rng: np.random.Generator, batch: int, shift: int, drop: float):
+def slice_batch(volumes: list[Volume], rng: np.random.Generator, batch: int, shift: int, drop: float,
+                context: int = 0):
     xs, ts, flags = [], [], []
     for _ in range(batch):
         v = volumes[rng.integers(len(volumes))]
@@ -102,8 +116,8 @@ def slice_batch(volumes: list[Volume], rng: np.random.Generator, batch: int, shi
         prior = prior * torch.from_numpy(rng.uniform(0.5, 1.5, len(ORGANS)).astype(np.float32))[:, None, None]
         keep = torch.from_numpy((rng.random(len(ORGANS)) >= drop).astype(np.float32))
         prior = torch.sigmoid(prior) * keep[:, None, None]
-        x = v.x[k].clone()
-        x[:2] = x[:2] * float(rng.uniform(0.9, 1.1)) + float(rng.normal(0, 0.05))
+        x = neighbours(v.x, torch.tensor([k]), context)[0]
+        x[:-1] = x[:-1] * float(rng.uniform(0.9, 1.1)) + float(rng.normal(0, 0.05))
         xs.append(torch.cat([x, prior]))
         ts.append(c3.onehot(v.labels[k]))
         flags.append(v.annotated)
@@ -116,11 +130,11 @@ def slice_batch(volumes: list[Volume], rng: np.random.Generator, batch: int, shi
 def train_2d(volumes: list[Volume], args: argparse.Namespace, budget: float) -> tuple[c3.UNet, int]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed + 1)
-    model = border_2d(args.width)
+    model = border_2d(args.width, args.context)
     optimizer = torch.optim.AdamW(model.parameters(), args.lr_2d, weight_decay=1e-4)
     steps, start = 0, time.monotonic()
     while (elapsed := time.monotonic() - start) < budget:
-        x, t, flags = slice_batch(volumes, rng, args.batch_2d, args.prior_shift, args.prior_drop)
+        x, t, flags = slice_batch(volumes, rng, args.batch_2d, args.prior_shift, args.prior_drop, args.context)
         rate = args.lr_2d * min(1.0, (steps + 1) / 100) * 0.5 * (1 + np.cos(np.pi * elapsed / budget))
         loss = c3.train_step(model, optimizer, rate, x, lambda logits: masked_loss_2d(logits, t, flags))
         steps += 1
@@ -130,13 +144,15 @@ def train_2d(volumes: list[Volume], args: argparse.Namespace, budget: float) -> 
 
 
 @torch.inference_mode()
-def cascade_logits(model3: c3.Coarse3D, model2: c3.UNet, image: np.ndarray, condition: str) -> torch.Tensor:
+def cascade_logits(model3: c3.Coarse3D, model2: c3.UNet, image: np.ndarray, condition: str,
+                   context: int = 0) -> torch.Tensor:
     """(9, z, y, x) stage-2 logits; native stomach and bone read under the contrast code."""
     prior = torch.sigmoid(c3.logits_3d(model3, image, condition))  # borrowed organs already lent
     z, y, x = image.shape
 
     def run(code: str) -> torch.Tensor:
-        inp = pad2(torch.cat([windows(image, code), prior.permute(1, 0, 2, 3)], 1))
+        win = neighbours(windows(image, code), torch.arange(z), context)
+        inp = pad2(torch.cat([win, prior.permute(1, 0, 2, 3)], 1))
         outs = []
         for s in range(0, z, 32):
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -167,6 +183,8 @@ def main() -> int:
     parser.add_argument("--lr-2d", type=float, default=2e-3)
     parser.add_argument("--batch", type=int, default=1, help="volumes per 3D step")
     parser.add_argument("--batch-2d", type=int, default=8)
+    parser.add_argument("--context", type=int, default=0, metavar="N",
+                        help="the 2D net also reads N neighbouring slices on each side (2.5D; 0)")
     parser.add_argument("--prior-shift", type=int, default=3)
     parser.add_argument("--prior-drop", type=float, default=0.15)
     parser.add_argument("--factor", type=int, choices=sorted(c3.GRIDS), default=2,
@@ -208,11 +226,14 @@ def main() -> int:
         key = (scan.condition, scan.seed)
         if key not in cache:
             image, condition = scan.image, scan.condition
-            cache[key] = (c3.logits_3d(model3, image, condition), cascade_logits(model3, model2, image, condition))
+            cache[key] = (c3.logits_3d(model3, image, condition),
+                          cascade_logits(model3, model2, image, condition, args.context))
         return cache[key]
 
     tables = {"coarse_3d": h.score(tests, lambda s: labels_of(margins(s)[0])),
-              "cascade": h.score(tests, lambda s: labels_of(margins(s)[1]))}
+              "cascade": h.score(tests, lambda s: labels_of(margins(s)[1])),
+              "cascade_cleaned": h.score(tests, lambda s: clean_labels(labels_of(margins(s)[1]), c3.CT_ORGANS,
+                                                                         s.spacing))}
     h.print_table(tables)
     scores = {"steps_3d": steps3, "steps_2d": steps2, **vars(args),
               **{name: {"dsc": t, **h.summary(t)} for name, t in tables.items()}}
