@@ -222,18 +222,18 @@ def main() -> int:
     tests = h.make_tests(argparse.Namespace(**{**vars(args), "out": args.out}))
     cache: dict = {}
 
-    def margins(scan):
+    def labels(scan) -> tuple[np.ndarray, np.ndarray]:
+        """The 3D net's and the cascade's labels of one test scan, voted once for every table."""
         key = (scan.condition, scan.seed)
         if key not in cache:
             image, condition = scan.image, scan.condition
-            cache[key] = (c3.logits_3d(model3, image, condition),
-                          cascade_logits(model3, model2, image, condition, args.context))
+            cache[key] = (labels_of(c3.logits_3d(model3, image, condition)),
+                          labels_of(cascade_logits(model3, model2, image, condition, args.context)))
         return cache[key]
 
-    tables = {"coarse_3d": h.score(tests, lambda s: labels_of(margins(s)[0])),
-              "cascade": h.score(tests, lambda s: labels_of(margins(s)[1])),
-              "cascade_cleaned": h.score(tests, lambda s: clean_labels(labels_of(margins(s)[1]), c3.CT_ORGANS,
-                                                                         s.spacing))}
+    tables = {"coarse_3d": h.score(tests, lambda s: labels(s)[0]),
+              "cascade": h.score(tests, lambda s: labels(s)[1]),
+              "cascade_cleaned": h.score(tests, lambda s: clean_labels(labels(s)[1], c3.CT_ORGANS, s.spacing))}
     h.print_table(tables)
     scores = {"steps_3d": steps3, "steps_2d": steps2, **vars(args),
               **{name: {"dsc": t, **h.summary(t)} for name, t in tables.items()}}
